@@ -1,0 +1,589 @@
+//! The GPU backend: micro-batches through `shaders/reduce.wgsl` with wgpu.
+//!
+//! Long-lived state (pipeline, a ring of input buffers, the partials buffer, the query set) is
+//! built once in [`GpuReducer::new`]; each batch only writes its bytes, dispatches P workgroups
+//! and records where its partials went. Partials stay on the device and are read back in one map
+//! per window of up to [`MAX_DISPATCHES_PER_READBACK`] dispatches, so no batch waits on a readback.
+
+mod context;
+
+use std::time::{Duration, Instant};
+
+use bytemuck::{Pod, Zeroable};
+
+pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
+
+use super::cpu::{ShiftedMoments, choose_shift};
+use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
+use crate::stats::Partial;
+use crate::{Error, Result};
+
+/// The reduction kernel, compiled into the binary from `shaders/`.
+pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
+
+/// Invocations per workgroup (the shader's `WG_SIZE` override). 256 is a multiple of every
+/// subgroup size in use and needs 8 KiB of workgroup memory, half the WebGPU minimum.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Input buffers in the ring: while the device reduces one, the host fills the next.
+const RING: usize = 3;
+
+/// Dispatches whose partials and timestamps are collected before one readback.
+pub const MAX_DISPATCHES_PER_READBACK: usize = 1024;
+
+/// Size of one [`GpuPartial`] in bytes.
+const PARTIAL_BYTES: u64 = std::mem::size_of::<GpuPartial>() as u64;
+
+/// Per-dispatch parameters. Kept in sync with `struct Params` in shaders/reduce.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuParams {
+    len: u32,
+    shift: f32,
+    out_base: u32,
+    _pad: u32,
+}
+
+/// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuPartial {
+    count: u32,
+    nan_count: u32,
+    pos_inf: u32,
+    neg_inf: u32,
+    min_key: u32,
+    max_key: u32,
+    s1: f32,
+    s2: f32,
+}
+
+impl GpuPartial {
+    fn to_moments(self) -> ShiftedMoments {
+        ShiftedMoments {
+            count: u64::from(self.count),
+            nan_count: u64::from(self.nan_count),
+            pos_inf: u64::from(self.pos_inf),
+            neg_inf: u64::from(self.neg_inf),
+            min_key: self.min_key,
+            max_key: self.max_key,
+            s1: f64::from(self.s1),
+            s2: f64::from(self.s2),
+        }
+    }
+}
+
+/// How a [`GpuReducer`] splits and dispatches its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuConfig {
+    /// Largest batch the reducer will be pushed, in elements (sizes the input ring).
+    pub batch_size: usize,
+    /// Workgroups per dispatch (P). `None`: [`default_workgroups`] for the adapter.
+    pub workgroups: Option<u32>,
+    /// Caps the bytes bound per dispatch below the adapter's storage-binding limit (tests use it
+    /// to exercise the split path on small data). `None`: the adapter's limit.
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl GpuConfig {
+    /// Batches of up to `batch_size` elements, default P, the adapter's binding limit.
+    pub fn new(batch_size: usize) -> Self {
+        Self {
+            batch_size,
+            workgroups: None,
+            max_binding_bytes: None,
+        }
+    }
+}
+
+/// Default P for an adapter: enough workgroups of 256 to fill a discrete GPU (an H100 holds about
+/// 132 SMs × 8 of them), fewer on integrated parts, and few on a software adapter, whose
+/// workgroups run on the host's threads.
+pub fn default_workgroups(report: &AdapterReport) -> u32 {
+    match report.device_type.as_str() {
+        "DiscreteGpu" => 1024,
+        "IntegratedGpu" => 256,
+        "Cpu" => 16,
+        _ => 512,
+    }
+}
+
+struct RingSlot {
+    input: wgpu::Buffer,
+    params: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+    in_flight: Option<wgpu::SubmissionIndex>,
+}
+
+/// Where one dispatch's partials sit in the partials buffer, and the shift they are relative to.
+struct DispatchRecord {
+    first: u32,
+    workgroups: u32,
+    shift: f32,
+}
+
+/// The GPU backend as a [`BatchReducer`].
+pub struct GpuReducer {
+    ctx: GpuContext,
+    info: BackendInfo,
+    pipeline: wgpu::ComputePipeline,
+    ring: Vec<RingSlot>,
+    next_slot: usize,
+    /// Elements bound per dispatch (multiple of 4).
+    chunk_elems: usize,
+    partials: wgpu::Buffer,
+    partials_capacity: u32,
+    partials_readback: wgpu::Buffer,
+    queries: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer)>,
+    window: Vec<DispatchRecord>,
+    partials_used: u32,
+    acc: Partial,
+    times: StageTimes,
+    wall_compute_start: Option<Instant>,
+}
+
+impl std::fmt::Debug for GpuReducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuReducer")
+            .field("info", &self.info)
+            .field("chunk_elems", &self.chunk_elems)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuReducer {
+    /// Builds the pipeline and buffers for batches of up to `config.batch_size` elements.
+    pub fn new(ctx: &GpuContext, config: GpuConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::InvalidConfig(
+                "batch size must be at least 1".to_string(),
+            ));
+        }
+        let limits = &ctx.limits;
+        let max_wg = limits.max_compute_workgroups_per_dimension;
+        let workgroups = config
+            .workgroups
+            .unwrap_or_else(|| default_workgroups(&ctx.report));
+        if workgroups == 0 || workgroups > max_wg {
+            return Err(Error::InvalidConfig(format!(
+                "workgroups must be between 1 and {max_wg} on {}, got {workgroups}",
+                ctx.report.name
+            )));
+        }
+        let wg_storage = 8 * 4 * WORKGROUP_SIZE;
+        if WORKGROUP_SIZE > limits.max_compute_invocations_per_workgroup
+            || WORKGROUP_SIZE > limits.max_compute_workgroup_size_x
+            || wg_storage > limits.max_compute_workgroup_storage_size
+        {
+            return Err(Error::InvalidConfig(format!(
+                "{} cannot run workgroups of {WORKGROUP_SIZE} invocations",
+                ctx.report.name
+            )));
+        }
+
+        // The most bytes one dispatch may bind: the adapter's binding and buffer limits, rounded
+        // down to whole vec4s. A larger batch is split over several dispatches.
+        let mut bind_limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        // Element indices in the shader are u32: 1 GiB per dispatch keeps `i * 4` far from overflow.
+        bind_limit = bind_limit.min(1 << 30);
+        if let Some(cap) = config.max_binding_bytes {
+            bind_limit = bind_limit.min(cap);
+        }
+        let bind_limit_elems = (bind_limit / 16 * 4) as usize;
+        if bind_limit_elems == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "storage binding limit of {bind_limit} bytes is too small"
+            )));
+        }
+        let chunk_elems = config.batch_size.next_multiple_of(4).min(bind_limit_elems);
+        let input_bytes = (chunk_elems as u64 * 4).next_multiple_of(16);
+
+        let device = &ctx.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("microbatch.reduce"),
+            source: wgpu::ShaderSource::Wgsl(REDUCE_WGSL.into()),
+        });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("microbatch.reduce.layout"),
+            entries: &[
+                storage_entry(0, true),
+                storage_entry(1, false),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 2,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(16),
+                    },
+                    count: None,
+                },
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("microbatch.reduce.pipeline_layout"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants = [("WG_SIZE", f64::from(WORKGROUP_SIZE))];
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("microbatch.reduce"),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("reduce"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+
+        let partials_capacity = (workgroups as usize * 64).max(1 << 16) as u32;
+        let partials = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("microbatch.partials"),
+            size: u64::from(partials_capacity) * PARTIAL_BYTES,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let partials_readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("microbatch.partials.readback"),
+            size: u64::from(partials_capacity) * PARTIAL_BYTES,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let ring = (0..RING)
+            .map(|i| {
+                let input = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("microbatch.input[{i}]")),
+                    size: input_bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let params = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("microbatch.params[{i}]")),
+                    size: std::mem::size_of::<GpuParams>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&format!("microbatch.reduce.bind_group[{i}]")),
+                    layout: &layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: input.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: partials.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: params.as_entire_binding(),
+                        },
+                    ],
+                });
+                RingSlot {
+                    input,
+                    params,
+                    bind_group,
+                    in_flight: None,
+                }
+            })
+            .collect();
+
+        let queries = ctx.timestamps.then(|| {
+            let count = 2 * MAX_DISPATCHES_PER_READBACK as u32;
+            let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("microbatch.timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let bytes = u64::from(count) * 8;
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("microbatch.timestamps.resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let readback = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("microbatch.timestamps.readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            (set, resolve, readback)
+        });
+
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                context: format!("building the reduction pipeline on {}", ctx.report.name),
+                message: e.to_string(),
+            });
+        }
+        ctx.take_error("building the reduction pipeline")?;
+
+        let info = BackendInfo {
+            kind: BackendKind::Gpu,
+            adapter: ctx.report.name.clone(),
+            api: ctx.report.api.clone(),
+            device_type: ctx.report.device_type.clone(),
+            workgroups,
+        };
+        let compute_clock = if ctx.timestamps {
+            ComputeClock::Timestamps
+        } else {
+            ComputeClock::Wall
+        };
+        Ok(Self {
+            ctx: ctx.clone(),
+            info,
+            pipeline,
+            ring,
+            next_slot: 0,
+            chunk_elems,
+            partials,
+            partials_capacity,
+            partials_readback,
+            queries,
+            window: Vec::new(),
+            partials_used: 0,
+            acc: Partial::EMPTY,
+            times: StageTimes {
+                compute_clock,
+                ..StageTimes::default()
+            },
+            wall_compute_start: None,
+        })
+    }
+
+    /// Elements bound per dispatch: the batch size, or less where the adapter's storage-binding
+    /// limit forces a batch to be split.
+    pub fn chunk_elems(&self) -> usize {
+        self.chunk_elems
+    }
+
+    fn dispatch(&mut self, chunk: &[f32]) -> Result<()> {
+        let n_vec = chunk.len().div_ceil(4) as u32;
+        let workgroups = self
+            .info
+            .workgroups
+            .min(n_vec.div_ceil(WORKGROUP_SIZE))
+            .max(1);
+        if self.window.len() == MAX_DISPATCHES_PER_READBACK
+            || self.partials_used + workgroups > self.partials_capacity
+        {
+            self.read_back()?;
+        }
+
+        let upload_start = Instant::now();
+        let slot = &mut self.ring[self.next_slot];
+        if let Some(index) = slot.in_flight.take() {
+            // The ring is full: the device is still reading this buffer. Waiting here is what
+            // bounds host memory to RING batches.
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| Error::Gpu {
+                    context: "waiting for the input ring".to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        let shift = choose_shift(chunk);
+        let params = GpuParams {
+            len: chunk.len() as u32,
+            shift,
+            out_base: self.partials_used,
+            _pad: 0,
+        };
+        let queue = &self.ctx.queue;
+        queue.write_buffer(&slot.input, 0, bytemuck::cast_slice(chunk));
+        queue.write_buffer(&slot.params, 0, bytemuck::bytes_of(&params));
+
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("microbatch.reduce.encoder"),
+            });
+        {
+            let q = self.window.len() as u32 * 2;
+            let timestamp_writes =
+                self.queries
+                    .as_ref()
+                    .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(q),
+                        end_of_pass_write_index: Some(q + 1),
+                    });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("microbatch.reduce.pass"),
+                timestamp_writes,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &slot.bind_group, &[]);
+            pass.dispatch_workgroups(workgroups, 1, 1);
+        }
+        slot.in_flight = Some(queue.submit([encoder.finish()]));
+        self.wall_compute_start.get_or_insert(upload_start);
+        self.times.upload += upload_start.elapsed();
+
+        self.window.push(DispatchRecord {
+            first: self.partials_used,
+            workgroups,
+            shift,
+        });
+        self.partials_used += workgroups;
+        self.next_slot = (self.next_slot + 1) % RING;
+        Ok(())
+    }
+
+    /// Copies the window's partials and timestamps back in one map, and merges them.
+    fn read_back(&mut self) -> Result<()> {
+        if self.window.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let device = &self.ctx.device;
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("microbatch.readback.encoder"),
+        });
+        let partial_bytes = u64::from(self.partials_used) * PARTIAL_BYTES;
+        encoder.copy_buffer_to_buffer(&self.partials, 0, &self.partials_readback, 0, partial_bytes);
+        let n_queries = self.window.len() as u32 * 2;
+        if let Some((set, resolve, readback)) = &self.queries {
+            encoder.resolve_query_set(set, 0..n_queries, resolve, 0);
+            encoder.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+
+        let partial_slice = self.partials_readback.slice(..partial_bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        partial_slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let ts_slice = self
+            .queries
+            .as_ref()
+            .map(|(_, _, readback)| readback.slice(..u64::from(n_queries) * 8));
+        if let Some(s) = &ts_slice {
+            s.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx2.send(r);
+            });
+        } else {
+            drop(tx2);
+        }
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "waiting for partials".to_string(),
+                message: e.to_string(),
+            })?;
+        for r in rx.iter() {
+            r.map_err(|e| Error::Gpu {
+                context: "mapping partials for readback".to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        self.ctx.take_error("reducing a batch")?;
+        for slot in &mut self.ring {
+            slot.in_flight = None;
+        }
+
+        let partials: Vec<GpuPartial> = {
+            let view = partial_slice.get_mapped_range().map_err(|e| Error::Gpu {
+                context: "reading partials".to_string(),
+                message: e.to_string(),
+            })?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        self.partials_readback.unmap();
+        let compute = match &ts_slice {
+            Some(s) => {
+                let view = s.get_mapped_range().map_err(|e| Error::Gpu {
+                    context: "reading timestamps".to_string(),
+                    message: e.to_string(),
+                })?;
+                let ticks: &[u64] = bytemuck::cast_slice(&view);
+                let period = f64::from(self.ctx.queue.get_timestamp_period());
+                let ns: f64 = ticks
+                    .chunks_exact(2)
+                    .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+                    .sum();
+                drop(view);
+                Some(Duration::from_secs_f64(ns * 1e-9))
+            }
+            None => None,
+        };
+        if let Some((_, _, readback)) = &self.queries {
+            readback.unmap();
+        }
+        let readback_done = Instant::now();
+        self.times.readback += readback_done - start;
+        match compute {
+            Some(c) => self.times.compute += c,
+            None => {
+                if let Some(s) = self.wall_compute_start.take() {
+                    self.times.compute += readback_done - s;
+                }
+            }
+        }
+        self.wall_compute_start = None;
+
+        for d in self.window.drain(..) {
+            let range = d.first as usize..(d.first + d.workgroups) as usize;
+            for p in &partials[range] {
+                self.acc.merge(&p.to_moments().into_partial(d.shift));
+            }
+        }
+        self.partials_used = 0;
+        self.times.merge += readback_done.elapsed();
+        Ok(())
+    }
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+impl BatchReducer for GpuReducer {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn push(&mut self, batch: &[f32]) -> Result<()> {
+        for chunk in batch.chunks(self.chunk_elems) {
+            self.dispatch(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(Partial, StageTimes)> {
+        self.read_back()?;
+        let clock = self.times.compute_clock;
+        let times = std::mem::replace(
+            &mut self.times,
+            StageTimes {
+                compute_clock: clock,
+                ..StageTimes::default()
+            },
+        );
+        Ok((std::mem::take(&mut self.acc), times))
+    }
+}

@@ -1,0 +1,85 @@
+//! Backends: the GPU (wgpu + `shaders/reduce.wgsl`) and the CPU, behind one trait.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::Result;
+use crate::stats::Partial;
+
+pub mod cpu;
+pub mod gpu;
+
+/// Which kind of backend ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// wgpu on an adapter (hardware GPU, or a software one such as lavapipe when asked for).
+    Gpu,
+    /// The native multi-threaded CPU backend.
+    Cpu,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Gpu => "gpu",
+            BackendKind::Cpu => "cpu",
+        })
+    }
+}
+
+/// What ran a reduction: reported with every result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// GPU or CPU.
+    pub kind: BackendKind,
+    /// Adapter name (GPU) or processor model and thread count (CPU).
+    pub adapter: String,
+    /// Graphics API (`Vulkan`, `Metal`, `Dx12`) or `native` for the CPU.
+    pub api: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` (a software adapter), or `Cpu` for the CPU backend.
+    pub device_type: String,
+    /// The parallel processors P: workgroups per dispatch on the GPU, threads on the CPU.
+    pub workgroups: u32,
+}
+
+/// How the compute stage was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeClock {
+    /// GPU timestamp queries around each dispatch.
+    Timestamps,
+    /// Host wall time (CPU backend, or an adapter without timestamp queries).
+    #[default]
+    Wall,
+}
+
+/// Time spent in the stages a backend owns. The engine adds `read` and `total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Host time staging batches for the device (zero on the CPU backend).
+    pub upload: Duration,
+    /// Kernel time: summed timestamp intervals on the GPU, or wall time (see `compute_clock`).
+    pub compute: Duration,
+    /// Host time waiting for and copying partials back from the device.
+    pub readback: Duration,
+    /// Host time merging partials in f64.
+    pub merge: Duration,
+    /// Where `compute` came from.
+    pub compute_clock: ComputeClock,
+}
+
+/// A backend that reduces a stream of micro-batches.
+///
+/// `push` may return before the batch is reduced (the GPU pipelines its work); `finish` waits for
+/// everything pushed, returns the merged partial and the stage times, and leaves the reducer ready
+/// for a new stream.
+pub trait BatchReducer {
+    /// What this reducer runs on.
+    fn info(&self) -> &BackendInfo;
+    /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
+    fn push(&mut self, batch: &[f32]) -> Result<()>;
+    /// Waits for all pushed batches and returns their merged partial and stage times.
+    fn finish(&mut self) -> Result<(Partial, StageTimes)>;
+}

@@ -1,0 +1,50 @@
+//! # microbatch
+//!
+//! Exact statistics (count, sum, mean, min, max, variance, standard deviation) of huge streams of
+//! `f32`, reduced in fixed-size micro-batches by a WGSL parallel reduction on the GPU through
+//! [wgpu], or by a vectorized multi-threaded CPU backend where no GPU is usable.
+//!
+//! The pipeline: a [`source::BatchSource`] yields micro-batches; a [`backend::BatchReducer`]
+//! reduces each to mergeable [`Partial`]s (on the GPU, one per workgroup: the workgroups are the
+//! P parallel processors); partials merge in f64 with Chan's formula into [`Stats`]. Every stage is
+//! timed ([`report::Timings`]).
+//!
+//! Numerics: NaN and ±inf are counted from the bits and kept out of the arithmetic; moments are
+//! shifted sums around a robust per-batch shift, so the variance of data with a large offset keeps
+//! its precision; the mean is the total sum over the total count. NaN and infinity propagate as in
+//! numpy (`skip_nan` gives numpy's `nan*` behaviour).
+//!
+//! ```
+//! use microbatch::{BackendChoice, Engine, EngineConfig};
+//!
+//! let data: Vec<f32> = (0..10_000).map(|i| i as f32).collect();
+//! let config = EngineConfig { backend: BackendChoice::Cpu, batch_size: 4096, ..Default::default() };
+//! let mut engine = Engine::new(&config)?;
+//! let report = engine.reduce(&data)?;
+//! assert_eq!(report.stats.count, 10_000);
+//! assert_eq!(report.stats.mean, Some(4999.5));
+//! assert_eq!(report.stats.max, Some(9999.0));
+//! # Ok::<(), microbatch::Error>(())
+//! ```
+//!
+//! With `BackendChoice::Auto` the same code runs on a hardware GPU when one exists. See
+//! `examples/` for streaming from your own iterator and for opening a GPU explicitly.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+mod engine;
+mod error;
+pub mod report;
+pub mod source;
+pub mod stats;
+
+pub use backend::cpu::CpuReducer;
+pub use backend::gpu::{
+    AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, list_adapters,
+};
+pub use backend::{BackendInfo, BackendKind, BatchReducer};
+pub use engine::{BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use report::Report;
+pub use stats::{Partial, Stats};

@@ -1,0 +1,217 @@
+//! The result of a run: statistics, what ran, and how long each stage took; as JSON or a table.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backend::{BackendInfo, ComputeClock};
+use crate::stats::{Partial, Stats};
+
+/// How the input was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Micro-batches reduced.
+    pub count: u64,
+    /// Elements per micro-batch (the last may be shorter).
+    pub size: usize,
+    /// Parallel processors P: workgroups per dispatch (GPU) or threads (CPU).
+    pub workgroups: u32,
+}
+
+/// Time per stage. On the GPU the stages overlap, so they can add up to more than `total`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timings {
+    /// Producing batches: reading files, generating random values.
+    pub read: Duration,
+    /// Staging batches for the device (includes waiting for a free buffer in the ring).
+    pub upload: Duration,
+    /// Reduction kernels (see `compute_clock`).
+    pub compute: Duration,
+    /// Waiting for and copying partials back from the device.
+    pub readback: Duration,
+    /// Merging partials in f64 and finishing the statistics.
+    pub merge: Duration,
+    /// Wall time of the whole run.
+    pub total: Duration,
+    /// Whether `compute` comes from GPU timestamps or the wall clock.
+    pub compute_clock: ComputeClock,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The statistics.
+    pub stats: Stats,
+    /// What ran.
+    pub backend: BackendInfo,
+    /// How the input was cut.
+    pub batches: BatchCounts,
+    /// Stage times.
+    pub timings: Timings,
+    /// The merged partial the statistics came from (mergeable with other runs').
+    pub partial: Partial,
+}
+
+impl Report {
+    /// Elements in the input, NaN and infinities included.
+    pub fn elements(&self) -> u64 {
+        self.partial.total()
+    }
+
+    /// Elements per second over the whole run.
+    pub fn elements_per_s(&self) -> f64 {
+        rate(self.elements() as f64, self.timings.total)
+    }
+
+    /// Input bytes (4 per f32) per second over the whole run.
+    pub fn bytes_per_s(&self) -> f64 {
+        rate(self.elements() as f64 * 4.0, self.timings.total)
+    }
+
+    /// The report as `microbatch run --json` prints it. Non-finite numbers are the strings
+    /// `"NaN"`, `"inf"`, `"-inf"`; undefined values are `null`.
+    pub fn to_json(&self) -> Value {
+        let s = &self.stats;
+        let t = &self.timings;
+        json!({
+            "stats": {
+                "count": s.count,
+                "sum": opt(s.sum),
+                "mean": opt(s.mean),
+                "min": opt(s.min),
+                "max": opt(s.max),
+                "var": opt(s.var),
+                "std": opt(s.std),
+                "ddof": s.ddof,
+                "nan_count": s.nan_count,
+            },
+            "backend": {
+                "kind": self.backend.kind,
+                "adapter": self.backend.adapter,
+                "api": self.backend.api,
+                "device_type": self.backend.device_type,
+            },
+            "batches": {
+                "count": self.batches.count,
+                "size": self.batches.size,
+                "workgroups": self.batches.workgroups,
+            },
+            "timings_s": {
+                "read": t.read.as_secs_f64(),
+                "upload": t.upload.as_secs_f64(),
+                "compute": t.compute.as_secs_f64(),
+                "readback": t.readback.as_secs_f64(),
+                "merge": t.merge.as_secs_f64(),
+                "total": t.total.as_secs_f64(),
+            },
+            "throughput": {
+                "elements_per_s": number(self.elements_per_s()),
+                "bytes_per_s": number(self.bytes_per_s()),
+            },
+        })
+    }
+}
+
+fn rate(amount: f64, time: Duration) -> f64 {
+    let secs = time.as_secs_f64();
+    if secs > 0.0 { amount / secs } else { 0.0 }
+}
+
+/// A JSON number, or the strings numpy prints for the non-finite values.
+pub fn number(x: f64) -> Value {
+    if x.is_nan() {
+        Value::from("NaN")
+    } else if x == f64::INFINITY {
+        Value::from("inf")
+    } else if x == f64::NEG_INFINITY {
+        Value::from("-inf")
+    } else {
+        Value::from(x)
+    }
+}
+
+fn opt(x: Option<f64>) -> Value {
+    x.map_or(Value::Null, number)
+}
+
+fn show(x: Option<f64>) -> String {
+    match x {
+        None => "undefined".to_string(),
+        Some(v) if v.is_nan() => "NaN".to_string(),
+        Some(v) if v.is_infinite() => if v > 0.0 { "inf" } else { "-inf" }.to_string(),
+        // Shortest representation that round-trips the f64.
+        Some(v) => format!("{v}"),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+fn si(x: f64, unit: &str) -> String {
+    let (v, p) = if x >= 1e12 {
+        (x / 1e12, "T")
+    } else if x >= 1e9 {
+        (x / 1e9, "G")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    format!("{v:.2} {p}{unit}")
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        let t = &self.timings;
+        let b = &self.backend;
+        writeln!(f, "statistics")?;
+        writeln!(f, "  count      {}", s.count)?;
+        writeln!(f, "  sum        {}", show(s.sum))?;
+        writeln!(f, "  mean       {}", show(s.mean))?;
+        writeln!(f, "  min        {}", show(s.min))?;
+        writeln!(f, "  max        {}", show(s.max))?;
+        writeln!(f, "  var        {}   (ddof {})", show(s.var), s.ddof)?;
+        writeln!(f, "  std        {}", show(s.std))?;
+        let nan_note = if s.skip_nan { " (skipped)" } else { "" };
+        writeln!(f, "  nan_count  {}{nan_note}", s.nan_count)?;
+        writeln!(f, "backend")?;
+        writeln!(f, "  kind       {}", b.kind)?;
+        writeln!(f, "  adapter    {}", b.adapter)?;
+        writeln!(f, "  api        {} ({})", b.api, b.device_type)?;
+        writeln!(
+            f,
+            "  batches    {} × {} elements, P = {}",
+            self.batches.count, self.batches.size, self.batches.workgroups
+        )?;
+        writeln!(f, "timings")?;
+        writeln!(f, "  read       {:>12}", secs(t.read))?;
+        writeln!(f, "  upload     {:>12}", secs(t.upload))?;
+        writeln!(
+            f,
+            "  compute    {:>12}   ({})",
+            secs(t.compute),
+            t.compute_clock.as_str()
+        )?;
+        writeln!(f, "  readback   {:>12}", secs(t.readback))?;
+        writeln!(f, "  merge      {:>12}", secs(t.merge))?;
+        writeln!(f, "  total      {:>12}", secs(t.total))?;
+        write!(
+            f,
+            "throughput   {}, {}",
+            si(self.elements_per_s(), "elements/s"),
+            si(self.bytes_per_s(), "B/s")
+        )
+    }
+}

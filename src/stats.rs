@@ -1,0 +1,280 @@
+//! Mergeable partial results ([`Partial`]) and the final statistics ([`Stats`]).
+//!
+//! Every backend reduces a stretch of data to a [`Partial`]; partials merge in f64 with Chan's
+//! formula, in any order and any grouping, and [`Partial::finish`] turns the merged partial into
+//! [`Stats`] with numpy's rules for NaN and infinities.
+
+use serde::{Deserialize, Serialize};
+
+/// The mergeable state of a reduction over some stretch of the input.
+///
+/// Finite values feed `count`, `sum`, `m2`, `min` and `max`; NaN and the two infinities are only
+/// counted, so the moments stay meaningful and IEEE's rules are applied once, in
+/// [`Partial::finish`], exactly as numpy would apply them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Number of finite values.
+    pub count: u64,
+    /// Number of NaN values.
+    pub nan_count: u64,
+    /// Number of `+inf` values.
+    pub pos_inf_count: u64,
+    /// Number of `-inf` values.
+    pub neg_inf_count: u64,
+    /// Sum of the finite values.
+    pub sum: f64,
+    /// Sum of squared deviations of the finite values from their mean.
+    pub m2: f64,
+    /// Smallest finite value (`+inf` when there is none).
+    pub min: f64,
+    /// Largest finite value (`-inf` when there is none).
+    pub max: f64,
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl Partial {
+    /// The partial of no data: the identity of [`Partial::merge`].
+    pub const EMPTY: Partial = Partial {
+        count: 0,
+        nan_count: 0,
+        pos_inf_count: 0,
+        neg_inf_count: 0,
+        sum: 0.0,
+        m2: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
+    /// Total number of elements seen, NaN and infinities included.
+    pub fn total(&self) -> u64 {
+        self.count + self.nan_count + self.pos_inf_count + self.neg_inf_count
+    }
+
+    /// Merges `other` into `self` (Chan, Golub and LeVeque's pairwise update, in f64).
+    pub fn merge(&mut self, other: &Partial) {
+        if other.count > 0 {
+            if self.count == 0 {
+                self.sum = other.sum;
+                self.m2 = other.m2;
+            } else {
+                let na = self.count as f64;
+                let nb = other.count as f64;
+                let n = na + nb;
+                let delta = other.sum / nb - self.sum / na;
+                self.m2 += other.m2 + delta * delta * (na * nb / n);
+                self.sum += other.sum;
+            }
+            self.count += other.count;
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+        }
+        self.nan_count += other.nan_count;
+        self.pos_inf_count += other.pos_inf_count;
+        self.neg_inf_count += other.neg_inf_count;
+    }
+
+    /// Merges a sequence of partials.
+    pub fn merge_all<'a>(parts: impl IntoIterator<Item = &'a Partial>) -> Partial {
+        let mut acc = Partial::EMPTY;
+        for p in parts {
+            acc.merge(p);
+        }
+        acc
+    }
+
+    /// Reduces a slice of f32 in f64, one value at a time. Slow and simple: this is the
+    /// reference the backends are tested against, and the fallback for tiny inputs.
+    pub fn from_slice_f64(data: &[f32]) -> Partial {
+        let mut p = Partial::EMPTY;
+        let mut mean = 0.0f64;
+        for &x in data {
+            if x.is_nan() {
+                p.nan_count += 1;
+            } else if x == f32::INFINITY {
+                p.pos_inf_count += 1;
+            } else if x == f32::NEG_INFINITY {
+                p.neg_inf_count += 1;
+            } else {
+                let x = x as f64;
+                p.count += 1;
+                let delta = x - mean;
+                mean += delta / p.count as f64;
+                p.m2 += delta * (x - mean);
+                p.sum += x;
+                p.min = p.min.min(x);
+                p.max = p.max.max(x);
+            }
+        }
+        p
+    }
+
+    /// Final statistics with numpy's semantics.
+    ///
+    /// Without `skip_nan`, any NaN makes sum, mean, min, max, var and std NaN (`np.sum`, `np.var`…);
+    /// with it, NaNs are left out as `np.nansum`, `np.nanvar`… do. Infinities follow IEEE: the sum
+    /// of `+inf` and `-inf` is NaN, and any infinity makes the variance NaN.
+    pub fn finish(&self, ddof: u32, skip_nan: bool) -> Stats {
+        let count = if skip_nan {
+            self.total() - self.nan_count
+        } else {
+            self.total()
+        };
+        let mut stats = Stats {
+            count,
+            nan_count: self.nan_count,
+            ddof,
+            skip_nan,
+            sum: None,
+            mean: None,
+            min: None,
+            max: None,
+            var: None,
+            std: None,
+        };
+        if count == 0 {
+            // numpy: sum of nothing is 0; the rest is undefined.
+            stats.sum = Some(0.0);
+            return stats;
+        }
+        if self.nan_count > 0 && !skip_nan {
+            stats.sum = Some(f64::NAN);
+            stats.mean = Some(f64::NAN);
+            stats.min = Some(f64::NAN);
+            stats.max = Some(f64::NAN);
+            if count > u64::from(ddof) {
+                stats.var = Some(f64::NAN);
+                stats.std = Some(f64::NAN);
+            }
+            return stats;
+        }
+        let (pos, neg) = (self.pos_inf_count > 0, self.neg_inf_count > 0);
+        let sum = match (pos, neg) {
+            (true, true) => f64::NAN,
+            (true, false) => f64::INFINITY,
+            (false, true) => f64::NEG_INFINITY,
+            (false, false) => self.sum,
+        };
+        stats.sum = Some(sum);
+        stats.mean = Some(sum / count as f64);
+        stats.min = Some(if neg {
+            f64::NEG_INFINITY
+        } else if self.count > 0 {
+            self.min
+        } else {
+            f64::INFINITY
+        });
+        stats.max = Some(if pos {
+            f64::INFINITY
+        } else if self.count > 0 {
+            self.max
+        } else {
+            f64::NEG_INFINITY
+        });
+        if count > u64::from(ddof) {
+            let var = if pos || neg {
+                f64::NAN
+            } else {
+                self.m2 / (count - u64::from(ddof)) as f64
+            };
+            stats.var = Some(var);
+            stats.std = Some(var.sqrt());
+        }
+        stats
+    }
+}
+
+/// Final statistics of a reduction. `None` marks a value that is undefined for this input (the mean
+/// of nothing, the variance of one value with `ddof = 1`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Number of values the statistics are over (NaNs excluded only with `skip_nan`).
+    pub count: u64,
+    /// Number of NaN values in the input, whether or not they were skipped.
+    pub nan_count: u64,
+    /// Delta degrees of freedom: the variance divides by `count - ddof`.
+    pub ddof: u32,
+    /// Whether NaNs were skipped (numpy's `nan*` functions).
+    pub skip_nan: bool,
+    /// Sum (0 for empty input, as numpy).
+    pub sum: Option<f64>,
+    /// Arithmetic mean: total sum over total count.
+    pub mean: Option<f64>,
+    /// Smallest value.
+    pub min: Option<f64>,
+    /// Largest value.
+    pub max: Option<f64>,
+    /// Variance with `ddof`.
+    pub var: Option<f64>,
+    /// Standard deviation, `sqrt(var)`.
+    pub std: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_in_any_grouping_matches_one_pass() {
+        let data: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1013) as f32 * 0.37 - 50.0)
+            .collect();
+        let whole = Partial::from_slice_f64(&data);
+        for split in [1, 3, 500, 999] {
+            let mut a = Partial::from_slice_f64(&data[..split]);
+            a.merge(&Partial::from_slice_f64(&data[split..]));
+            assert_eq!(a.count, whole.count);
+            assert!((a.sum - whole.sum).abs() <= 1e-12 * whole.sum.abs().max(1.0));
+            assert!((a.m2 - whole.m2).abs() <= 1e-12 * whole.m2);
+            assert_eq!((a.min, a.max), (whole.min, whole.max));
+        }
+    }
+
+    #[test]
+    fn empty_merges_are_identity() {
+        let p = Partial::from_slice_f64(&[1.0, 2.0, 4.0]);
+        let mut q = Partial::EMPTY;
+        q.merge(&p);
+        q.merge(&Partial::EMPTY);
+        assert_eq!(p, q);
+    }
+
+    #[test]
+    fn numpy_rules_for_nan_and_inf() {
+        let s = Partial::from_slice_f64(&[1.0, f32::NAN, 3.0]).finish(0, false);
+        assert!(s.sum.unwrap().is_nan() && s.min.unwrap().is_nan() && s.var.unwrap().is_nan());
+        assert_eq!(s.count, 3);
+        assert_eq!(s.nan_count, 1);
+        let s = Partial::from_slice_f64(&[1.0, f32::NAN, 3.0]).finish(0, true);
+        assert_eq!(
+            (s.count, s.sum, s.mean, s.var),
+            (2, Some(4.0), Some(2.0), Some(1.0))
+        );
+        let s = Partial::from_slice_f64(&[1.0, f32::INFINITY]).finish(0, false);
+        assert_eq!(
+            (s.sum, s.max, s.min),
+            (Some(f64::INFINITY), Some(f64::INFINITY), Some(1.0))
+        );
+        assert!(s.var.unwrap().is_nan());
+        let s = Partial::from_slice_f64(&[f32::NEG_INFINITY, f32::INFINITY]).finish(0, false);
+        assert!(s.sum.unwrap().is_nan());
+        assert_eq!(
+            (s.min, s.max),
+            (Some(f64::NEG_INFINITY), Some(f64::INFINITY))
+        );
+    }
+
+    #[test]
+    fn undefined_values_are_none() {
+        let s = Partial::EMPTY.finish(0, false);
+        assert_eq!((s.count, s.sum, s.mean, s.var), (0, Some(0.0), None, None));
+        let s = Partial::from_slice_f64(&[5.0]).finish(1, false);
+        assert_eq!((s.mean, s.var, s.std), (Some(5.0), None, None));
+        let s = Partial::from_slice_f64(&[f32::NAN, f32::NAN]).finish(0, true);
+        assert_eq!((s.count, s.nan_count, s.mean), (0, 2, None));
+    }
+}

@@ -1,0 +1,188 @@
+//! The CPU backend against f64 references, on fresh random and adversarial data.
+
+mod common;
+
+use common::*;
+use microbatch::{BackendChoice, Engine, EngineConfig, Stats};
+
+fn cpu(batch_size: usize, ddof: u32, skip_nan: bool) -> Engine {
+    Engine::new(&EngineConfig {
+        backend: BackendChoice::Cpu,
+        batch_size,
+        ddof,
+        skip_nan,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn run(data: &[f32], batch_size: usize) -> Stats {
+    cpu(batch_size, 0, false).reduce(data).unwrap().stats
+}
+
+#[test]
+fn random_data_across_batch_sizes() {
+    let mut rng = fresh_rng("random_data_across_batch_sizes");
+    let data = uniform(&mut rng, 300_001, -3.0, 5.0);
+    // N not a multiple of B, B > N, B = N, tiny B, B crossing the 64 Ki task size.
+    for b in [1000, 65_537, 300_001, 1_000_000, 7] {
+        check_stats(&format!("B={b}"), &run(&data, b), &data, CPU_DEPTH);
+    }
+}
+
+#[test]
+fn large_offset_keeps_variance_precise() {
+    let mut rng = fresh_rng("large_offset_keeps_variance_precise");
+    let data = normal(&mut rng, 1_000_000, 1e6, 1.0);
+    let r = reference(&data);
+    for b in [1000, 1 << 20] {
+        let s = run(&data, b);
+        let var = r.m2 / r.n as f64;
+        let rel = (s.var.unwrap() - var).abs() / var;
+        assert!(rel <= 1e-6, "B={b}: variance relative error {rel:e} > 1e-6");
+        assert_close("mean", s.mean.unwrap(), r.mean, 1e-9 * r.mean);
+    }
+}
+
+#[test]
+fn outliers_do_not_spoil_the_shift() {
+    let mut rng = fresh_rng("outliers_do_not_spoil_the_shift");
+    let mut data = normal(&mut rng, 200_000, 1e4, 1.0);
+    data[0] = 3e9; // first value far from the rest: a naive shift would cancel badly
+    data[100_000] = -3e9;
+    check_stats("outliers", &run(&data, 50_000), &data, CPU_DEPTH);
+}
+
+#[test]
+fn empty_input() {
+    let s = run(&[], 1000);
+    assert_eq!(s.count, 0);
+    assert_eq!(s.sum, Some(0.0));
+    assert_eq!(
+        (s.mean, s.min, s.max, s.var, s.std),
+        (None, None, None, None, None)
+    );
+}
+
+#[test]
+fn one_element() {
+    let s = run(&[-2.5], 1000);
+    assert_eq!(
+        (s.count, s.sum, s.mean, s.min, s.max),
+        (1, Some(-2.5), Some(-2.5), Some(-2.5), Some(-2.5))
+    );
+    assert_eq!(s.var, Some(0.0));
+    let s = cpu(1000, 1, false).reduce(&[-2.5]).unwrap().stats;
+    assert_eq!(s.var, None, "ddof=1 over one value is undefined");
+}
+
+#[test]
+fn ddof_one_is_the_sample_variance() {
+    let mut rng = fresh_rng("ddof_one_is_the_sample_variance");
+    let data = uniform(&mut rng, 10_001, 0.0, 1.0);
+    let r = reference(&data);
+    let s = cpu(4096, 1, false).reduce(&data).unwrap().stats;
+    let want = r.m2 / (r.n - 1) as f64;
+    assert_close(
+        "var ddof=1",
+        s.var.unwrap(),
+        want,
+        r.var_rel_tolerance(CPU_DEPTH) * want,
+    );
+    assert_close(
+        "std ddof=1",
+        s.std.unwrap(),
+        want.sqrt(),
+        r.var_rel_tolerance(CPU_DEPTH) * want.sqrt(),
+    );
+}
+
+#[test]
+fn nan_propagates_or_is_skipped() {
+    let mut rng = fresh_rng("nan_propagates_or_is_skipped");
+    let mut data = uniform(&mut rng, 100_000, -1.0, 1.0);
+    for i in [0, 4_095, 65_536, 99_999] {
+        data[i] = f32::NAN;
+    }
+    let s = run(&data, 10_000);
+    assert_eq!((s.count, s.nan_count), (100_000, 4));
+    for v in [s.sum, s.mean, s.min, s.max, s.var, s.std] {
+        assert!(v.unwrap().is_nan());
+    }
+    let s = cpu(10_000, 0, true).reduce(&data).unwrap().stats;
+    let clean: Vec<f32> = data.iter().copied().filter(|x| !x.is_nan()).collect();
+    assert_eq!((s.count, s.nan_count), (99_996, 4));
+    let mut s_clean = s;
+    s_clean.nan_count = 0;
+    check_stats("skip-nan", &s_clean, &clean, CPU_DEPTH);
+}
+
+#[test]
+fn infinities_follow_ieee() {
+    let mut data = vec![1.0f32, 2.0, 3.0, f32::INFINITY, 4.0];
+    let s = run(&data, 2);
+    assert_eq!(
+        (s.sum, s.mean, s.max, s.min),
+        (
+            Some(f64::INFINITY),
+            Some(f64::INFINITY),
+            Some(f64::INFINITY),
+            Some(1.0)
+        )
+    );
+    assert!(s.var.unwrap().is_nan(), "numpy: var with inf is nan");
+    data.push(f32::NEG_INFINITY);
+    let s = run(&data, 4);
+    assert!(s.sum.unwrap().is_nan() && s.mean.unwrap().is_nan());
+    assert_eq!(
+        (s.min, s.max),
+        (Some(f64::NEG_INFINITY), Some(f64::INFINITY))
+    );
+}
+
+#[test]
+fn negative_values_and_subnormals() {
+    let mut rng = fresh_rng("negative_values_and_subnormals");
+    let neg = uniform(&mut rng, 50_000, -1e3, -1e-3);
+    check_stats("negative", &run(&neg, 4096), &neg, CPU_DEPTH);
+    // Subnormals: f32 below 1.18e-38. The CPU does not flush them, so min, max and sum are exact
+    // to the same bound as any other data.
+    let sub: Vec<f32> = (0..10_000)
+        .map(|i| {
+            f32::from_bits(1 + (rng.random_u32() % 0x007f_ffff))
+                * if i % 3 == 0 { -1.0 } else { 1.0 }
+        })
+        .collect();
+    assert!(sub.iter().all(|x| x.is_subnormal()));
+    let s = run(&sub, 1000);
+    let r = reference(&sub);
+    assert_eq!((s.min, s.max), (Some(r.min), Some(r.max)));
+    assert_close(
+        "subnormal sum",
+        s.sum.unwrap(),
+        r.sum,
+        r.sum_tolerance(CPU_DEPTH),
+    );
+}
+
+#[test]
+fn streaming_own_batches_matches_one_slice() {
+    let mut rng = fresh_rng("streaming_own_batches_matches_one_slice");
+    let data = uniform(&mut rng, 123_457, 0.0, 10.0);
+    let cuts = [0, 1, 17, 5000, 5001, 100_000, 123_457];
+    let batches: Vec<&[f32]> = cuts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+    let mut e = cpu(1 << 20, 0, false);
+    let report = e.reduce_batches(batches).unwrap();
+    assert_eq!(report.batches.count, 6);
+    check_stats("own batches", &report.stats, &data, CPU_DEPTH);
+}
+
+trait RandomU32 {
+    fn random_u32(&mut self) -> u32;
+}
+impl RandomU32 for rand::rngs::Xoshiro256PlusPlus {
+    fn random_u32(&mut self) -> u32 {
+        use rand::RngExt;
+        self.random()
+    }
+}

@@ -140,7 +140,8 @@ fn show(x: Option<f64>) -> String {
         None => "undefined".to_string(),
         Some(v) if v.is_nan() => "NaN".to_string(),
         Some(v) if v.is_infinite() => if v > 0.0 { "inf" } else { "-inf" }.to_string(),
-        // Shortest representation that round-trips the f64.
+        // Shortest representation that round-trips the f64; exponent form when tiny or huge.
+        Some(v) if v != 0.0 && !(1e-4..1e16).contains(&v.abs()) => format!("{v:e}"),
         Some(v) => format!("{v}"),
     }
 }

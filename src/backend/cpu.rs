@@ -144,8 +144,8 @@ fn reduce_block(block: &[f32], shift: f32, acc: &mut ShiftedMoments) {
 
     let mut chunks = block.chunks_exact(LANES);
     for c in &mut chunks {
-        for j in 0..LANES {
-            lane(j, c[j]);
+        for (j, &x) in c.iter().enumerate() {
+            lane(j, x);
         }
     }
     for (j, &x) in chunks.remainder().iter().enumerate() {

@@ -22,9 +22,9 @@ impl RawF32Source<File> {
     /// is reduced.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let io_err = |source| Error::Io {
+        let io_err = |error| Error::Io {
             path: path.clone(),
-            source,
+            error,
         };
         let meta = std::fs::metadata(&path).map_err(io_err)?;
         if !meta.is_file() {
@@ -73,10 +73,10 @@ impl<R: Read> BatchSource for RawF32Source<R> {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
+                Err(error) => {
                     return Err(Error::Io {
                         path: self.path.clone(),
-                        source,
+                        error,
                     });
                 }
             }

@@ -114,9 +114,9 @@ impl AdapterSelector {
 
     fn describe(&self) -> String {
         match (&self.name, self.allow_software) {
-            (Some(n), _) => format!("an adapter whose name contains {n:?}"),
-            (None, true) => "a GPU adapter".to_string(),
-            (None, false) => "a hardware GPU adapter".to_string(),
+            (Some(n), _) => format!("adapter whose name contains {n:?}"),
+            (None, true) => "GPU adapter".to_string(),
+            (None, false) => "hardware GPU adapter".to_string(),
         }
     }
 }

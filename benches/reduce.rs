@@ -1,0 +1,58 @@
+//! Criterion benchmarks of the CPU and GPU backends per batch size.
+//!
+//! `cargo bench --bench reduce`; with `CI` set the workload is small so a quick run stays cheap.
+//! State (device, pipeline, buffers, data) is built once per backend and batch size, outside the
+//! timed loop. The GPU group runs only where an adapter exists (lavapipe counts: its figures say
+//! nothing about GPU speed, only about relative changes).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use microbatch::source::{BatchSource, RandomSource};
+use microbatch::{
+    AdapterSelector, CpuReducer, Engine, EngineConfig, GpuConfig, GpuContext, GpuReducer,
+};
+
+fn workload() -> (usize, Vec<usize>) {
+    if std::env::var_os("CI").is_some() {
+        (1 << 18, vec![1 << 12, 1 << 16])
+    } else {
+        (1 << 24, vec![1 << 12, 1 << 16, 1 << 20, 1 << 22])
+    }
+}
+
+fn data(n: usize) -> Vec<f32> {
+    let mut src = RandomSource::new(n as u64, 1);
+    let mut v = Vec::new();
+    src.next_batch(&mut v, n).unwrap();
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let (n, batch_sizes) = workload();
+    let data = data(n);
+    let gpu = GpuContext::new(&AdapterSelector::any()).ok();
+
+    let mut group = c.benchmark_group("reduce");
+    group.throughput(Throughput::Bytes((n * 4) as u64));
+    group.sample_size(10);
+    for &b in &batch_sizes {
+        let config = EngineConfig {
+            batch_size: b,
+            ..Default::default()
+        };
+        let mut cpu = Engine::with_reducer(Box::new(CpuReducer::new()), &config);
+        group.bench_with_input(BenchmarkId::new("cpu", b), &b, |bench, _| {
+            bench.iter(|| cpu.reduce(&data).unwrap().stats.sum)
+        });
+        if let Some(ctx) = &gpu {
+            let reducer = GpuReducer::new(ctx, GpuConfig::new(b)).unwrap();
+            let mut engine = Engine::with_reducer(Box::new(reducer), &config);
+            group.bench_with_input(BenchmarkId::new("gpu", b), &b, |bench, _| {
+                bench.iter(|| engine.reduce(&data).unwrap().stats.sum)
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

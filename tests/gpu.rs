@@ -1,0 +1,278 @@
+//! The GPU backend (lavapipe on CI) against the CPU backend and f64 references.
+//!
+//! Every test here needs an adapter: without one it is skipped, unless MICROBATCH_REQUIRE_GPU=1,
+//! in which case it fails (CI sets it).
+
+mod common;
+
+use common::*;
+use microbatch::{BackendChoice, CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report};
+
+fn gpu_engine(
+    batch_size: usize,
+    workgroups: Option<u32>,
+    max_binding_bytes: Option<u64>,
+) -> Option<Engine> {
+    let ctx = gpu()?;
+    let config = GpuConfig {
+        batch_size,
+        workgroups,
+        max_binding_bytes,
+    };
+    let reducer = GpuReducer::new(ctx, config).unwrap();
+    let engine_config = EngineConfig {
+        batch_size,
+        ..Default::default()
+    };
+    Some(Engine::with_reducer(Box::new(reducer), &engine_config))
+}
+
+fn cpu_report(data: &[f32], batch_size: usize) -> Report {
+    let config = EngineConfig {
+        batch_size,
+        ..Default::default()
+    };
+    Engine::with_reducer(Box::new(CpuReducer::new()), &config)
+        .reduce(data)
+        .unwrap()
+}
+
+#[test]
+fn gpu_matches_cpu_and_reference_across_batch_sizes_and_workgroups() {
+    let Some(_) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_matches_cpu");
+    let data = uniform(&mut rng, 200_003, -2.0, 7.0);
+    let cpu = cpu_report(&data, 1 << 20);
+    for (b, p) in [
+        (1000, 1),
+        (1000, 16),
+        (65_539, 3),
+        (200_003, 64),
+        (1 << 20, 7),
+        (4, 2),
+    ] {
+        if b == 4 && p == 2 {
+            // Tiny batches are thousands of dispatches: keep the data small.
+            let small = &data[..2_001];
+            let mut e = gpu_engine(b, Some(p), None).unwrap();
+            let r = e.reduce(small).unwrap();
+            check_stats("B=4 P=2", &r.stats, small, gpu_depth(b, p));
+            continue;
+        }
+        let mut e = gpu_engine(b, Some(p), None).unwrap();
+        let r = e.reduce(&data).unwrap();
+        let what = format!("B={b} P={p}");
+        check_stats(&what, &r.stats, &data, gpu_depth(b.min(data.len()), p));
+        assert_eq!(
+            r.batches.count as usize,
+            data.len().div_ceil(b),
+            "{what}: batches"
+        );
+        assert_eq!(r.batches.workgroups, p);
+        // Same data, two backends: both within their bounds of the reference, so within the sum
+        // of the bounds of each other; min and max are exact on both.
+        let rf = reference(&data);
+        let tol = rf.sum_tolerance(gpu_depth(b, p)) + rf.sum_tolerance(CPU_DEPTH);
+        assert_close(
+            &format!("{what}: gpu vs cpu sum"),
+            r.stats.sum.unwrap(),
+            cpu.stats.sum.unwrap(),
+            tol,
+        );
+        assert_eq!((r.stats.min, r.stats.max), (cpu.stats.min, cpu.stats.max));
+    }
+}
+
+#[test]
+fn gpu_default_workgroups_and_uneven_last_batch() {
+    let Some(_) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_default_workgroups");
+    let data = normal(&mut rng, 100_001, -5.0, 3.0);
+    let mut e = gpu_engine(30_000, None, None).unwrap();
+    let r = e.reduce(&data).unwrap();
+    let p = r.batches.workgroups;
+    check_stats("default P", &r.stats, &data, gpu_depth(30_000, p));
+    assert_eq!(r.batches.count, 4);
+}
+
+#[test]
+fn gpu_large_offset_keeps_variance_precise() {
+    let Some(_) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_large_offset");
+    let data = normal(&mut rng, 1_000_000, 1e6, 1.0);
+    let r = reference(&data);
+    let var = r.m2 / r.n as f64;
+    for (b, p) in [(1 << 20, 16), (100_000, 64)] {
+        let s = gpu_engine(b, Some(p), None)
+            .unwrap()
+            .reduce(&data)
+            .unwrap()
+            .stats;
+        let rel = (s.var.unwrap() - var).abs() / var;
+        assert!(
+            rel <= 1e-6,
+            "B={b} P={p}: variance relative error {rel:e} > 1e-6"
+        );
+        assert_close("mean", s.mean.unwrap(), r.mean, 1e-9 * r.mean);
+    }
+}
+
+#[test]
+fn gpu_special_values() {
+    let Some(_) = gpu() else { return };
+    let mut e = gpu_engine(3, Some(1), None).unwrap();
+    // Empty input.
+    let s = e.reduce(&[]).unwrap().stats;
+    assert_eq!((s.count, s.sum, s.mean, s.var), (0, Some(0.0), None, None));
+    // One element.
+    let s = e.reduce(&[42.5]).unwrap().stats;
+    assert_eq!(
+        (s.count, s.sum, s.min, s.max, s.var),
+        (1, Some(42.5), Some(42.5), Some(42.5), Some(0.0))
+    );
+    // NaN: counted, and everything NaN; the reducer is clean again afterwards.
+    let s = e
+        .reduce(&[1.0, f32::NAN, 2.0, 3.0, f32::NAN])
+        .unwrap()
+        .stats;
+    assert_eq!((s.count, s.nan_count), (5, 2));
+    assert!(s.sum.unwrap().is_nan() && s.min.unwrap().is_nan() && s.var.unwrap().is_nan());
+    // ±inf.
+    let s = e.reduce(&[f32::INFINITY, -1.0, 2.0, 5.0]).unwrap().stats;
+    assert_eq!(
+        (s.sum, s.min, s.max),
+        (Some(f64::INFINITY), Some(-1.0), Some(f64::INFINITY))
+    );
+    assert!(s.var.unwrap().is_nan());
+    let s = e
+        .reduce(&[f32::INFINITY, -1.0, f32::NEG_INFINITY])
+        .unwrap()
+        .stats;
+    assert!(s.sum.unwrap().is_nan());
+    assert_eq!(
+        (s.min, s.max),
+        (Some(f64::NEG_INFINITY), Some(f64::INFINITY))
+    );
+    // Negative values, exact min and max.
+    let s = e.reduce(&[-7.25, -0.5, -100.0, -3.0]).unwrap().stats;
+    assert_eq!(
+        (s.sum, s.min, s.max),
+        (Some(-110.75), Some(-100.0), Some(-0.5))
+    );
+}
+
+#[test]
+fn gpu_skip_nan_matches_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_skip_nan");
+    let mut data = uniform(&mut rng, 50_000, 0.0, 1.0);
+    for i in (0..data.len()).step_by(997) {
+        data[i] = f32::NAN;
+    }
+    let config = EngineConfig {
+        batch_size: 8192,
+        skip_nan: true,
+        ..Default::default()
+    };
+    let reducer = GpuReducer::new(ctx, GpuConfig::new(8192)).unwrap();
+    let s = Engine::with_reducer(Box::new(reducer), &config)
+        .reduce(&data)
+        .unwrap()
+        .stats;
+    let cpu = Engine::new(&EngineConfig {
+        backend: BackendChoice::Cpu,
+        ..config.clone()
+    })
+    .unwrap()
+    .reduce(&data)
+    .unwrap()
+    .stats;
+    assert_eq!((s.count, s.nan_count), (cpu.count, cpu.nan_count));
+    let clean: Vec<f32> = data.iter().copied().filter(|x| !x.is_nan()).collect();
+    let mut s_clean = s;
+    s_clean.nan_count = 0;
+    check_stats("gpu skip-nan", &s_clean, &clean, gpu_depth(8192, 16));
+}
+
+#[test]
+fn gpu_subnormals_min_max_exact() {
+    let Some(_) = gpu() else { return };
+    // GPUs may flush subnormals to zero in arithmetic, but min and max come from the bits and
+    // stay exact; the sum may lose at most the subnormals themselves (n · 2^-126 in absolute terms).
+    let data: Vec<f32> = (1..=4096u32)
+        .map(|i| f32::from_bits(i * 2047) * if i % 2 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let r = reference(&data);
+    let s = gpu_engine(1000, Some(4), None)
+        .unwrap()
+        .reduce(&data)
+        .unwrap()
+        .stats;
+    assert_eq!((s.min, s.max), (Some(r.min), Some(r.max)));
+    let flush_bound = data.len() as f64 * f64::from(f32::MIN_POSITIVE);
+    assert_close("subnormal sum", s.sum.unwrap(), r.sum, flush_bound);
+}
+
+#[test]
+fn gpu_batch_split_across_bindings() {
+    let Some(_) = gpu() else { return };
+    // A 4 KiB binding cap forces each 10 000-element batch over 10 dispatches.
+    let mut rng = fresh_rng("gpu_batch_split_across_bindings");
+    let data = uniform(&mut rng, 25_001, -1.0, 1.0);
+    let mut e = gpu_engine(10_000, Some(2), Some(4096)).unwrap();
+    let r = e.reduce(&data).unwrap();
+    assert_eq!(r.batches.count, 3);
+    check_stats("split", &r.stats, &data, gpu_depth(1024, 2));
+}
+
+#[test]
+fn gpu_batch_larger_than_the_adapters_storage_binding_limit() {
+    let Some(ctx) = gpu() else { return };
+    let limit = ctx
+        .adapter()
+        .max_storage_binding
+        .min(ctx.adapter().max_buffer_size);
+    // One batch a little over the real limit (lavapipe: 128 MiB → 33.6 M values), if the host can
+    // afford it; the data are generated, not stored.
+    let n = (limit / 4 + 1_000_003) as usize;
+    if n > 300_000_000 {
+        eprintln!(
+            "storage binding limit {limit} bytes is too large to exceed in a test; covered by gpu_batch_split_across_bindings"
+        );
+        return;
+    }
+    let mut rng = fresh_rng("gpu_batch_larger_than_limit");
+    let data = uniform(&mut rng, n, 0.0, 1.0);
+    let reducer = GpuReducer::new(ctx, GpuConfig::new(n)).unwrap();
+    assert!(reducer.chunk_elems() < n, "the batch must be split");
+    let config = EngineConfig {
+        batch_size: n,
+        ..Default::default()
+    };
+    let r = Engine::with_reducer(Box::new(reducer), &config)
+        .reduce(&data)
+        .unwrap();
+    assert_eq!(r.batches.count, 1);
+    check_stats(
+        "over the binding limit",
+        &r.stats,
+        &data,
+        gpu_depth((limit / 4) as usize, r.batches.workgroups),
+    );
+}
+
+#[test]
+fn gpu_streams_many_batches_through_one_readback_window() {
+    let Some(_) = gpu() else { return };
+    // More dispatches than one readback window holds, to cover the window turnover.
+    let mut rng = fresh_rng("gpu_streams_many_batches");
+    let data = uniform(&mut rng, 3_000 * 100 + 17, 0.0, 100.0);
+    let mut e = gpu_engine(100, Some(1), None).unwrap();
+    let r = e.reduce(&data).unwrap();
+    assert_eq!(r.batches.count, 3_001);
+    check_stats("many batches", &r.stats, &data, gpu_depth(100, 1));
+    assert!(
+        r.timings.compute > std::time::Duration::ZERO,
+        "compute was timed"
+    );
+}

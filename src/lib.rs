@@ -33,15 +33,17 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 mod engine;
 mod error;
+pub mod model;
 pub mod report;
 pub mod source;
 pub mod stats;
 
 pub use backend::cpu::CpuReducer;
 pub use backend::gpu::{
-    AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, list_adapters,
+    AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer};
 pub use engine::{BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};

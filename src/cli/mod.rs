@@ -1,5 +1,7 @@
 //! Command-line parsing (clap) → validated configuration → library calls → output.
 
+mod bench;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,6 +23,8 @@ struct Cli {
 enum Command {
     /// Reduce an input to count, sum, mean, min, max, var and std, timing every stage.
     Run(RunArgs),
+    /// Benchmark CPU against GPU: sweep N, B and P, measure the ceilings, fit T = N/P × S + D.
+    Bench(bench::BenchArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
     Devices {
         /// Print one JSON array instead of a table.
@@ -87,7 +91,7 @@ struct RunArgs {
 }
 
 /// A count given as an integer or in scientific notation (`1e8`), exactly integral.
-fn parse_count(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_count(s: &str) -> Result<u64, String> {
     if let Ok(n) = s.parse::<u64>() {
         return Ok(n);
     }
@@ -111,6 +115,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Devices { json } => devices(json),
     }
 }

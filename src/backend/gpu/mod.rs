@@ -122,6 +122,42 @@ struct DispatchRecord {
     shift: f32,
 }
 
+struct ResidentChunk {
+    _input: wgpu::Buffer,
+    params: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+    len: usize,
+    shift: f32,
+}
+
+/// Data uploaded once with [`GpuReducer::upload`], reducible any number of times with
+/// [`GpuReducer::reduce_resident`] by the reducer that uploaded it.
+pub struct GpuResident {
+    chunks: Vec<ResidentChunk>,
+    len: usize,
+}
+
+impl GpuResident {
+    /// Elements held on the device.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no elements are held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for GpuResident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuResident")
+            .field("len", &self.len)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
 /// The GPU backend as a [`BatchReducer`].
 pub struct GpuReducer {
     ctx: GpuContext,
@@ -366,22 +402,82 @@ impl GpuReducer {
         self.chunk_elems
     }
 
-    fn dispatch(&mut self, chunk: &[f32]) -> Result<()> {
-        let n_vec = chunk.len().div_ceil(4) as u32;
-        let workgroups = self
-            .info
+    /// Workgroups for a dispatch over `len` elements: P, but never more than one per
+    /// `WORKGROUP_SIZE` vec4s (an idle workgroup only adds a partial to merge).
+    fn workgroups_for(&self, len: usize) -> u32 {
+        let n_vec = len.div_ceil(4) as u32;
+        self.info
             .workgroups
             .min(n_vec.div_ceil(WORKGROUP_SIZE))
-            .max(1);
+            .max(1)
+    }
+
+    /// Makes room in the readback window for one more dispatch of `workgroups` partials.
+    fn reserve(&mut self, workgroups: u32) -> Result<()> {
         if self.window.len() == MAX_DISPATCHES_PER_READBACK
             || self.partials_used + workgroups > self.partials_capacity
         {
             self.read_back()?;
         }
+        Ok(())
+    }
+
+    /// Records one dispatch into `encoder` (timestamps around it where supported) and notes where
+    /// its partials go. `reserve` must have been called for it.
+    fn encode(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bind_group: &wgpu::BindGroup,
+        workgroups: u32,
+        shift: f32,
+    ) {
+        let q = self.window.len() as u32 * 2;
+        let timestamp_writes =
+            self.queries
+                .as_ref()
+                .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(q),
+                    end_of_pass_write_index: Some(q + 1),
+                });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("microbatch.reduce.pass"),
+            timestamp_writes,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(workgroups, 1, 1);
+        drop(pass);
+        self.window.push(DispatchRecord {
+            first: self.partials_used,
+            workgroups,
+            shift,
+        });
+        self.partials_used += workgroups;
+    }
+
+    fn params_for(&self, len: usize, shift: f32) -> GpuParams {
+        GpuParams {
+            len: len as u32,
+            shift,
+            out_base: self.partials_used,
+            _pad: 0,
+        }
+    }
+
+    fn new_encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    fn dispatch(&mut self, chunk: &[f32]) -> Result<()> {
+        let workgroups = self.workgroups_for(chunk.len());
+        self.reserve(workgroups)?;
 
         let upload_start = Instant::now();
-        let slot = &mut self.ring[self.next_slot];
-        if let Some(index) = slot.in_flight.take() {
+        let slot_index = self.next_slot;
+        if let Some(index) = self.ring[slot_index].in_flight.take() {
             // The ring is full: the device is still reading this buffer. Waiting here is what
             // bounds host memory to RING batches.
             self.ctx
@@ -396,54 +492,115 @@ impl GpuReducer {
                 })?;
         }
         let shift = choose_shift(chunk);
-        let params = GpuParams {
-            len: chunk.len() as u32,
-            shift,
-            out_base: self.partials_used,
-            _pad: 0,
-        };
+        let params = self.params_for(chunk.len(), shift);
+        let slot = &self.ring[slot_index];
         let queue = &self.ctx.queue;
         queue.write_buffer(&slot.input, 0, bytemuck::cast_slice(chunk));
         queue.write_buffer(&slot.params, 0, bytemuck::bytes_of(&params));
+        let bind_group = slot.bind_group.clone();
 
-        let mut encoder = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("microbatch.reduce.encoder"),
-            });
-        {
-            let q = self.window.len() as u32 * 2;
-            let timestamp_writes =
-                self.queries
-                    .as_ref()
-                    .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: Some(q),
-                        end_of_pass_write_index: Some(q + 1),
-                    });
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("microbatch.reduce.pass"),
-                timestamp_writes,
-            });
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &slot.bind_group, &[]);
-            pass.dispatch_workgroups(workgroups, 1, 1);
-        }
-        slot.in_flight = Some(queue.submit([encoder.finish()]));
+        let mut encoder = self.new_encoder("microbatch.reduce.encoder");
+        self.encode(&mut encoder, &bind_group, workgroups, shift);
+        let index = self.ctx.queue.submit([encoder.finish()]);
+        self.ring[slot_index].in_flight = Some(index);
         self.wall_compute_start.get_or_insert(upload_start);
         self.times.upload += upload_start.elapsed();
-
-        self.window.push(DispatchRecord {
-            first: self.partials_used,
-            workgroups,
-            shift,
-        });
-        self.partials_used += workgroups;
         self.next_slot = (self.next_slot + 1) % RING;
         Ok(())
     }
 
+    /// Uploads `data` to the device once, split into binding-sized chunks, for
+    /// [`GpuReducer::reduce_resident`] to reduce any number of times (the kernel alone, with no
+    /// transfer: the "resident" benchmark mode).
+    pub fn upload(&self, data: &[f32]) -> Result<GpuResident> {
+        let device = &self.ctx.device;
+        let layout = self.pipeline.get_bind_group_layout(0);
+        let chunks = data
+            .chunks(self.chunk_elems)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let size = (chunk.len() as u64 * 4).next_multiple_of(16);
+                let input = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("microbatch.resident[{i}]")),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.ctx
+                    .queue
+                    .write_buffer(&input, 0, bytemuck::cast_slice(chunk));
+                let params = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("microbatch.resident.params[{i}]")),
+                    size: std::mem::size_of::<GpuParams>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&format!("microbatch.resident.bind_group[{i}]")),
+                    layout: &layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: input.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: self.partials.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: params.as_entire_binding(),
+                        },
+                    ],
+                });
+                ResidentChunk {
+                    _input: input,
+                    params,
+                    bind_group,
+                    len: chunk.len(),
+                    shift: choose_shift(chunk),
+                }
+            })
+            .collect();
+        self.ctx.queue.submit([]);
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "uploading resident data".to_string(),
+                message: e.to_string(),
+            })?;
+        self.ctx.take_error("uploading resident data")?;
+        Ok(GpuResident {
+            chunks,
+            len: data.len(),
+        })
+    }
+
+    /// Reduces data already on the device: every chunk is dispatched from one command buffer per
+    /// readback window, then the partials come back in one map.
+    pub fn reduce_resident(&mut self, data: &GpuResident) -> Result<(Partial, StageTimes)> {
+        let mut encoder = self.new_encoder("microbatch.resident.encoder");
+        let start = Instant::now();
+        for chunk in &data.chunks {
+            let workgroups = self.workgroups_for(chunk.len);
+            if self.window.len() == MAX_DISPATCHES_PER_READBACK
+                || self.partials_used + workgroups > self.partials_capacity
+            {
+                self.ctx.queue.submit([encoder.finish()]);
+                encoder = self.new_encoder("microbatch.resident.encoder");
+                self.read_back()?;
+            }
+            let params = self.params_for(chunk.len, chunk.shift);
+            self.ctx
+                .queue
+                .write_buffer(&chunk.params, 0, bytemuck::bytes_of(&params));
+            self.encode(&mut encoder, &chunk.bind_group, workgroups, chunk.shift);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        self.wall_compute_start.get_or_insert(start);
+        self.finish()
+    }
     /// Copies the window's partials and timestamps back in one map, and merges them.
     fn read_back(&mut self) -> Result<()> {
         if self.window.is_empty() {

@@ -1,0 +1,572 @@
+//! `microbatch bench`: sweeps N, B, P, backends and modes; measures the ceilings; fits the cost
+//! model; exports JSON, CSV and SVG.
+
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
+use crate::backend::{BackendKind, BatchReducer, cpu::CpuReducer};
+use crate::model::{CostModel, Crossover, Observation, crossover};
+use crate::source::{BatchSource, RandomSource};
+use crate::{Error, Result};
+
+/// How the data reaches the reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Data starts in host memory and goes through the whole pipeline in micro-batches.
+    Streaming,
+    /// Data is already where the backend computes (uploaded once on the GPU): the kernel alone.
+    Resident,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Streaming => "streaming",
+            Mode::Resident => "resident",
+        })
+    }
+}
+
+/// What to sweep.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Element counts N.
+    pub sizes: Vec<u64>,
+    /// Batch sizes B (streaming mode).
+    pub batch_sizes: Vec<usize>,
+    /// Workgroup counts P for the GPU (`None`: the adapter's default).
+    pub workgroups: Vec<Option<u32>>,
+    /// Backends to measure.
+    pub backends: Vec<BackendKind>,
+    /// Modes to measure.
+    pub modes: Vec<Mode>,
+    /// Measured runs per point.
+    pub runs: usize,
+    /// Unmeasured warm-up runs per point.
+    pub warmup: usize,
+    /// Seed of the generated data.
+    pub seed: u64,
+    /// GPU adapter name substring.
+    pub adapter: Option<String>,
+}
+
+/// Median and spread of one quantity over the measured runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+}
+
+/// Median seconds per stage.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StageMedians {
+    /// Producing batches (zero here: the data is generated before timing).
+    pub read: f64,
+    /// Staging for the device.
+    pub upload: f64,
+    /// Kernel time.
+    pub compute: f64,
+    /// Partials back to the host.
+    pub readback: f64,
+    /// Merging.
+    pub merge: f64,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchPoint {
+    /// Backend.
+    pub backend: BackendKind,
+    /// Mode.
+    pub mode: Mode,
+    /// Elements.
+    pub n: u64,
+    /// Batch size (the whole input in resident mode).
+    pub batch_size: usize,
+    /// Parallel processors.
+    pub workgroups: u32,
+    /// Total seconds per run.
+    pub seconds: Spread,
+    /// Elements per second (from the median time; min/max from the max/min times).
+    pub elements_per_s: Spread,
+    /// Bytes per second likewise.
+    pub bytes_per_s: Spread,
+    /// Median per stage.
+    pub stages: StageMedians,
+    /// Median bytes/s as a fraction of the relevant ceiling.
+    pub fraction_of_ceiling: Option<f64>,
+}
+
+/// The bandwidths the throughputs are judged against, measured in the same run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ceilings {
+    /// Host single-pass read bandwidth: a plain multi-accumulator sum on all threads (bytes/s).
+    pub host_read: f64,
+    /// Device-to-device copy bandwidth, bytes read + written per second.
+    pub gpu_copy: Option<f64>,
+    /// Host-to-device upload bandwidth through `queue.write_buffer`, bytes per second.
+    pub gpu_upload: Option<f64>,
+}
+
+/// A fitted model for one backend and mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchFit {
+    /// Backend.
+    pub backend: BackendKind,
+    /// Mode.
+    pub mode: Mode,
+    /// Batch size the fit is over (streaming: per-batch costs depend on B, so each B has its
+    /// own fit); `None` in resident mode.
+    pub batch_size: Option<usize>,
+    /// The fit.
+    pub model: CostModel,
+}
+
+/// Everything a sweep produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// GPU adapter measured, if any.
+    pub adapter: Option<String>,
+    /// CPU threads.
+    pub cpu_threads: usize,
+    /// Ceilings.
+    pub ceilings: Ceilings,
+    /// Every measured point.
+    pub points: Vec<BenchPoint>,
+    /// Fits per backend and mode.
+    pub fits: Vec<BenchFit>,
+    /// Streaming mode: N above which the GPU beats the CPU, from the fits.
+    pub crossover: Option<Crossover>,
+}
+
+impl BenchReport {
+    /// The fit for a backend, mode and (streaming) batch size.
+    pub fn fit(
+        &self,
+        backend: BackendKind,
+        mode: Mode,
+        batch_size: Option<usize>,
+    ) -> Option<&BenchFit> {
+        self.fits
+            .iter()
+            .find(|f| f.backend == backend && f.mode == mode && f.batch_size == batch_size)
+    }
+
+    /// The streaming point with the highest median throughput at the largest N for `backend`.
+    pub fn fastest_streaming(&self, backend: BackendKind) -> Option<&BenchPoint> {
+        let max_n = self.points.iter().map(|p| p.n).max()?;
+        self.points
+            .iter()
+            .filter(|p| p.backend == backend && p.mode == Mode::Streaming && p.n == max_n)
+            .max_by(|a, b| a.bytes_per_s.median.total_cmp(&b.bytes_per_s.median))
+    }
+}
+
+fn generate(n: u64, seed: u64) -> Vec<f32> {
+    let mut src = RandomSource::new(n, seed);
+    let mut v = Vec::new();
+    src.next_batch(&mut v, n as usize)
+        .expect("generation cannot fail");
+    v
+}
+
+/// Host read bandwidth: 16 independent f32 accumulators per thread over `data`, all threads.
+pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
+    let pass = || {
+        data.par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0.0f32; 16];
+                let mut it = c.chunks_exact(16);
+                for v in &mut it {
+                    for (a, &x) in acc.iter_mut().zip(v) {
+                        *a += x;
+                    }
+                }
+                acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+            })
+            .sum::<f32>()
+    };
+    std::hint::black_box(pass());
+    let times: Vec<f64> = (0..runs.max(3))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(pass());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    (data.len() * 4) as f64 / Spread::of(times).median
+}
+
+fn gpu_err(context: &str) -> impl Fn(wgpu::PollError) -> Error + '_ {
+    move |e| Error::Gpu {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Device-to-device copy bandwidth (bytes read + written per second) over `bytes`-sized buffers.
+pub fn gpu_copy_bandwidth(ctx: &GpuContext, bytes: u64, runs: usize) -> Result<f64> {
+    let bytes = bytes
+        .min(ctx.limits.max_buffer_size)
+        .min(1 << 30)
+        .max(1 << 20)
+        / 4
+        * 4;
+    let make = |label| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (
+        make("microbatch.bench.copy_src"),
+        make("microbatch.bench.copy_dst"),
+    );
+    const COPIES: u32 = 8;
+    let once = || -> Result<f64> {
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("microbatch.bench.copy"),
+            });
+        for _ in 0..COPIES {
+            enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+        }
+        let t = Instant::now();
+        ctx.queue.submit([enc.finish()]);
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(gpu_err("timing a device copy"))?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    once()?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(3) {
+        times.push(once()?);
+    }
+    ctx.take_error("timing a device copy")?;
+    Ok(2.0 * bytes as f64 * f64::from(COPIES) / Spread::of(times).median)
+}
+
+/// Host-to-device bandwidth through `queue.write_buffer` (what streaming uses), bytes per second.
+pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Result<f64> {
+    let host = &host[..host.len().min(1 << 28)];
+    let bytes = (host.len() as u64 * 4).max(4);
+    let dst = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("microbatch.bench.upload_dst"),
+        size: bytes.next_multiple_of(16),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let once = || -> Result<f64> {
+        let t = Instant::now();
+        ctx.queue.write_buffer(&dst, 0, bytemuck::cast_slice(host));
+        ctx.queue.submit([]);
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(gpu_err("timing an upload"))?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    once()?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(3) {
+        times.push(once()?);
+    }
+    ctx.take_error("timing an upload")?;
+    Ok(bytes as f64 / Spread::of(times).median)
+}
+
+/// One timed run's stage seconds and total.
+struct Sample {
+    total: f64,
+    upload: f64,
+    compute: f64,
+    readback: f64,
+    merge: f64,
+}
+
+fn point(
+    backend: BackendKind,
+    mode: Mode,
+    n: u64,
+    batch_size: usize,
+    workgroups: u32,
+    samples: &[Sample],
+) -> BenchPoint {
+    let med = |f: &dyn Fn(&Sample) -> f64| Spread::of(samples.iter().map(f).collect()).median;
+    let seconds = Spread::of(samples.iter().map(|s| s.total).collect());
+    let per = |scale: f64| Spread {
+        median: scale / seconds.median,
+        min: scale / seconds.max,
+        max: scale / seconds.min,
+    };
+    BenchPoint {
+        backend,
+        mode,
+        n,
+        batch_size,
+        workgroups,
+        seconds,
+        elements_per_s: per(n as f64),
+        bytes_per_s: per(n as f64 * 4.0),
+        stages: StageMedians {
+            read: 0.0,
+            upload: med(&|s| s.upload),
+            compute: med(&|s| s.compute),
+            readback: med(&|s| s.readback),
+            merge: med(&|s| s.merge),
+        },
+        fraction_of_ceiling: None,
+    }
+}
+
+/// Runs the sweep. `progress` is called after every measured point with (done, total).
+pub fn run(
+    config: &BenchConfig,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<BenchReport> {
+    if config.sizes.is_empty() || config.batch_sizes.is_empty() || config.runs == 0 {
+        return Err(Error::InvalidConfig(
+            "bench needs at least one size, one batch size and one run".to_string(),
+        ));
+    }
+    if config.batch_sizes.contains(&0) {
+        return Err(Error::InvalidConfig(
+            "batch sizes must be at least 1".to_string(),
+        ));
+    }
+    let want_gpu = config.backends.contains(&BackendKind::Gpu);
+    let ctx = if want_gpu {
+        let selector = match &config.adapter {
+            Some(name) => AdapterSelector::named(name.clone()),
+            None => AdapterSelector::any(),
+        };
+        Some(GpuContext::new(&selector)?)
+    } else {
+        None
+    };
+    let cpu_threads = rayon::current_num_threads();
+    let max_n = *config.sizes.iter().max().unwrap_or(&0);
+    let total_points = config.sizes.len()
+        * config
+            .backends
+            .iter()
+            .map(|b| match b {
+                BackendKind::Cpu => config
+                    .modes
+                    .iter()
+                    .map(|m| match m {
+                        Mode::Streaming => config.batch_sizes.len(),
+                        Mode::Resident => 1,
+                    })
+                    .sum::<usize>(),
+                BackendKind::Gpu => config
+                    .modes
+                    .iter()
+                    .map(|m| match m {
+                        Mode::Streaming => config.batch_sizes.len() * config.workgroups.len(),
+                        Mode::Resident => config.workgroups.len(),
+                    })
+                    .sum::<usize>(),
+            })
+            .sum::<usize>();
+    let mut done = 0;
+
+    // Ceilings first, on the largest buffer of the sweep (capped at 1 GiB).
+    let ceiling_data = generate(max_n.clamp(1 << 20, 1 << 28), config.seed);
+    let host_read = host_read_bandwidth(&ceiling_data, config.runs);
+    let (gpu_copy, gpu_upload) = match &ctx {
+        Some(ctx) => (
+            Some(gpu_copy_bandwidth(
+                ctx,
+                ceiling_data.len() as u64 * 4,
+                config.runs,
+            )?),
+            Some(gpu_upload_bandwidth(ctx, &ceiling_data, config.runs)?),
+        ),
+        None => (None, None),
+    };
+    drop(ceiling_data);
+    let ceilings = Ceilings {
+        host_read,
+        gpu_copy,
+        gpu_upload,
+    };
+
+    let mut points = Vec::new();
+    for &n in &config.sizes {
+        let data = generate(n, config.seed);
+        for &backend in &config.backends {
+            for &mode in &config.modes {
+                let batch_sizes: Vec<usize> = match mode {
+                    Mode::Streaming => config.batch_sizes.clone(),
+                    Mode::Resident => vec![(n as usize).max(1)],
+                };
+                let workgroups: Vec<Option<u32>> = match backend {
+                    BackendKind::Cpu => vec![None],
+                    BackendKind::Gpu => config.workgroups.clone(),
+                };
+                for &b in &batch_sizes {
+                    for &p in &workgroups {
+                        let label = format!("{backend} {mode} N={n} B={b}");
+                        let mut p_used = cpu_threads as u32;
+                        let samples = match backend {
+                            BackendKind::Cpu => {
+                                let mut r = CpuReducer::new();
+                                let b = if mode == Mode::Resident {
+                                    data.len().max(1)
+                                } else {
+                                    b
+                                };
+                                measure(config, || {
+                                    let t = Instant::now();
+                                    for batch in data.chunks(b) {
+                                        r.push(batch)?;
+                                    }
+                                    let (_, times) = r.finish()?;
+                                    Ok(sample(t.elapsed(), &times))
+                                })?
+                            }
+                            BackendKind::Gpu => {
+                                let ctx = ctx.as_ref().expect("opened above");
+                                let gpu_config = GpuConfig {
+                                    batch_size: b,
+                                    workgroups: p,
+                                    max_binding_bytes: None,
+                                };
+                                let mut r = GpuReducer::new(ctx, gpu_config)?;
+                                p_used = r.info().workgroups;
+                                match mode {
+                                    Mode::Streaming => measure(config, || {
+                                        let t = Instant::now();
+                                        for batch in data.chunks(b) {
+                                            r.push(batch)?;
+                                        }
+                                        let (_, times) = r.finish()?;
+                                        Ok(sample(t.elapsed(), &times))
+                                    })?,
+                                    Mode::Resident => {
+                                        let resident = r.upload(&data)?;
+                                        measure(config, || {
+                                            let t = Instant::now();
+                                            let (_, times) = r.reduce_resident(&resident)?;
+                                            Ok(sample(t.elapsed(), &times))
+                                        })?
+                                    }
+                                }
+                            }
+                        };
+                        let mut pt = point(backend, mode, n, b, p_used, &samples);
+                        let ceiling = match (backend, mode) {
+                            (BackendKind::Cpu, _) => Some(host_read),
+                            (BackendKind::Gpu, Mode::Resident) => gpu_copy.map(|c| c / 2.0),
+                            (BackendKind::Gpu, Mode::Streaming) => gpu_upload,
+                        };
+                        pt.fraction_of_ceiling = ceiling.map(|c| pt.bytes_per_s.median / c);
+                        points.push(pt);
+                        done += 1;
+                        progress(done, total_points, &label);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut fits = Vec::new();
+    for &backend in &config.backends {
+        for &mode in &config.modes {
+            let groups: Vec<Option<usize>> = match mode {
+                Mode::Streaming => config.batch_sizes.iter().map(|&b| Some(b)).collect(),
+                Mode::Resident => vec![None],
+            };
+            for batch_size in groups {
+                let obs: Vec<Observation> = points
+                    .iter()
+                    .filter(|p| p.backend == backend && p.mode == mode)
+                    .filter(|p| batch_size.is_none_or(|b| p.batch_size == b))
+                    .map(|p| Observation {
+                        n: p.n as f64,
+                        p: f64::from(p.workgroups),
+                        seconds: p.seconds.median,
+                    })
+                    .collect();
+                if let Some(model) = CostModel::fit(&obs) {
+                    fits.push(BenchFit {
+                        backend,
+                        mode,
+                        batch_size,
+                        model,
+                    });
+                }
+            }
+        }
+    }
+    let mut report = BenchReport {
+        adapter: ctx.as_ref().map(|c| c.adapter().name.clone()),
+        cpu_threads,
+        ceilings,
+        points,
+        fits,
+        crossover: None,
+    };
+    report.crossover = streaming_crossover(&report);
+    Ok(report)
+}
+
+/// Where GPU streaming (at its fastest B and P) starts to beat CPU streaming (at its fastest B).
+fn streaming_crossover(report: &BenchReport) -> Option<Crossover> {
+    let g = report.fastest_streaming(BackendKind::Gpu)?;
+    let c = report.fastest_streaming(BackendKind::Cpu)?;
+    let gf = report.fit(BackendKind::Gpu, Mode::Streaming, Some(g.batch_size))?;
+    let cf = report.fit(BackendKind::Cpu, Mode::Streaming, Some(c.batch_size))?;
+    Some(crossover(
+        &gf.model,
+        f64::from(g.workgroups),
+        &cf.model,
+        f64::from(c.workgroups),
+    ))
+}
+
+fn sample(total: Duration, t: &crate::backend::StageTimes) -> Sample {
+    Sample {
+        total: total.as_secs_f64(),
+        upload: t.upload.as_secs_f64(),
+        compute: t.compute.as_secs_f64(),
+        readback: t.readback.as_secs_f64(),
+        merge: t.merge.as_secs_f64(),
+    }
+}
+
+fn measure(config: &BenchConfig, mut once: impl FnMut() -> Result<Sample>) -> Result<Vec<Sample>> {
+    for _ in 0..config.warmup {
+        once()?;
+    }
+    (0..config.runs).map(|_| once()).collect()
+}

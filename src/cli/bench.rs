@@ -1,0 +1,475 @@
+//! `microbatch bench`: the sweep's table, fits and exports (JSON, CSV, SVG plot).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use plotters::prelude::*;
+
+use microbatch::BackendKind;
+use microbatch::bench::{self, BenchConfig, BenchReport, Mode};
+use microbatch::model::Crossover;
+
+use super::parse_count;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Element counts N, comma-separated (accepts 1e6).
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, default_value = "1e5,1e6,1e7")]
+    sizes: Vec<u64>,
+
+    /// Batch sizes B for streaming mode, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, default_value = "4194304")]
+    batch_sizes: Vec<u64>,
+
+    /// GPU workgroup counts P, comma-separated (default: the adapter's).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    workgroups: Vec<u32>,
+
+    /// Backends to compare.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
+    backends: Vec<String>,
+
+    /// Modes: streaming (host memory through the whole pipeline), resident (data on the device).
+    #[arg(long, value_delimiter = ',', default_value = "streaming,resident")]
+    modes: Vec<String>,
+
+    /// Measured runs per point.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+
+    /// Unmeasured warm-up runs per point.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// GPU adapter name substring (software adapters allowed: bench measures what you ask).
+    #[arg(long, value_name = "TEXT")]
+    adapter: Option<String>,
+
+    /// Write every measured point, the ceilings and the fits as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Write every measured point as CSV.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+
+    /// Draw throughput against N and against B as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind> {
+    match s {
+        "cpu" => Ok(BackendKind::Cpu),
+        "gpu" => Ok(BackendKind::Gpu),
+        _ => anyhow::bail!("unknown backend {s:?} (expected cpu or gpu)"),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode> {
+    match s {
+        "streaming" => Ok(Mode::Streaming),
+        "resident" => Ok(Mode::Resident),
+        _ => anyhow::bail!("unknown mode {s:?} (expected streaming or resident)"),
+    }
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let config = BenchConfig {
+        sizes: args.sizes.clone(),
+        batch_sizes: args.batch_sizes.iter().map(|&b| b as usize).collect(),
+        workgroups: if args.workgroups.is_empty() {
+            vec![None]
+        } else {
+            args.workgroups.iter().map(|&p| Some(p)).collect()
+        },
+        backends: args
+            .backends
+            .iter()
+            .map(|s| parse_backend(s))
+            .collect::<Result<_>>()?,
+        modes: args
+            .modes
+            .iter()
+            .map(|s| parse_mode(s))
+            .collect::<Result<_>>()?,
+        runs: args.runs as usize,
+        warmup: args.warmup as usize,
+        seed: args.seed,
+        adapter: args.adapter.clone(),
+    };
+    let bar = ProgressBar::new(0);
+    if args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        // indicatif hides itself when stderr is not a terminal.
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_message("measuring ceilings");
+    let report = bench::run(&config, |done, total, label| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(label.to_string());
+    })?;
+    bar.finish_and_clear();
+
+    let mut out = std::io::stdout().lock();
+    print_report(&mut out, &report)?;
+    if let Some(path) = &args.json {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(file, &report)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        write_csv(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &report).with_context(|| format!("drawing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn gbs(x: f64) -> String {
+    format!("{:.2}", x / 1e9)
+}
+
+fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
+    let c = &r.ceilings;
+    writeln!(out, "ceilings (same run)")?;
+    writeln!(
+        out,
+        "  host read, multi-accumulator sum ({} threads)  {} GB/s",
+        r.cpu_threads,
+        gbs(c.host_read)
+    )?;
+    if let (Some(copy), Some(up)) = (c.gpu_copy, c.gpu_upload) {
+        let name = r.adapter.as_deref().unwrap_or("gpu");
+        writeln!(
+            out,
+            "  {name}: device copy (read+write)  {} GB/s",
+            gbs(copy)
+        )?;
+        writeln!(out, "  {name}: host→device write_buffer  {} GB/s", gbs(up))?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<4} {:<9} {:>11} {:>9} {:>6} {:>11} {:>21} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "be",
+        "mode",
+        "N",
+        "B",
+        "P",
+        "median",
+        "min–max",
+        "GB/s",
+        "upload",
+        "compute",
+        "readback",
+        "merge",
+        "%ceil"
+    )?;
+    for p in &r.points {
+        writeln!(
+            out,
+            "{:<4} {:<9} {:>11} {:>9} {:>6} {:>9.3}ms {:>9.3}–{:<9.3}ms {:>8} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>6}",
+            p.backend.to_string(),
+            p.mode.to_string(),
+            p.n,
+            p.batch_size,
+            p.workgroups,
+            p.seconds.median * 1e3,
+            p.seconds.min * 1e3,
+            p.seconds.max * 1e3,
+            gbs(p.bytes_per_s.median),
+            p.stages.upload * 1e3,
+            p.stages.compute * 1e3,
+            p.stages.readback * 1e3,
+            p.stages.merge * 1e3,
+            p.fraction_of_ceiling
+                .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "cost model T = N/P × S + D (least squares over the sweep)"
+    )?;
+    for f in &r.fits {
+        let m = &f.model;
+        let b = f.batch_size.map_or(String::new(), |b| format!("B={b}"));
+        writeln!(
+            out,
+            "  {:<4} {:<9} {:<10} S = {:.3e} s/element/processor   D = {:.1} µs   R² = {:.4}   ({} points)",
+            f.backend.to_string(),
+            f.mode.to_string(),
+            b,
+            m.s,
+            m.d * 1e6,
+            m.r2,
+            m.points
+        )?;
+        for p in r.points.iter().filter(|p| {
+            p.backend == f.backend
+                && p.mode == f.mode
+                && f.batch_size.is_none_or(|b| p.batch_size == b)
+        }) {
+            let pred = m.predict(p.n as f64, f64::from(p.workgroups));
+            writeln!(
+                out,
+                "       N={:<11} B={:<9} P={:<5} predicted {:>9.3} ms  measured {:>9.3} ms",
+                p.n,
+                p.batch_size,
+                p.workgroups,
+                pred * 1e3,
+                p.seconds.median * 1e3
+            )?;
+        }
+    }
+    match r.crossover {
+        Some(Crossover::Above(n)) => writeln!(
+            out,
+            "crossover (streaming): the GPU beats the CPU above N ≈ {n:.3e} elements"
+        )?,
+        Some(Crossover::Always) => writeln!(
+            out,
+            "crossover (streaming): the GPU beats the CPU at every N"
+        )?,
+        Some(Crossover::Never) => writeln!(
+            out,
+            "crossover (streaming): the GPU never beats the CPU on this machine"
+        )?,
+        None => {}
+    }
+    for backend in [BackendKind::Cpu, BackendKind::Gpu] {
+        if let Some(best) = r.fastest_streaming(backend) {
+            writeln!(
+                out,
+                "fastest {backend} streaming at N={}: B={} P={} ({} GB/s)",
+                best.n,
+                best.batch_size,
+                best.workgroups,
+                gbs(best.bytes_per_s.median)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_csv(path: &Path, r: &BenchReport) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
+    w.write_record([
+        "backend",
+        "mode",
+        "n",
+        "batch_size",
+        "workgroups",
+        "seconds_median",
+        "seconds_min",
+        "seconds_max",
+        "elements_per_s",
+        "bytes_per_s",
+        "upload_s",
+        "compute_s",
+        "readback_s",
+        "merge_s",
+        "fraction_of_ceiling",
+    ])?;
+    for p in &r.points {
+        w.write_record([
+            p.backend.to_string(),
+            p.mode.to_string(),
+            p.n.to_string(),
+            p.batch_size.to_string(),
+            p.workgroups.to_string(),
+            p.seconds.median.to_string(),
+            p.seconds.min.to_string(),
+            p.seconds.max.to_string(),
+            p.elements_per_s.median.to_string(),
+            p.bytes_per_s.median.to_string(),
+            p.stages.upload.to_string(),
+            p.stages.compute.to_string(),
+            p.stages.readback.to_string(),
+            p.stages.merge.to_string(),
+            p.fraction_of_ceiling
+                .map_or(String::new(), |f| f.to_string()),
+        ])?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Throughput (GB/s, log) against N (log), one line per backend and mode, with the ceilings as
+/// horizontal lines; below it, throughput against B for the largest N.
+fn plot(path: &Path, r: &BenchReport) -> Result<()> {
+    let root = SVGBackend::new(path, (960, 1100)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(620);
+    let gb = |x: f64| x / 1e9;
+    let all_tp: Vec<f64> = r.points.iter().map(|p| gb(p.bytes_per_s.median)).collect();
+    let ceilings: Vec<(String, f64)> = [
+        Some(("host read ceiling".to_string(), r.ceilings.host_read)),
+        r.ceilings
+            .gpu_copy
+            .map(|c| ("GPU copy ceiling (read)".to_string(), c / 2.0)),
+        r.ceilings
+            .gpu_upload
+            .map(|c| ("GPU upload ceiling".to_string(), c)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(n, v)| (n, gb(v)))
+    .collect();
+    let ymax = all_tp
+        .iter()
+        .chain(ceilings.iter().map(|c| &c.1))
+        .fold(1e-3f64, |a, &b| a.max(b))
+        * 2.0;
+    let ymin = all_tp.iter().fold(ymax, |a, &b| a.min(b)).max(1e-4) / 2.0;
+    let nmin = r.points.iter().map(|p| p.n).min().unwrap_or(1).max(1) as f64;
+    let nmax = r.points.iter().map(|p| p.n).max().unwrap_or(10).max(2) as f64;
+    let series: Vec<(BackendKind, Mode)> = [
+        (BackendKind::Cpu, Mode::Streaming),
+        (BackendKind::Cpu, Mode::Resident),
+        (BackendKind::Gpu, Mode::Streaming),
+        (BackendKind::Gpu, Mode::Resident),
+    ]
+    .into_iter()
+    .filter(|(b, m)| r.points.iter().any(|p| p.backend == *b && p.mode == *m))
+    .collect();
+    let color = |i: usize| Palette99::pick(i).to_rgba();
+
+    let mut chart = ChartBuilder::on(&top)
+        .caption("microbatch: throughput against N", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (nmin / 1.5..nmax * 1.5).log_scale(),
+            (ymin..ymax).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("elements N (log scale)")
+        .y_desc("throughput, GB/s (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .draw()?;
+    for (i, (b, m)) in series.iter().enumerate() {
+        // Best configuration per N for this backend and mode.
+        let mut pts: Vec<(f64, f64)> = Vec::new();
+        let mut ns: Vec<u64> = r
+            .points
+            .iter()
+            .filter(|p| p.backend == *b && p.mode == *m)
+            .map(|p| p.n)
+            .collect();
+        ns.sort();
+        ns.dedup();
+        for n in ns {
+            let best = r
+                .points
+                .iter()
+                .filter(|p| p.backend == *b && p.mode == *m && p.n == n)
+                .map(|p| gb(p.bytes_per_s.median))
+                .fold(0.0, f64::max);
+            pts.push((n as f64, best));
+        }
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(format!("{b} {m}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, c.filled())))?;
+    }
+    for (j, (name, v)) in ceilings.iter().enumerate() {
+        let c = color(series.len() + j);
+        let v = *v;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(nmin / 1.5, v), (nmax * 1.5, v)],
+                8,
+                6,
+                c.stroke_width(1),
+            ))?
+            .label(format!("{name} ({v:.2} GB/s)"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+
+    // Throughput against B (streaming, largest N).
+    let max_n = nmax as u64;
+    let by_b: Vec<&bench::BenchPoint> = r
+        .points
+        .iter()
+        .filter(|p| p.mode == Mode::Streaming && p.n == max_n)
+        .collect();
+    let bmin = by_b.iter().map(|p| p.batch_size).min().unwrap_or(1).max(1) as f64;
+    let bmax = by_b.iter().map(|p| p.batch_size).max().unwrap_or(2).max(2) as f64;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            format!("streaming throughput against batch size B (N = {max_n})"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (bmin / 1.5..bmax * 1.5).log_scale(),
+            (ymin..ymax).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("batch size B, elements (log scale)")
+        .y_desc("throughput, GB/s (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .draw()?;
+    for (i, (b, _)) in series
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, m))| *m == Mode::Streaming)
+    {
+        let mut pts: Vec<(f64, f64)> = by_b
+            .iter()
+            .filter(|p| p.backend == *b)
+            .map(|p| (p.batch_size as f64, gb(p.bytes_per_s.median)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(format!("{b} streaming"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

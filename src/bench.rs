@@ -143,6 +143,10 @@ pub struct BenchFit {
     /// Batch size the fit is over (streaming: per-batch costs depend on B, so each B has its
     /// own fit); `None` in resident mode.
     pub batch_size: Option<usize>,
+    /// Processors P the fit is over. Each (B, P) gets its own line over N: a streaming run bound
+    /// by the upload does not speed up with P, so pooling several P would fit a slope that is not
+    /// there.
+    pub workgroups: u32,
     /// The fit.
     pub model: CostModel,
 }
@@ -165,16 +169,20 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// The fit for a backend, mode and (streaming) batch size.
+    /// The fit for a backend, mode, (streaming) batch size and P.
     pub fn fit(
         &self,
         backend: BackendKind,
         mode: Mode,
         batch_size: Option<usize>,
+        workgroups: u32,
     ) -> Option<&BenchFit> {
-        self.fits
-            .iter()
-            .find(|f| f.backend == backend && f.mode == mode && f.batch_size == batch_size)
+        self.fits.iter().find(|f| {
+            f.backend == backend
+                && f.mode == mode
+                && f.batch_size == batch_size
+                && f.workgroups == workgroups
+        })
     }
 
     /// The streaming point with the highest median throughput at the largest N for `backend`.
@@ -500,32 +508,39 @@ pub fn run(
     }
 
     let mut fits = Vec::new();
-    for &backend in &config.backends {
-        for &mode in &config.modes {
-            let groups: Vec<Option<usize>> = match mode {
-                Mode::Streaming => config.batch_sizes.iter().map(|&b| Some(b)).collect(),
-                Mode::Resident => vec![None],
-            };
-            for batch_size in groups {
-                let obs: Vec<Observation> = points
-                    .iter()
-                    .filter(|p| p.backend == backend && p.mode == mode)
-                    .filter(|p| batch_size.is_none_or(|b| p.batch_size == b))
-                    .map(|p| Observation {
-                        n: p.n as f64,
-                        p: f64::from(p.workgroups),
-                        seconds: p.seconds.median,
-                    })
-                    .collect();
-                if let Some(model) = CostModel::fit(&obs) {
-                    fits.push(BenchFit {
-                        backend,
-                        mode,
-                        batch_size,
-                        model,
-                    });
-                }
-            }
+    let mut groups: Vec<(BackendKind, Mode, Option<usize>, u32)> = points
+        .iter()
+        .map(|p| {
+            let b = (p.mode == Mode::Streaming).then_some(p.batch_size);
+            (p.backend, p.mode, b, p.workgroups)
+        })
+        .collect();
+    groups.dedup();
+    let mut seen = Vec::new();
+    for g in groups {
+        if seen.contains(&g) {
+            continue;
+        }
+        seen.push(g);
+        let (backend, mode, batch_size, workgroups) = g;
+        let obs: Vec<Observation> = points
+            .iter()
+            .filter(|p| p.backend == backend && p.mode == mode && p.workgroups == workgroups)
+            .filter(|p| batch_size.is_none_or(|b| p.batch_size == b))
+            .map(|p| Observation {
+                n: p.n as f64,
+                p: f64::from(p.workgroups),
+                seconds: p.seconds.median,
+            })
+            .collect();
+        if let Some(model) = CostModel::fit(&obs) {
+            fits.push(BenchFit {
+                backend,
+                mode,
+                batch_size,
+                workgroups,
+                model,
+            });
         }
     }
     let mut report = BenchReport {
@@ -544,8 +559,18 @@ pub fn run(
 fn streaming_crossover(report: &BenchReport) -> Option<Crossover> {
     let g = report.fastest_streaming(BackendKind::Gpu)?;
     let c = report.fastest_streaming(BackendKind::Cpu)?;
-    let gf = report.fit(BackendKind::Gpu, Mode::Streaming, Some(g.batch_size))?;
-    let cf = report.fit(BackendKind::Cpu, Mode::Streaming, Some(c.batch_size))?;
+    let gf = report.fit(
+        BackendKind::Gpu,
+        Mode::Streaming,
+        Some(g.batch_size),
+        g.workgroups,
+    )?;
+    let cf = report.fit(
+        BackendKind::Cpu,
+        Mode::Streaming,
+        Some(c.batch_size),
+        c.workgroups,
+    )?;
     Some(crossover(
         &gf.model,
         f64::from(g.workgroups),

@@ -216,10 +216,11 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
         let b = f.batch_size.map_or(String::new(), |b| format!("B={b}"));
         writeln!(
             out,
-            "  {:<4} {:<9} {:<10} S = {:.3e} s/element/processor   D = {:.1} µs   R² = {:.4}   ({} points)",
+            "  {:<4} {:<9} {:<10} P={:<5} S = {:.3e} s/element/processor   D = {:.1} µs   R² = {:.4}   ({} points)",
             f.backend.to_string(),
             f.mode.to_string(),
             b,
+            f.workgroups,
             m.s,
             m.d * 1e6,
             m.r2,
@@ -228,6 +229,7 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
         for p in r.points.iter().filter(|p| {
             p.backend == f.backend
                 && p.mode == f.mode
+                && p.workgroups == f.workgroups
                 && f.batch_size.is_none_or(|b| p.batch_size == b)
         }) {
             let pred = m.predict(p.n as f64, f64::from(p.workgroups));

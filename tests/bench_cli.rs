@@ -1,0 +1,72 @@
+//! `microbatch bench` end to end: a tiny sweep on the CPU (and the GPU where there is one),
+//! exported to JSON, CSV and SVG.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bench_exports_every_point_and_the_fit() {
+    let dir = std::env::temp_dir().join(format!("microbatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, csv, svg) = (dir.join("b.json"), dir.join("b.csv"), dir.join("b.svg"));
+    let backends = if common::gpu().is_some() {
+        "cpu,gpu"
+    } else {
+        "cpu"
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args([
+            "bench",
+            "--sizes",
+            "1e4,1e5",
+            "--batch-sizes",
+            "4096,65536",
+            "--workgroups",
+            "2",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--quiet",
+        ])
+        .args(["--backends", backends])
+        .arg("--json")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ceilings") && out.contains("cost model") && out.contains("R²"),
+        "{out}"
+    );
+
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let points = v["points"].as_array().unwrap();
+    let n_backends = backends.split(',').count();
+    // Per backend and size: 2 streaming (two B) + 1 resident, with one P.
+    assert_eq!(points.len(), 2 * 3 * n_backends);
+    for p in points {
+        let s = &p["seconds"];
+        assert!(s["min"].as_f64().unwrap() <= s["median"].as_f64().unwrap());
+        assert!(s["median"].as_f64().unwrap() <= s["max"].as_f64().unwrap());
+        assert!(p["bytes_per_s"]["median"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["ceilings"]["host_read"].as_f64().unwrap() > 0.0);
+    // Two sizes per (backend, mode, B, P) group: every group gets a fit.
+    assert_eq!(v["fits"].as_array().unwrap().len(), 3 * n_backends);
+
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(rows.lines().count(), 1 + points.len());
+    assert!(rows.starts_with("backend,mode,n,batch_size,workgroups,"));
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") || picture.contains("<svg"));
+    for label in ["GB/s", "elements N", "batch size B", "host read ceiling"] {
+        assert!(picture.contains(label), "plot lacks {label:?}");
+    }
+}

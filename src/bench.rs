@@ -239,12 +239,8 @@ fn gpu_err(context: &str) -> impl Fn(wgpu::PollError) -> Error + '_ {
 
 /// Device-to-device copy bandwidth (bytes read + written per second) over `bytes`-sized buffers.
 pub fn gpu_copy_bandwidth(ctx: &GpuContext, bytes: u64, runs: usize) -> Result<f64> {
-    let bytes = bytes
-        .min(ctx.limits.max_buffer_size)
-        .min(1 << 30)
-        .max(1 << 20)
-        / 4
-        * 4;
+    let hi = ctx.limits.max_buffer_size.min(1 << 30);
+    let bytes = bytes.clamp((1 << 20).min(hi), hi) / 4 * 4;
     let make = |label| {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

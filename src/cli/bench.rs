@@ -418,7 +418,7 @@ fn plot(path: &Path, r: &BenchReport) -> Result<()> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
 
     // Throughput against B (streaming, largest N).
@@ -453,12 +453,23 @@ fn plot(path: &Path, r: &BenchReport) -> Result<()> {
         .enumerate()
         .filter(|(_, (_, m))| *m == Mode::Streaming)
     {
-        let mut pts: Vec<(f64, f64)> = by_b
+        // Best P per batch size.
+        let mut pts: Vec<(f64, f64)> = Vec::new();
+        let mut sizes: Vec<usize> = by_b
             .iter()
             .filter(|p| p.backend == *b)
-            .map(|p| (p.batch_size as f64, gb(p.bytes_per_s.median)))
+            .map(|p| p.batch_size)
             .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        sizes.sort();
+        sizes.dedup();
+        for size in sizes {
+            let best = by_b
+                .iter()
+                .filter(|p| p.backend == *b && p.batch_size == size)
+                .map(|p| gb(p.bytes_per_s.median))
+                .fold(0.0, f64::max);
+            pts.push((size as f64, best));
+        }
         let c = color(i);
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?

@@ -276,3 +276,31 @@ fn gpu_streams_many_batches_through_one_readback_window() {
         "compute was timed"
     );
 }
+
+#[test]
+fn gpu_resident_data_reduces_repeatedly_to_the_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_resident");
+    let data = normal(&mut rng, 70_001, 3.0, 2.0);
+    // A 64 KiB binding cap splits the upload into several resident chunks.
+    let config = GpuConfig {
+        batch_size: data.len(),
+        workgroups: Some(4),
+        max_binding_bytes: Some(1 << 16),
+    };
+    let mut reducer = GpuReducer::new(ctx, config).unwrap();
+    let resident = reducer.upload(&data).unwrap();
+    assert_eq!(resident.len(), data.len());
+    let mut sums = Vec::new();
+    for _ in 0..3 {
+        let (partial, times) = reducer.reduce_resident(&resident).unwrap();
+        let stats = partial.finish(0, false);
+        check_stats("resident", &stats, &data, gpu_depth(1 << 14, 4));
+        assert!(times.compute > std::time::Duration::ZERO);
+        sums.push(stats.sum.unwrap());
+    }
+    assert!(
+        sums.windows(2).all(|w| w[0] == w[1]),
+        "same data, same kernel, same result: {sums:?}"
+    );
+}

@@ -292,36 +292,13 @@ impl GpuReducer {
         });
         let ring = (0..RING)
             .map(|i| {
-                let input = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("microbatch.input[{i}]")),
-                    size: input_bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let params = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("microbatch.params[{i}]")),
-                    size: std::mem::size_of::<GpuParams>() as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&format!("microbatch.reduce.bind_group[{i}]")),
-                    layout: &layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: input.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: partials.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: params.as_entire_binding(),
-                        },
-                    ],
-                });
+                let (input, params, bind_group) = input_binding(
+                    device,
+                    &layout,
+                    &partials,
+                    &format!("microbatch.input[{i}]"),
+                    input_bytes,
+                );
                 RingSlot {
                     input,
                     params,
@@ -520,39 +497,16 @@ impl GpuReducer {
             .enumerate()
             .map(|(i, chunk)| {
                 let size = (chunk.len() as u64 * 4).next_multiple_of(16);
-                let input = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("microbatch.resident[{i}]")),
+                let (input, params, bind_group) = input_binding(
+                    device,
+                    &layout,
+                    &self.partials,
+                    &format!("microbatch.resident[{i}]"),
                     size,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                );
                 self.ctx
                     .queue
                     .write_buffer(&input, 0, bytemuck::cast_slice(chunk));
-                let params = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("microbatch.resident.params[{i}]")),
-                    size: std::mem::size_of::<GpuParams>() as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&format!("microbatch.resident.bind_group[{i}]")),
-                    layout: &layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: input.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: self.partials.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: params.as_entire_binding(),
-                        },
-                    ],
-                });
                 ResidentChunk {
                     _input: input,
                     params,
@@ -704,6 +658,48 @@ impl GpuReducer {
         self.times.merge += readback_done.elapsed();
         Ok(())
     }
+}
+
+/// An input buffer of `size` bytes, its params uniform, and the bind group over them and
+/// `partials` (the layout of `shaders/reduce.wgsl`'s group 0). Labels derive from `name`.
+fn input_binding(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    partials: &wgpu::Buffer,
+    name: &str,
+    size: u64,
+) -> (wgpu::Buffer, wgpu::Buffer, wgpu::BindGroup) {
+    let input = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let params = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&format!("{name}.params")),
+        size: std::mem::size_of::<GpuParams>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&format!("{name}.bind_group")),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: input.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: partials.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: params.as_entire_binding(),
+            },
+        ],
+    });
+    (input, params, bind_group)
 }
 
 fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {

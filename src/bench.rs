@@ -203,6 +203,15 @@ fn generate(n: u64, seed: u64) -> Vec<f32> {
     v
 }
 
+/// Median seconds of `runs` (at least 3) calls of `once`, after one unmeasured call.
+fn median_seconds(runs: usize, mut once: impl FnMut() -> Result<f64>) -> Result<f64> {
+    once()?;
+    let times = (0..runs.max(3))
+        .map(|_| once())
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(Spread::of(times).median)
+}
+
 /// Host read bandwidth: 16 independent f32 accumulators per thread over `data`, all threads.
 pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
     let pass = || {
@@ -219,15 +228,13 @@ pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
             })
             .sum::<f32>()
     };
-    std::hint::black_box(pass());
-    let times: Vec<f64> = (0..runs.max(3))
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(pass());
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    (data.len() * 4) as f64 / Spread::of(times).median
+    let seconds = median_seconds(runs, || {
+        let t = Instant::now();
+        std::hint::black_box(pass());
+        Ok(t.elapsed().as_secs_f64())
+    })
+    .expect("a host pass cannot fail");
+    (data.len() * 4) as f64 / seconds
 }
 
 fn gpu_err(context: &str) -> impl Fn(wgpu::PollError) -> Error + '_ {
@@ -270,13 +277,9 @@ pub fn gpu_copy_bandwidth(ctx: &GpuContext, bytes: u64, runs: usize) -> Result<f
             .map_err(gpu_err("timing a device copy"))?;
         Ok(t.elapsed().as_secs_f64())
     };
-    once()?;
-    let mut times = Vec::new();
-    for _ in 0..runs.max(3) {
-        times.push(once()?);
-    }
+    let seconds = median_seconds(runs, once)?;
     ctx.take_error("timing a device copy")?;
-    Ok(2.0 * bytes as f64 * f64::from(COPIES) / Spread::of(times).median)
+    Ok(2.0 * bytes as f64 * f64::from(COPIES) / seconds)
 }
 
 /// Host-to-device bandwidth through `queue.write_buffer` (what streaming uses), bytes per second.
@@ -298,13 +301,9 @@ pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Resu
             .map_err(gpu_err("timing an upload"))?;
         Ok(t.elapsed().as_secs_f64())
     };
-    once()?;
-    let mut times = Vec::new();
-    for _ in 0..runs.max(3) {
-        times.push(once()?);
-    }
+    let seconds = median_seconds(runs, once)?;
     ctx.take_error("timing an upload")?;
-    Ok(bytes as f64 / Spread::of(times).median)
+    Ok(bytes as f64 / seconds)
 }
 
 /// One timed run's stage seconds and total.
@@ -449,14 +448,7 @@ pub fn run(
                                 } else {
                                     b
                                 };
-                                measure(config, || {
-                                    let t = Instant::now();
-                                    for batch in data.chunks(b) {
-                                        r.push(batch)?;
-                                    }
-                                    let (_, times) = r.finish()?;
-                                    Ok(sample(t.elapsed(), &times))
-                                })?
+                                measure(config, || stream(&mut r, &data, b))?
                             }
                             BackendKind::Gpu => {
                                 let ctx = ctx.as_ref().expect("opened above");
@@ -468,14 +460,9 @@ pub fn run(
                                 let mut r = GpuReducer::new(ctx, gpu_config)?;
                                 p_used = r.info().workgroups;
                                 match mode {
-                                    Mode::Streaming => measure(config, || {
-                                        let t = Instant::now();
-                                        for batch in data.chunks(b) {
-                                            r.push(batch)?;
-                                        }
-                                        let (_, times) = r.finish()?;
-                                        Ok(sample(t.elapsed(), &times))
-                                    })?,
+                                    Mode::Streaming => {
+                                        measure(config, || stream(&mut r, &data, b))?
+                                    }
                                     Mode::Resident => {
                                         let resident = r.upload(&data)?;
                                         measure(config, || {
@@ -504,21 +491,19 @@ pub fn run(
     }
 
     let mut fits = Vec::new();
-    let mut groups: Vec<(BackendKind, Mode, Option<usize>, u32)> = points
-        .iter()
-        .map(|p| {
-            let b = (p.mode == Mode::Streaming).then_some(p.batch_size);
-            (p.backend, p.mode, b, p.workgroups)
-        })
-        .collect();
-    groups.dedup();
-    let mut seen = Vec::new();
-    for g in groups {
-        if seen.contains(&g) {
-            continue;
+    let mut groups: Vec<(BackendKind, Mode, Option<usize>, u32)> = Vec::new();
+    for p in &points {
+        let g = (
+            p.backend,
+            p.mode,
+            (p.mode == Mode::Streaming).then_some(p.batch_size),
+            p.workgroups,
+        );
+        if !groups.contains(&g) {
+            groups.push(g);
         }
-        seen.push(g);
-        let (backend, mode, batch_size, workgroups) = g;
+    }
+    for (backend, mode, batch_size, workgroups) in groups {
         let obs: Vec<Observation> = points
             .iter()
             .filter(|p| p.backend == backend && p.mode == mode && p.workgroups == workgroups)
@@ -583,6 +568,16 @@ fn sample(total: Duration, t: &crate::backend::StageTimes) -> Sample {
         readback: t.readback.as_secs_f64(),
         merge: t.merge.as_secs_f64(),
     }
+}
+
+/// One streaming run: `data` pushed in batches of `batch_size`, then finished.
+fn stream(reducer: &mut dyn BatchReducer, data: &[f32], batch_size: usize) -> Result<Sample> {
+    let t = Instant::now();
+    for batch in data.chunks(batch_size) {
+        reducer.push(batch)?;
+    }
+    let (_, times) = reducer.finish()?;
+    Ok(sample(t.elapsed(), &times))
 }
 
 fn measure(config: &BenchConfig, mut once: impl FnMut() -> Result<Sample>) -> Result<Vec<Sample>> {

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use microbatch::{BackendChoice, Engine, EngineConfig, Stats};
+use rand::RngExt;
 
 fn cpu(batch_size: usize, ddof: u32, skip_nan: bool) -> Engine {
     Engine::new(&EngineConfig {
@@ -149,7 +150,7 @@ fn negative_values_and_subnormals() {
     // to the same bound as any other data.
     let sub: Vec<f32> = (0..10_000)
         .map(|i| {
-            f32::from_bits(1 + (rng.random_u32() % 0x007f_ffff))
+            f32::from_bits(1 + (rng.random::<u32>() % 0x007f_ffff))
                 * if i % 3 == 0 { -1.0 } else { 1.0 }
         })
         .collect();
@@ -175,14 +176,4 @@ fn streaming_own_batches_matches_one_slice() {
     let report = e.reduce_batches(batches).unwrap();
     assert_eq!(report.batches.count, 6);
     check_stats("own batches", &report.stats, &data, CPU_DEPTH);
-}
-
-trait RandomU32 {
-    fn random_u32(&mut self) -> u32;
-}
-impl RandomU32 for rand::rngs::Xoshiro256PlusPlus {
-    fn random_u32(&mut self) -> u32 {
-        use rand::RngExt;
-        self.random()
-    }
 }

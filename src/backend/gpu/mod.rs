@@ -389,18 +389,14 @@ impl GpuReducer {
             .max(1)
     }
 
-    /// Makes room in the readback window for one more dispatch of `workgroups` partials.
-    fn reserve(&mut self, workgroups: u32) -> Result<()> {
-        if self.window.len() == MAX_DISPATCHES_PER_READBACK
+    /// Whether the readback window has no room for one more dispatch of `workgroups` partials.
+    fn window_full(&self, workgroups: u32) -> bool {
+        self.window.len() == MAX_DISPATCHES_PER_READBACK
             || self.partials_used + workgroups > self.partials_capacity
-        {
-            self.read_back()?;
-        }
-        Ok(())
     }
 
     /// Records one dispatch into `encoder` (timestamps around it where supported) and notes where
-    /// its partials go. `reserve` must have been called for it.
+    /// its partials go. The window must have room for it (`window_full` is false).
     fn encode(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -450,7 +446,9 @@ impl GpuReducer {
 
     fn dispatch(&mut self, chunk: &[f32]) -> Result<()> {
         let workgroups = self.workgroups_for(chunk.len());
-        self.reserve(workgroups)?;
+        if self.window_full(workgroups) {
+            self.read_back()?;
+        }
 
         let upload_start = Instant::now();
         let slot_index = self.next_slot;
@@ -538,9 +536,8 @@ impl GpuReducer {
         let start = Instant::now();
         for chunk in &data.chunks {
             let workgroups = self.workgroups_for(chunk.len);
-            if self.window.len() == MAX_DISPATCHES_PER_READBACK
-                || self.partials_used + workgroups > self.partials_capacity
-            {
+            if self.window_full(workgroups) {
+                // The recorded dispatches must be submitted before their partials are read.
                 self.ctx.queue.submit([encoder.finish()]);
                 encoder = self.new_encoder("microbatch.resident.encoder");
                 self.read_back()?;
@@ -555,6 +552,7 @@ impl GpuReducer {
         self.wall_compute_start.get_or_insert(start);
         self.finish()
     }
+
     /// Copies the window's partials and timestamps back in one map, and merges them.
     fn read_back(&mut self) -> Result<()> {
         if self.window.is_empty() {
@@ -641,7 +639,7 @@ impl GpuReducer {
         match compute {
             Some(c) => self.times.compute += c,
             None => {
-                if let Some(s) = self.wall_compute_start.take() {
+                if let Some(s) = self.wall_compute_start {
                     self.times.compute += readback_done - s;
                 }
             }

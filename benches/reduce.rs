@@ -6,6 +6,7 @@
 //! nothing about GPU speed, only about relative changes).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use microbatch::backend::cpu::{SimdLevel, reduce_slice_with};
 use microbatch::source::{BatchSource, RandomSource};
 use microbatch::{
     AdapterSelector, CpuReducer, Engine, EngineConfig, GpuConfig, GpuContext, GpuReducer,
@@ -54,5 +55,24 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The CPU kernel alone at each instruction-set level this processor has, on one thread, over
+/// data that fits in L2: the compute rate with memory out of the way.
+fn cpu_kernel(c: &mut Criterion) {
+    let n = 1 << 18;
+    let data = data(n);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("cpu_kernel");
+    group.throughput(Throughput::Bytes((n * 4) as u64));
+    for level in SimdLevel::available() {
+        group.bench_function(level.name(), |bench| {
+            pool.install(|| bench.iter(|| reduce_slice_with(level, &data).sum))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, cpu_kernel);
 criterion_main!(benches);

@@ -212,20 +212,12 @@ fn median_seconds(runs: usize, mut once: impl FnMut() -> Result<f64>) -> Result<
     Ok(Spread::of(times).median)
 }
 
-/// Host read bandwidth: 16 independent f32 accumulators per thread over `data`, all threads.
+/// Host read bandwidth: a plain prefetched SIMD sum ([`crate::backend::cpu::read_sum`]) over
+/// `data` on all threads, in the CPU backend's piece size.
 pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
     let pass = || {
-        data.par_chunks(1 << 16)
-            .map(|c| {
-                let mut acc = [0.0f32; 16];
-                let mut it = c.chunks_exact(16);
-                for v in &mut it {
-                    for (a, &x) in acc.iter_mut().zip(v) {
-                        *a += x;
-                    }
-                }
-                acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
-            })
+        data.par_chunks(crate::backend::cpu::TASK)
+            .map(crate::backend::cpu::read_sum)
             .sum::<f32>()
     };
     let seconds = median_seconds(runs, || {

@@ -177,3 +177,73 @@ fn streaming_own_batches_matches_one_slice() {
     assert_eq!(report.batches.count, 6);
     check_stats("own batches", &report.stats, &data, CPU_DEPTH);
 }
+
+/// Every instruction-set level this processor has (AVX-512, AVX2, baseline on an AVX-512 machine)
+/// must give the same counts and extremes, and sums within the f32 bound, on data that sends
+/// blocks down both paths: finite blocks (fast path) and blocks holding NaN, ±inf or the largest
+/// finite values, whose order keys sit right at the fast path's finite/non-finite boundary.
+#[test]
+fn every_simd_level_agrees_with_the_reference() {
+    use microbatch::backend::cpu::{SimdLevel, reduce_slice_with};
+    let mut rng = fresh_rng("every_simd_level_agrees_with_the_reference");
+    let n = 3 * 1024 * 1024 + 777; // many pieces, a ragged last block
+    let mut data = uniform(&mut rng, n, -1e3, 1e3);
+    let specials = [
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE / 8.0, // subnormal
+        -0.0,
+    ];
+    for (i, &x) in specials.iter().enumerate() {
+        for _ in 0..3 {
+            let at = rng.random_range(0..n);
+            data[at] = x;
+        }
+        // One block per special holding nothing else but it and ordinary values, early on.
+        data[i * 1024 + 5] = x;
+    }
+    let finite: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+    let r = reference(&finite);
+    let want_nan = data.iter().filter(|x| x.is_nan()).count() as u64;
+    let want_pos = data.iter().filter(|&&x| x == f32::INFINITY).count() as u64;
+    let want_neg = data.iter().filter(|&&x| x == f32::NEG_INFINITY).count() as u64;
+    let levels = SimdLevel::available();
+    assert!(levels.contains(&SimdLevel::Baseline));
+    for level in levels {
+        let p = reduce_slice_with(level, &data);
+        let what = level.name();
+        assert_eq!(p.count, r.n as u64, "{what}: finite count");
+        assert_eq!(p.nan_count, want_nan, "{what}: NaN count");
+        assert_eq!(p.pos_inf_count, want_pos, "{what}: +inf count");
+        assert_eq!(p.neg_inf_count, want_neg, "{what}: -inf count");
+        assert_eq!(p.min, r.min, "{what}: min");
+        assert_eq!(p.max, r.max, "{what}: max");
+        assert_close(what, p.sum, r.sum, r.sum_tolerance(CPU_DEPTH));
+    }
+}
+
+/// On all-finite data the fast path takes every whole block: each level's sum and variance must
+/// match the reference within the f32 bound, and one another.
+#[test]
+fn every_simd_level_on_finite_data() {
+    use microbatch::backend::cpu::{SimdLevel, reduce_slice_with};
+    let mut rng = fresh_rng("every_simd_level_on_finite_data");
+    let data = normal(&mut rng, 2_000_003, 1e5, 3.0);
+    let r = reference(&data);
+    for level in SimdLevel::available() {
+        let p = reduce_slice_with(level, &data);
+        let what = level.name();
+        assert_eq!(p.count, data.len() as u64, "{what}: count");
+        assert_eq!((p.min, p.max), (r.min, r.max), "{what}: min/max");
+        assert_close(what, p.sum, r.sum, r.sum_tolerance(CPU_DEPTH));
+        let rel = (p.m2 - r.m2).abs() / r.m2;
+        assert!(
+            rel <= r.var_rel_tolerance(CPU_DEPTH),
+            "{what}: M2 relative error {rel:e}"
+        );
+    }
+}

@@ -2,9 +2,16 @@
 //!
 //! It mirrors `shaders/reduce.wgsl`: NaN and ±inf are classified from the bits, min/max use the
 //! same order-preserving key, and the moments are shifted sums in f32 lanes. `LANES` independent
-//! accumulators let the compiler vectorize; every `BLOCK` elements the lanes are folded into f64,
+//! accumulators let the compiler vectorize; every `BLOCK` elements the lanes are widened into f64,
 //! so the f32 error never grows past one block's worth (DESIGN.md: f32 lanes per block, blocks in
-//! f64). Work is split over threads in `TASK`-sized pieces with rayon.
+//! f64). Work is split over threads in pieces of up to `TASK` elements with rayon.
+//!
+//! Speed (BENCHMARKS.md, issue 4): a whole block first takes a fast path that only accumulates
+//! s1, s2 and the key range; a NaN or an infinity shows up in that range, and only then is the
+//! block redone with full classification. The kernel is compiled for AVX-512, AVX2 and the
+//! build's baseline and the best the processor has is chosen at run time ([`SimdLevel`]), and it
+//! prefetches [`PREFETCH_AHEAD`] elements ahead, which a core needs to reach its share of DRAM
+//! bandwidth.
 
 use std::time::Instant;
 
@@ -18,8 +25,9 @@ use crate::stats::Partial;
 pub const LANES: usize = 16;
 /// Elements accumulated in f32 before folding into f64: each lane sums `BLOCK / LANES` = 64 values.
 pub const BLOCK: usize = 1024;
-/// Elements one thread reduces as one task; big enough to amortise scheduling (~256 KiB).
-pub const TASK: usize = 1 << 16;
+/// Most elements one thread reduces as one task (1 MiB): big enough to amortise scheduling and
+/// the shift's sampling, small enough to balance the threads.
+pub const TASK: usize = 1 << 18;
 
 const ABS_MASK: u32 = 0x7fff_ffff;
 const INF_BITS: u32 = 0x7f80_0000;
@@ -164,6 +172,18 @@ fn reduce_block(block: &[f32], shift: f32, acc: &mut ShiftedMoments) {
 }
 
 #[inline(always)]
+fn pairwise_f64(mut v: [f64; LANES]) -> f64 {
+    let mut half = LANES / 2;
+    while half > 0 {
+        for j in 0..half {
+            v[j] += v[j + half];
+        }
+        half /= 2;
+    }
+    v[0]
+}
+
+#[inline(always)]
 fn pairwise(mut v: [f32; LANES]) -> f32 {
     let mut half = LANES / 2;
     while half > 0 {
@@ -175,29 +195,315 @@ fn pairwise(mut v: [f32; LANES]) -> f32 {
     v[0]
 }
 
-/// Reduces `data` on the calling thread with one shift for the whole slice.
-pub(crate) fn reduce_serial(data: &[f32], shift: f32) -> ShiftedMoments {
-    let mut acc = ShiftedMoments::EMPTY;
-    for block in data.chunks(BLOCK) {
-        reduce_block(block, shift, &mut acc);
+/// The order key of `f32::MAX` and of `-f32::MAX`: a finite value's key lies between them, the
+/// key of +inf or a positive NaN above, of -inf or a negative NaN below.
+const MAX_FINITE_KEY: u32 = 0xff7f_ffff;
+const MIN_FINITE_KEY: u32 = 0x0080_0000;
+
+/// How far ahead of the loads the kernels prefetch, in elements (2 KiB). The hardware prefetcher
+/// alone leaves a core well short of its share of DRAM bandwidth on the 2-core Xeon we measure on
+/// (78% of a plain read); prefetching one cache line per 16 elements this far ahead closes the gap
+/// (BENCHMARKS.md, "CPU: software prefetch").
+pub const PREFETCH_AHEAD: usize = 512;
+
+/// Asks for the cache line holding `p` to be brought into L1. A hint: it never faults, even past
+/// the end of an allocation, so `p` may point anywhere.
+#[inline(always)]
+pub fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 only hints the cache; it has no architectural effect and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The fast path's running state, kept in lanes so that folding a block in is a handful of vector
+/// operations: f32 block sums widened into f64 lanes, and the key range per lane.
+struct FiniteLanes {
+    s1: [f64; LANES],
+    s2: [f64; LANES],
+    kmin: [u32; LANES],
+    kmax: [u32; LANES],
+    count: u64,
+}
+
+impl FiniteLanes {
+    const EMPTY: Self = Self {
+        s1: [0.0; LANES],
+        s2: [0.0; LANES],
+        kmin: [u32::MAX; LANES],
+        kmax: [0; LANES],
+        count: 0,
+    };
+
+    /// Folds the lanes into `acc` (pairwise over the f64 lanes).
+    fn fold_into(self, acc: &mut ShiftedMoments) {
+        acc.s1 += pairwise_f64(self.s1);
+        acc.s2 += pairwise_f64(self.s2);
+        acc.count += self.count;
+        acc.min_key = acc
+            .min_key
+            .min(self.kmin.into_iter().min().unwrap_or(u32::MAX));
+        acc.max_key = acc.max_key.max(self.kmax.into_iter().max().unwrap_or(0));
+    }
+}
+
+/// The fast path for one full block: all sixteen lanes accumulate s1, s2 and the key range with no
+/// classification at all. Whether a non-finite value was among them shows in the key range alone
+/// (see [`MAX_FINITE_KEY`]); then the block's sums are discarded and it goes through
+/// [`reduce_block`] instead. Returns whether the block was folded into `acc`.
+///
+/// `FMA`: whether `s2` accumulates with a fused multiply-add (only where the target has one:
+/// without it `mul_add` is a slow library call).
+#[inline(always)]
+fn reduce_block_finite<const FMA: bool>(
+    block: &[f32; BLOCK],
+    shift: f32,
+    acc: &mut FiniteLanes,
+) -> bool {
+    let mut s1 = [0.0f32; LANES];
+    let mut s2 = [0.0f32; LANES];
+    let mut kmin = [u32::MAX; LANES];
+    let mut kmax = [0u32; LANES];
+    for c in block.chunks_exact(LANES) {
+        prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD));
+        for j in 0..LANES {
+            let x = c[j];
+            let d = x - shift;
+            s1[j] += d;
+            s2[j] = if FMA {
+                d.mul_add(d, s2[j])
+            } else {
+                s2[j] + d * d
+            };
+            let key = order_key(x.to_bits());
+            kmin[j] = kmin[j].min(key);
+            kmax[j] = kmax[j].max(key);
+        }
+    }
+    let mut non_finite = false;
+    for j in 0..LANES {
+        non_finite |= (kmin[j] < MIN_FINITE_KEY) | (kmax[j] > MAX_FINITE_KEY);
+    }
+    if non_finite {
+        return false;
+    }
+    for j in 0..LANES {
+        acc.s1[j] += f64::from(s1[j]);
+        acc.s2[j] += f64::from(s2[j]);
+        acc.kmin[j] = acc.kmin[j].min(kmin[j]);
+        acc.kmax[j] = acc.kmax[j].max(kmax[j]);
+    }
+    acc.count += BLOCK as u64;
+    true
+}
+
+#[inline(always)]
+fn reduce_serial_impl<const FMA: bool>(data: &[f32], shift: f32) -> ShiftedMoments {
+    let mut acc = ShiftedMoments::EMPTY;
+    let mut lanes = FiniteLanes::EMPTY;
+    let mut blocks = data.chunks_exact(BLOCK);
+    for block in &mut blocks {
+        let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives whole blocks");
+        if !reduce_block_finite::<FMA>(block, shift, &mut lanes) {
+            reduce_block(block, shift, &mut acc);
+        }
+    }
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        reduce_block(rest, shift, &mut acc);
+    }
+    lanes.fold_into(&mut acc);
     acc
 }
 
-/// Reduces `data` to a [`Partial`] on all cores of the current rayon pool.
-///
-/// Each `TASK`-sized piece gets its own shift (its sample median), which keeps the shifted
-/// moments accurate even when the data drifts across a batch.
-pub fn reduce_slice(data: &[f32]) -> Partial {
-    if data.len() <= TASK {
-        let shift = choose_shift(data);
-        return reduce_serial(data, shift).into_partial(shift);
+/// The instruction sets the CPU kernel is compiled for; the best one the processor has is chosen
+/// at run time, so a portable x86-64 build still runs AVX-512 or AVX2 code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// x86-64 with AVX-512F (16 f32 lanes per register) and FMA.
+    Avx512,
+    /// x86-64 with AVX2 and FMA (8 lanes per register).
+    Avx2,
+    /// Whatever the build targets (SSE2 on plain x86-64, NEON on aarch64).
+    Baseline,
+}
+
+impl SimdLevel {
+    /// The best level this processor supports (detected once; cheap afterwards).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return SimdLevel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Baseline
     }
-    data.par_chunks(TASK)
-        .map(|piece| {
-            let shift = choose_shift(piece);
-            reduce_serial(piece, shift).into_partial(shift)
-        })
+
+    /// Every level this processor can run, best first (tests run each one).
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Baseline]
+            .into_iter()
+            .filter(|&l| l <= best)
+            .collect()
+    }
+
+    /// A short name for reports: `avx512`, `avx2`, `baseline`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Avx512 => "avx512",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Baseline => "baseline",
+        }
+    }
+}
+
+impl PartialOrd for SimdLevel {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SimdLevel {
+    /// Baseline < Avx2 < Avx512.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |l: &SimdLevel| match l {
+            SimdLevel::Baseline => 0,
+            SimdLevel::Avx2 => 1,
+            SimdLevel::Avx512 => 2,
+        };
+        rank(self).cmp(&rank(other))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn reduce_serial_avx512(data: &[f32], shift: f32) -> ShiftedMoments {
+    reduce_serial_impl::<true>(data, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_serial_avx2(data: &[f32], shift: f32) -> ShiftedMoments {
+    reduce_serial_impl::<true>(data, shift)
+}
+
+/// Reduces `data` on the calling thread with one shift for the whole slice, with the kernel
+/// compiled for `level`, which must be one [`SimdLevel::available`] lists.
+pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: f32) -> ShiftedMoments {
+    assert!(
+        level <= simd_level(),
+        "{} is not supported by this processor",
+        level.name()
+    );
+    match level {
+        // SAFETY: the processor has the features these functions are compiled for (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { reduce_serial_avx512(data, shift) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { reduce_serial_avx2(data, shift) },
+        _ => reduce_serial_impl::<false>(data, shift),
+    }
+}
+
+/// A plain read of `data` on the calling thread: a sum in [`LANES`] f32 accumulators and nothing
+/// else, with the prefetching and instruction set of the reduction kernel. `bench` times it over
+/// all threads as the host's read ceiling, so the ceiling is the best read this code knows, not a
+/// naive loop the kernel could beat.
+pub fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
+    assert!(
+        level <= simd_level(),
+        "{} is not supported by this processor",
+        level.name()
+    );
+    match level {
+        // SAFETY: the processor has the features these functions are compiled for (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { read_sum_avx512(data) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { read_sum_avx2(data) },
+        _ => read_sum_impl(data),
+    }
+}
+
+/// [`read_sum_with`] at the best level the processor runs.
+pub fn read_sum(data: &[f32]) -> f32 {
+    read_sum_with(simd_level(), data)
+}
+
+#[inline(always)]
+fn read_sum_impl(data: &[f32]) -> f32 {
+    // Four registers' worth of accumulators, so the adds never wait on each other.
+    const W: usize = 4 * LANES;
+    let mut acc = [0.0f32; W];
+    let mut chunks = data.chunks_exact(W);
+    for c in &mut chunks {
+        for r in 0..4 {
+            prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD + r * LANES));
+        }
+        for j in 0..W {
+            acc[j] += c[j];
+        }
+    }
+    let mut lanes = [0.0f32; LANES];
+    for (j, a) in acc.into_iter().enumerate() {
+        lanes[j % LANES] += a;
+    }
+    pairwise(lanes) + chunks.remainder().iter().sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn read_sum_avx512(data: &[f32]) -> f32 {
+    read_sum_impl(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn read_sum_avx2(data: &[f32]) -> f32 {
+    read_sum_impl(data)
+}
+
+/// The detected level, cached.
+fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(SimdLevel::detect)
+}
+
+/// Reduces `data` to a [`Partial`] on all cores of the current rayon pool, with the best kernel
+/// the processor runs.
+pub fn reduce_slice(data: &[f32]) -> Partial {
+    reduce_slice_with(simd_level(), data)
+}
+
+/// [`reduce_slice`] with the kernel compiled for `level` (one of [`SimdLevel::available`]).
+///
+/// The slice is cut into pieces of whole blocks, at most [`TASK`] elements and at least
+/// [`MIN_PIECE`], so that even a small batch keeps every thread busy. Each piece gets its own
+/// shift (its sample median), which keeps the shifted moments accurate even when the data drifts
+/// across a batch.
+pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
+    let piece = piece_len(data.len(), rayon::current_num_threads());
+    let one = |piece: &[f32]| {
+        let shift = choose_shift(piece);
+        reduce_serial_with(level, piece, shift).into_partial(shift)
+    };
+    if data.len() <= piece {
+        return one(data);
+    }
+    data.par_chunks(piece)
+        .map(one)
         .fold(Partial::default, |mut acc, p| {
             acc.merge(&p);
             acc
@@ -206,6 +512,18 @@ pub fn reduce_slice(data: &[f32]) -> Partial {
             a.merge(&b);
             a
         })
+}
+
+/// Smallest piece worth a task of its own: a few microseconds of work, well above the cost of
+/// handing it to another thread.
+pub const MIN_PIECE: usize = 16 * BLOCK;
+
+/// Piece length for `len` elements over `threads` threads: about four pieces per thread (so a
+/// slow thread does not hold the others up), whole blocks, between [`MIN_PIECE`] and [`TASK`].
+fn piece_len(len: usize, threads: usize) -> usize {
+    len.div_ceil(4 * threads.max(1))
+        .next_multiple_of(BLOCK)
+        .clamp(MIN_PIECE, TASK)
 }
 
 /// The CPU backend as a [`BatchReducer`]: every batch is reduced as it arrives.

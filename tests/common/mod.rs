@@ -91,8 +91,9 @@ impl Reference {
     }
 }
 
-/// f32 additions on an element's path in the CPU backend: 64 per lane in a block, then a pairwise
-/// fold of 16 lanes (src/backend/cpu.rs: BLOCK / LANES + log2 LANES).
+/// f32 additions on an element's path in the CPU backend: 64 per lane in a block, then at most a
+/// pairwise fold of 16 lanes (src/backend/cpu.rs: BLOCK / LANES + log2 LANES; the fast path widens
+/// each lane to f64 without the fold, the path for blocks with NaN or ±inf folds in f32).
 pub const CPU_DEPTH: f64 = 64.0 + 4.0;
 
 /// f32 additions on an element's path in the shader for a dispatch of `len` elements over `p`

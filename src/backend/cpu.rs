@@ -15,7 +15,8 @@
 
 use std::time::Instant;
 
-use rayon::prelude::*;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
 use crate::Result;
@@ -502,16 +503,33 @@ pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
     if data.len() <= piece {
         return one(data);
     }
-    data.par_chunks(piece)
-        .map(one)
-        .fold(Partial::default, |mut acc, p| {
-            acc.merge(&p);
-            acc
-        })
-        .reduce(Partial::default, |mut a, b| {
-            a.merge(&b);
-            a
-        })
+    // Self-scheduling: the calling thread starts on the first piece at once, and the pool's
+    // threads take pieces from the same counter as they wake up. Handing the whole slice to the
+    // pool instead (par_chunks) leaves the caller idle and every thread waiting on the last to
+    // wake, which on a small VM costs tens of microseconds per batch (BENCHMARKS.md).
+    let n_pieces = data.len().div_ceil(piece);
+    let next = AtomicUsize::new(0);
+    let total = Mutex::new(Partial::EMPTY);
+    let work = || {
+        let mut acc = Partial::EMPTY;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n_pieces {
+                break;
+            }
+            let start = i * piece;
+            acc.merge(&one(&data[start..(start + piece).min(data.len())]));
+        }
+        total.lock().unwrap_or_else(|e| e.into_inner()).merge(&acc);
+    };
+    let helpers = rayon::current_num_threads().min(n_pieces) - 1;
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    total.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Smallest piece worth a task of its own: a few microseconds of work, well above the cost of

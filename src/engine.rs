@@ -217,11 +217,9 @@ fn validate(config: &EngineConfig) -> Result<()> {
 }
 
 fn gpu_config(config: &EngineConfig) -> GpuConfig {
-    GpuConfig {
-        batch_size: config.batch_size,
-        workgroups: config.workgroups,
-        max_binding_bytes: None,
-    }
+    let mut gpu = GpuConfig::new(config.batch_size);
+    gpu.workgroups = config.workgroups;
+    gpu
 }
 
 impl ComputeClock {

@@ -6,7 +6,9 @@
 mod common;
 
 use common::*;
-use microbatch::{BackendChoice, CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report};
+use microbatch::{
+    BackendChoice, BatchReducer, CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report,
+};
 
 fn gpu_engine(
     batch_size: usize,
@@ -14,11 +16,9 @@ fn gpu_engine(
     max_binding_bytes: Option<u64>,
 ) -> Option<Engine> {
     let ctx = gpu()?;
-    let config = GpuConfig {
-        batch_size,
-        workgroups,
-        max_binding_bytes,
-    };
+    let mut config = GpuConfig::new(batch_size);
+    config.workgroups = workgroups;
+    config.max_binding_bytes = max_binding_bytes;
     let reducer = GpuReducer::new(ctx, config).unwrap();
     let engine_config = EngineConfig {
         batch_size,
@@ -285,11 +285,9 @@ fn gpu_resident_data_reduces_repeatedly_to_the_reference() {
     let mut rng = fresh_rng("gpu_resident");
     let data = normal(&mut rng, 70_001, 3.0, 2.0);
     // A 64 KiB binding cap splits the upload into several resident chunks.
-    let config = GpuConfig {
-        batch_size: data.len(),
-        workgroups: Some(4),
-        max_binding_bytes: Some(1 << 16),
-    };
+    let mut config = GpuConfig::new(data.len());
+    config.workgroups = Some(4);
+    config.max_binding_bytes = Some(1 << 16);
     let mut reducer = GpuReducer::new(ctx, config).unwrap();
     let resident = reducer.upload(&data).unwrap();
     assert_eq!(resident.len(), data.len());
@@ -304,5 +302,83 @@ fn gpu_resident_data_reduces_repeatedly_to_the_reference() {
     assert!(
         sums.windows(2).all(|w| w[0] == w[1]),
         "same data, same kernel, same result: {sums:?}"
+    );
+}
+
+/// Both workgroup combines (tree, and subgroups where the adapter has them) and several load
+/// counts per thread, on data whose NaN and infinities land in some threads only (so those
+/// threads take the slow path while the rest keep the fast one), with a ragged last vec4.
+#[test]
+fn every_kernel_shape_matches_the_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("every_kernel_shape");
+    let n = 250_003;
+    let mut data = normal(&mut rng, n, -40.0, 9.0);
+    for (at, x) in [
+        (17, f32::NAN),
+        (100_000, f32::INFINITY),
+        (150_001, f32::NEG_INFINITY), // alone: only the low end of its thread's key range shows it
+        (60_002, -f32::NAN),          // likewise
+        (n - 1, -f32::NAN),           // in the tail vec4
+        (n - 2, f32::MAX),
+        (5_000, -f32::MAX),
+        (7, f32::MIN_POSITIVE / 4.0),
+    ] {
+        data[at] = x;
+    }
+    let finite: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+    let r = reference(&finite);
+    let subgroup_options: &[bool] = if ctx.adapter().subgroups {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &subgroups in subgroup_options {
+        for vpt in [1, 3, 4, 8] {
+            for p in [1, 5, 64] {
+                let mut config = GpuConfig::new(n);
+                config.workgroups = Some(p);
+                config.vec_per_thread = Some(vpt);
+                config.subgroups = Some(subgroups);
+                let mut reducer = GpuReducer::new(ctx, config).unwrap();
+                let shape = reducer.shape();
+                assert_eq!((shape.subgroups, shape.vec_per_thread), (subgroups, vpt));
+                let what = format!("{shape}, P={p}");
+                reducer.push(&data).unwrap();
+                let (partial, _) = reducer.finish().unwrap();
+                assert_eq!(partial.count, r.n as u64, "{what}: count");
+                assert_eq!(partial.nan_count, 3, "{what}: NaN");
+                assert_eq!(partial.pos_inf_count, 1, "{what}: +inf");
+                assert_eq!(partial.neg_inf_count, 1, "{what}: -inf");
+                assert_eq!(
+                    (partial.min, partial.max),
+                    (r.min, r.max),
+                    "{what}: min/max"
+                );
+                let depth = shape_depth(n, p, &shape);
+                assert_close(&what, partial.sum, r.sum, r.sum_tolerance(depth));
+            }
+        }
+    }
+}
+
+/// Asking for subgroups on an adapter without them is a configuration error, not a crash.
+#[test]
+fn subgroups_on_request_only_where_available() {
+    let Some(ctx) = gpu() else { return };
+    let mut config = GpuConfig::new(1024);
+    config.subgroups = Some(true);
+    let result = GpuReducer::new(ctx, config);
+    assert_eq!(
+        result.is_ok(),
+        ctx.adapter().subgroups,
+        "{:?}",
+        result.err()
+    );
+    config.vec_per_thread = Some(0);
+    config.subgroups = None;
+    assert!(
+        GpuReducer::new(ctx, config).is_err(),
+        "zero loads per thread"
     );
 }

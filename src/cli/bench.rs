@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// GPU adapter name substring (software adapters allowed: bench measures what you ask).
     #[arg(long, value_name = "TEXT")]
     adapter: Option<String>,
+    /// GPU kernel: vec4 loads per thread per iteration (default: chosen per adapter)
+    #[arg(long, value_name = "N")]
+    vec_per_thread: Option<u32>,
+    /// GPU kernel: combine workgroups with subgroup operations: auto (where available), on, off
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    subgroups: String,
 
     /// Write every measured point, the ceilings and the fits as JSON.
     #[arg(long, value_name = "FILE")]
@@ -108,6 +114,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup as usize,
         seed: args.seed,
         adapter: args.adapter.clone(),
+        vec_per_thread: args.vec_per_thread,
+        subgroups: match args.subgroups.as_str() {
+            "auto" => None,
+            "on" => Some(true),
+            "off" => Some(false),
+            other => anyhow::bail!("--subgroups takes auto, on or off, not {other:?}"),
+        },
     };
     let bar = ProgressBar::new(0);
     if args.quiet {
@@ -162,10 +175,15 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
         let name = r.adapter.as_deref().unwrap_or("gpu");
         writeln!(
             out,
-            "  {name}: device copy (read+write)  {} GB/s",
-            gbs(copy)
+            "  {name}: device copy (read+write)  {} GB/s  (copy engine {}, WGSL copy kernel {})",
+            gbs(copy),
+            c.gpu_copy_engine.map_or("-".to_string(), gbs),
+            c.gpu_copy_shader.map_or("-".to_string(), gbs),
         )?;
         writeln!(out, "  {name}: host→device write_buffer  {} GB/s", gbs(up))?;
+    }
+    if let Some(k) = &r.kernel {
+        writeln!(out, "  gpu kernel: {k}")?;
     }
     writeln!(out)?;
     writeln!(

@@ -4,7 +4,8 @@
 
 use std::sync::OnceLock;
 
-use microbatch::{AdapterSelector, GpuContext};
+use microbatch::backend::gpu::KernelShape;
+use microbatch::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -97,10 +98,22 @@ impl Reference {
 pub const CPU_DEPTH: f64 = 64.0 + 4.0;
 
 /// f32 additions on an element's path in the shader for a dispatch of `len` elements over `p`
-/// workgroups of 256: elements per vec4 lane, the lane fold (2), the workgroup tree (8).
+/// workgroups, kernel shaped as `shape`: sequential adds per vec4 lane (whole tiles of
+/// `vec_per_thread` loads per grid step), the lane fold (2), the workgroup combine.
+pub fn shape_depth(len: usize, p: u32, shape: &KernelShape) -> f64 {
+    let tile = p as usize * shape.workgroup_size as usize * shape.vec_per_thread as usize;
+    let per_lane = len.div_ceil(4).div_ceil(tile).max(1) * shape.vec_per_thread as usize;
+    (per_lane + 2 + shape.combine_depth() as usize) as f64
+}
+
+/// [`shape_depth`] for the kernel the adapter gets by default (what `GpuConfig::new` builds).
 pub fn gpu_depth(len: usize, p: u32) -> f64 {
-    let threads = p as usize * 256;
-    (len.div_ceil(4).div_ceil(threads).max(1) + 2 + 8) as f64
+    static SHAPE: OnceLock<KernelShape> = OnceLock::new();
+    let shape = SHAPE.get_or_init(|| {
+        let ctx = gpu().expect("gpu_depth needs the GPU context");
+        GpuReducer::new(ctx, GpuConfig::new(4)).unwrap().shape()
+    });
+    shape_depth(len, p, shape)
 }
 
 /// The GPU context for tests: lavapipe on CI. Without an adapter the test is skipped, unless

@@ -142,6 +142,8 @@ pub struct GpuContext {
     pub(crate) report: AdapterReport,
     pub(crate) limits: wgpu::Limits,
     pub(crate) timestamps: bool,
+    /// Whether the device was opened with `Features::SUBGROUP` (the kernel's subgroup variant).
+    pub(crate) subgroups: bool,
     /// wgpu reports validation and out-of-memory errors asynchronously; they land here and the
     /// reducer turns them into [`Error::Gpu`] instead of wgpu's default panic.
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
@@ -196,6 +198,10 @@ impl GpuContext {
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
+        if subgroups {
+            required_features |= wgpu::Features::SUBGROUP;
+        }
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
             label: Some("microbatch.device"),
@@ -222,6 +228,7 @@ impl GpuContext {
             report,
             limits,
             timestamps,
+            subgroups,
             errors,
         })
     }

@@ -18,8 +18,23 @@ use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
-/// The reduction kernel, compiled into the binary from `shaders/`.
-pub const REDUCE_WGSL: &str = include_str!("../../../shaders/reduce.wgsl");
+/// The reduction kernel's common part, compiled into the binary from `shaders/`.
+const REDUCE_COMMON_WGSL: &str = include_str!("../../../shaders/reduce_common.wgsl");
+/// Entry point combining a workgroup through a tree in workgroup memory (any adapter).
+const REDUCE_TREE_WGSL: &str = include_str!("../../../shaders/reduce_tree.wgsl");
+/// Entry point combining a workgroup with subgroup operations (adapters with `SUBGROUP`).
+const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
+
+/// The full WGSL source of the reduction kernel, with the subgroup or the tree entry point.
+/// (Naga 30 enables subgroup built-ins with the device feature and rejects the standard
+/// `enable subgroups;` directive, so there is none.)
+pub fn reduce_wgsl(subgroups: bool) -> String {
+    if subgroups {
+        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_SUBGROUP_WGSL}")
+    } else {
+        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_TREE_WGSL}")
+    }
+}
 
 /// Invocations per workgroup (the shader's `WG_SIZE` override). 256 is a multiple of every
 /// subgroup size in use and needs 8 KiB of workgroup memory, half the WebGPU minimum.
@@ -73,8 +88,10 @@ impl GpuPartial {
     }
 }
 
-/// How a [`GpuReducer`] splits and dispatches its work.
+/// How a [`GpuReducer`] splits and dispatches its work. Start from [`GpuConfig::new`] and set the
+/// fields you need (more may be added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GpuConfig {
     /// Largest batch the reducer will be pushed, in elements (sizes the input ring).
     pub batch_size: usize,
@@ -83,6 +100,12 @@ pub struct GpuConfig {
     /// Caps the bytes bound per dispatch below the adapter's storage-binding limit (tests use it
     /// to exercise the split path on small data). `None`: the adapter's limit.
     pub max_binding_bytes: Option<u64>,
+    /// vec4 loads each thread issues per loop iteration (the shader's `VEC_PER_THREAD`).
+    /// `None`: [`default_vec_per_thread`] for the adapter.
+    pub vec_per_thread: Option<u32>,
+    /// Whether workgroups combine with subgroup operations. `None`: wherever the adapter has
+    /// them; `Some(false)`: the workgroup-memory tree; `Some(true)`: an error without them.
+    pub subgroups: Option<bool>,
 }
 
 impl GpuConfig {
@@ -92,7 +115,63 @@ impl GpuConfig {
             batch_size,
             workgroups: None,
             max_binding_bytes: None,
+            vec_per_thread: None,
+            subgroups: None,
         }
+    }
+}
+
+/// How the kernel was specialised for an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelShape {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// vec4 loads per thread per loop iteration.
+    pub vec_per_thread: u32,
+    /// Whether workgroups combine with subgroup operations (else a workgroup-memory tree).
+    pub subgroups: bool,
+    /// Smallest and largest subgroup size the adapter reports.
+    pub subgroup_sizes: (u32, u32),
+}
+
+impl KernelShape {
+    /// f32 additions on an element's path through the workgroup combine, in the worst order the
+    /// implementation may choose: log2(workgroup size) for the tree; for subgroups, a subgroup
+    /// add (whose order WGSL leaves open, so up to the subgroup size) and then a sequential sum
+    /// over the workgroup's subgroups. Tests derive their tolerances from it.
+    pub fn combine_depth(&self) -> u32 {
+        if self.subgroups {
+            let (min, max) = self.subgroup_sizes;
+            max + self.workgroup_size / min.max(1)
+        } else {
+            self.workgroup_size.ilog2()
+        }
+    }
+}
+
+impl std::fmt::Display for KernelShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} threads/workgroup, {} vec4 loads/thread, {}",
+            self.workgroup_size,
+            self.vec_per_thread,
+            if self.subgroups {
+                "subgroup combine"
+            } else {
+                "tree combine"
+            }
+        )
+    }
+}
+
+/// Default vec4 loads per thread per iteration: four 16-byte loads in flight per thread keep a
+/// discrete GPU's memory system busy with a few workgroups per SM; a software adapter gains
+/// nothing from more than one.
+pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
+    match report.device_type.as_str() {
+        "Cpu" => 1,
+        _ => 4,
     }
 }
 
@@ -162,6 +241,7 @@ impl std::fmt::Debug for GpuResident {
 pub struct GpuReducer {
     ctx: GpuContext,
     info: BackendInfo,
+    shape: KernelShape,
     pipeline: wgpu::ComputePipeline,
     ring: Vec<RingSlot>,
     next_slot: usize,
@@ -206,6 +286,30 @@ impl GpuReducer {
                 ctx.report.name
             )));
         }
+        let vec_per_thread = config
+            .vec_per_thread
+            .unwrap_or_else(|| default_vec_per_thread(&ctx.report));
+        if !(1..=64).contains(&vec_per_thread) {
+            return Err(Error::InvalidConfig(format!(
+                "vec4 loads per thread must be between 1 and 64, got {vec_per_thread}"
+            )));
+        }
+        let subgroups = match config.subgroups {
+            None => ctx.subgroups,
+            Some(true) if !ctx.subgroups => {
+                return Err(Error::InvalidConfig(format!(
+                    "{} has no subgroup operations",
+                    ctx.report.name
+                )));
+            }
+            Some(wanted) => wanted,
+        };
+        let shape = KernelShape {
+            workgroup_size: WORKGROUP_SIZE,
+            vec_per_thread,
+            subgroups,
+            subgroup_sizes: (ctx.report.subgroup_min_size, ctx.report.subgroup_max_size),
+        };
         let wg_storage = 8 * 4 * WORKGROUP_SIZE;
         if WORKGROUP_SIZE > limits.max_compute_invocations_per_workgroup
             || WORKGROUP_SIZE > limits.max_compute_workgroup_size_x
@@ -240,7 +344,7 @@ impl GpuReducer {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("microbatch.reduce"),
-            source: wgpu::ShaderSource::Wgsl(REDUCE_WGSL.into()),
+            source: wgpu::ShaderSource::Wgsl(reduce_wgsl(subgroups).into()),
         });
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("microbatch.reduce.layout"),
@@ -264,7 +368,10 @@ impl GpuReducer {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let constants = [("WG_SIZE", f64::from(WORKGROUP_SIZE))];
+        let constants = [
+            ("WG_SIZE", f64::from(WORKGROUP_SIZE)),
+            ("VEC_PER_THREAD", f64::from(vec_per_thread)),
+        ];
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some("microbatch.reduce"),
             layout: Some(&pipeline_layout),
@@ -354,6 +461,7 @@ impl GpuReducer {
         Ok(Self {
             ctx: ctx.clone(),
             info,
+            shape,
             pipeline,
             ring,
             next_slot: 0,
@@ -379,14 +487,17 @@ impl GpuReducer {
         self.chunk_elems
     }
 
-    /// Workgroups for a dispatch over `len` elements: P, but never more than one per
-    /// `WORKGROUP_SIZE` vec4s (an idle workgroup only adds a partial to merge).
+    /// How the kernel was specialised for this adapter.
+    pub fn shape(&self) -> KernelShape {
+        self.shape
+    }
+
+    /// Workgroups for a dispatch over `len` elements: P, but never more than one per tile of
+    /// `WORKGROUP_SIZE × vec_per_thread` vec4s (an idle workgroup only adds a partial to merge).
     fn workgroups_for(&self, len: usize) -> u32 {
         let n_vec = len.div_ceil(4) as u32;
-        self.info
-            .workgroups
-            .min(n_vec.div_ceil(WORKGROUP_SIZE))
-            .max(1)
+        let tile = WORKGROUP_SIZE * self.shape.vec_per_thread;
+        self.info.workgroups.min(n_vec.div_ceil(tile)).max(1)
     }
 
     /// Whether the readback window has no room for one more dispatch of `workgroups` partials.

@@ -1,0 +1,206 @@
+// microbatch.reduce, common part: one micro-batch (or one binding-sized piece of it) → one Partial
+// per workgroup. The host appends one of two entry points: reduce_tree.wgsl (workgroup memory
+// tree, any adapter) or reduce_subgroup.wgsl (subgroup operations, adapters with SUBGROUP).
+//
+// Kept in sync with src/backend/gpu/mod.rs (GpuParams, GpuPartial) and src/backend/cpu.rs, which
+// runs the same lane logic on the CPU so the two backends can be compared value for value.
+//
+// Numerics (DESIGN.md):
+// - WGSL lets an implementation assume floats are finite, so NaN and ±inf are classified from the
+//   bits with integer operations, counted, and kept out of the float arithmetic that counts.
+// - min/max use an order-preserving u32 key of the bits: exact, and immune to subnormal flushing.
+// - Moments are shifted sums Σ(x−K), Σ(x−K)² with K (params.shift) chosen by the host near the
+//   batch's median, so Σ(x−K)² never cancels catastrophically. Each vec4 lane accumulates
+//   sequentially, then the workgroup combines its threads (tree or subgroups).
+//
+// Speed (BENCHMARKS.md, issue 4): each thread issues VEC_PER_THREAD independent vec4 loads per
+// iteration, and the per-element work is only s1, s2 and the key range. A NaN or an infinity
+// shows in a thread's key range (its key lies outside the finite keys); only such a thread
+// re-reads its elements with full classification and throws its fast sums away.
+
+// Invocations per workgroup (a power of two; checked on the host).
+override WG_SIZE: u32 = 256u;
+// vec4 loads each thread has in flight per loop iteration.
+override VEC_PER_THREAD: u32 = 4u;
+
+struct Params {
+    len: u32,        // valid f32 elements in `input`
+    shift: f32,      // K
+    out_base: u32,   // index of this dispatch's first partial in `partials`
+    _pad: u32,
+}
+
+struct Partial {
+    count: u32,      // finite values
+    nan_count: u32,
+    pos_inf: u32,
+    neg_inf: u32,
+    min_key: u32,    // order-preserving key of the smallest finite value (0xffffffff: none)
+    max_key: u32,    // order-preserving key of the largest finite value (0: none)
+    s1: f32,         // Σ(x−K) over finite values
+    s2: f32,         // Σ(x−K)² over finite values
+}
+
+@group(0) @binding(0) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> partials: array<Partial>;
+@group(0) @binding(2) var<uniform> params: Params;
+
+const ABS_MASK: u32 = 0x7fffffffu;
+const INF_BITS: u32 = 0x7f800000u;
+const NEG_INF_BITS: u32 = 0xff800000u;
+// Keys of f32::MAX and -f32::MAX: a finite value's key lies between them.
+const MAX_FINITE_KEY: u32 = 0xff7fffffu;
+const MIN_FINITE_KEY: u32 = 0x00800000u;
+
+// Order-preserving map from f32 bits to u32: negative values flip all bits, positive values set
+// the sign bit. Same function as `order_key` in src/backend/cpu.rs.
+fn order_key(b: vec4<u32>) -> vec4<u32> {
+    let neg = bitcast<vec4<u32>>(bitcast<vec4<i32>>(b) >> vec4<u32>(31u));
+    return b ^ (neg | vec4<u32>(0x80000000u));
+}
+
+// One thread's share, folded to scalars.
+struct Thread {
+    count: u32,
+    nan: u32,
+    pos_inf: u32,
+    neg_inf: u32,
+    kmin: u32,
+    kmax: u32,
+    s1: f32,
+    s2: f32,
+}
+
+// Running state of the full classification (the slow path).
+struct Slow {
+    s1: vec4<f32>,
+    s2: vec4<f32>,
+    count: vec4<u32>,
+    nan: vec4<u32>,
+    pos_inf: vec4<u32>,
+    neg_inf: vec4<u32>,
+    kmin: vec4<u32>,
+    kmax: vec4<u32>,
+}
+
+fn slow_new() -> Slow {
+    return Slow(vec4<f32>(0.0), vec4<f32>(0.0), vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u),
+                vec4<u32>(0u), vec4<u32>(0xffffffffu), vec4<u32>(0u));
+}
+
+// Adds one vec4 to `s` with full classification; lanes where `valid` is false count as nothing.
+fn slow_add(s: ptr<function, Slow>, x: vec4<f32>, valid: vec4<bool>, shift: vec4<f32>) {
+    let bits = bitcast<vec4<u32>>(x);
+    let abs_bits = bits & vec4<u32>(ABS_MASK);
+    let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
+    let d = select(vec4<f32>(0.0), x - shift, finite);
+    (*s).s1 += d;
+    (*s).s2 += d * d;
+    (*s).count += select(vec4<u32>(0u), vec4<u32>(1u), finite);
+    (*s).nan += select(vec4<u32>(0u), vec4<u32>(1u), valid & (abs_bits > vec4<u32>(INF_BITS)));
+    (*s).pos_inf += select(vec4<u32>(0u), vec4<u32>(1u), valid & (bits == vec4<u32>(INF_BITS)));
+    (*s).neg_inf += select(vec4<u32>(0u), vec4<u32>(1u), valid & (bits == vec4<u32>(NEG_INF_BITS)));
+    let key = order_key(bits);
+    (*s).kmin = min((*s).kmin, select(vec4<u32>(0xffffffffu), key, finite));
+    (*s).kmax = max((*s).kmax, select(vec4<u32>(0u), key, finite));
+}
+
+fn slow_fold(s: Slow) -> Thread {
+    return Thread(
+        s.count.x + s.count.y + s.count.z + s.count.w,
+        s.nan.x + s.nan.y + s.nan.z + s.nan.w,
+        s.pos_inf.x + s.pos_inf.y + s.pos_inf.z + s.pos_inf.w,
+        s.neg_inf.x + s.neg_inf.y + s.neg_inf.z + s.neg_inf.w,
+        min(min(s.kmin.x, s.kmin.y), min(s.kmin.z, s.kmin.w)),
+        max(max(s.kmax.x, s.kmax.y), max(s.kmax.z, s.kmax.w)),
+        (s.s1.x + s.s1.y) + (s.s1.z + s.s1.w),
+        (s.s2.x + s.s2.y) + (s.s2.z + s.s2.w),
+    );
+}
+
+// Running state of the fast path: shifted sums and key range, no classification.
+struct Fast {
+    s1: vec4<f32>,
+    s2: vec4<f32>,
+    kmin: vec4<u32>,
+    kmax: vec4<u32>,
+}
+
+fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, shift: vec4<f32>) {
+    let d = x - shift;
+    (*f).s1 += d;
+    (*f).s2 += d * d;
+    let key = order_key(bitcast<vec4<u32>>(x));
+    (*f).kmin = min((*f).kmin, key);
+    (*f).kmax = max((*f).kmax, key);
+}
+
+// Reduces this thread's share of the batch: vec4s first + k·WG_SIZE (k < VEC_PER_THREAD) for
+// first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid; then, in global thread
+// 0, the last partial vec4.
+fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
+    let len = params.len;
+    let shift = vec4<f32>(params.shift);
+    let n_full = len / 4u;
+    let tile = WG_SIZE * VEC_PER_THREAD;
+    let first = wid * tile + lid;
+    let stride = nwg * tile;
+    let last_k = (VEC_PER_THREAD - 1u) * WG_SIZE;
+
+    var f = Fast(vec4<f32>(0.0), vec4<f32>(0.0), vec4<u32>(0xffffffffu), vec4<u32>(0u));
+    var visited = 0u;
+    var i = first;
+    // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all in flight at once.
+    for (; i + last_k < n_full; i += stride) {
+        for (var k = 0u; k < VEC_PER_THREAD; k++) {
+            fast_add(&f, input[i + k * WG_SIZE], shift);
+        }
+        visited += 4u * VEC_PER_THREAD;
+    }
+    // At most one partial tile per thread at the end of the batch.
+    if (i < n_full) {
+        for (var k = 0u; k < VEC_PER_THREAD; k++) {
+            let j = i + k * WG_SIZE;
+            if (j < n_full) {
+                fast_add(&f, input[j], shift);
+                visited += 4u;
+            }
+        }
+    }
+    let s1 = f.s1;
+    let s2 = f.s2;
+    let kmin = f.kmin;
+    let kmax = f.kmax;
+
+    let lo = min(min(kmin.x, kmin.y), min(kmin.z, kmin.w));
+    let hi = max(max(kmax.x, kmax.y), max(kmax.z, kmax.w));
+    let tail = len % 4u != 0u && lid == 0u && wid == 0u;
+    if (lo >= MIN_FINITE_KEY && hi <= MAX_FINITE_KEY && !tail) {
+        // All finite (or nothing visited: lo = 0xffffffff, hi = 0, both in range).
+        return Thread(visited, 0u, 0u, 0u, lo, hi,
+                      (s1.x + s1.y) + (s1.z + s1.w), (s2.x + s2.y) + (s2.z + s2.w));
+    }
+
+    // Rare: a NaN or an infinity among this thread's values, or the thread owning the tail.
+    var s = slow_new();
+    for (var i = first; i < n_full; i += stride) {
+        for (var k = 0u; k < VEC_PER_THREAD; k++) {
+            let j = i + k * WG_SIZE;
+            if (j < n_full) {
+                slow_add(&s, input[j], vec4<bool>(true), shift);
+            }
+        }
+    }
+    if (tail) {
+        // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier batch.
+        let valid = vec4<u32>(n_full * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
+        slow_add(&s, input[n_full], valid, shift);
+    }
+    return slow_fold(s);
+}
+
+fn write_partial(wid: u32, t: Thread) {
+    partials[params.out_base + wid] = Partial(
+        t.count, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, t.s1, t.s2,
+    );
+}

@@ -180,7 +180,11 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
             c.gpu_copy_engine.map_or("-".to_string(), gbs),
             c.gpu_copy_shader.map_or("-".to_string(), gbs),
         )?;
-        writeln!(out, "  {name}: host→device write_buffer  {} GB/s", gbs(up))?;
+        writeln!(
+            out,
+            "  {name}: host→device copy from staging  {} GB/s",
+            gbs(up)
+        )?;
     }
     if let Some(k) = &r.kernel {
         writeln!(out, "  gpu kernel: {k}")?;

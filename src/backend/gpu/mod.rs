@@ -7,6 +7,8 @@
 
 mod context;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
@@ -188,6 +190,11 @@ pub fn default_workgroups(report: &AdapterReport) -> u32 {
 }
 
 struct RingSlot {
+    /// Host-visible buffer the batch's bytes are written into while it is mapped.
+    staging: wgpu::Buffer,
+    /// Set by the map callback once `staging` is mapped for writing again (after the device
+    /// has copied its previous contents out).
+    mapped: Arc<AtomicBool>,
     input: wgpu::Buffer,
     params: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
@@ -406,7 +413,15 @@ impl GpuReducer {
                     &format!("microbatch.input[{i}]"),
                     input_bytes,
                 );
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("microbatch.staging[{i}]")),
+                    size: input_bytes,
+                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: true,
+                });
                 RingSlot {
+                    staging,
+                    mapped: Arc::new(AtomicBool::new(true)),
                     input,
                     params,
                     bind_group,
@@ -563,35 +578,79 @@ impl GpuReducer {
 
         let upload_start = Instant::now();
         let slot_index = self.next_slot;
-        if let Some(index) = self.ring[slot_index].in_flight.take() {
-            // The ring is full: the device is still reading this buffer. Waiting here is what
-            // bounds host memory to RING batches.
-            self.ctx
-                .device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                })
-                .map_err(|e| Error::Gpu {
-                    context: "waiting for the input ring".to_string(),
-                    message: e.to_string(),
-                })?;
-        }
+        self.wait_for_staging(slot_index)?;
         let shift = choose_shift(chunk);
         let params = self.params_for(chunk.len(), shift);
         let slot = &self.ring[slot_index];
+        let bytes = (chunk.len() as u64 * 4).next_multiple_of(4);
+        {
+            let mut view = slot
+                .staging
+                .slice(..bytes)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::Gpu {
+                    context: "writing a batch into staging memory".to_string(),
+                    message: e.to_string(),
+                })?;
+            copy_parallel(view.slice(..), bytemuck::cast_slice(chunk));
+        }
+        slot.staging.unmap();
+        slot.mapped.store(false, Ordering::Release);
         let queue = &self.ctx.queue;
-        queue.write_buffer(&slot.input, 0, bytemuck::cast_slice(chunk));
         queue.write_buffer(&slot.params, 0, bytemuck::bytes_of(&params));
         let bind_group = slot.bind_group.clone();
+        let (staging, input) = (slot.staging.clone(), slot.input.clone());
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
+        encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
         self.encode(&mut encoder, &bind_group, workgroups, shift);
         let index = self.ctx.queue.submit([encoder.finish()]);
+        // Map the staging buffer again: the callback fires once the device has copied it out,
+        // and the slot is free for the batch after next.
+        let flag = Arc::clone(&self.ring[slot_index].mapped);
+        staging.map_async(wgpu::MapMode::Write, .., move |r| {
+            flag.store(r.is_ok(), Ordering::Release);
+        });
         self.ring[slot_index].in_flight = Some(index);
         self.wall_compute_start.get_or_insert(upload_start);
         self.times.upload += upload_start.elapsed();
         self.next_slot = (self.next_slot + 1) % RING;
+        Ok(())
+    }
+
+    /// Waits until the staging buffer of `slot_index` is mapped for writing again. The ring
+    /// being full is what bounds host memory to RING batches; while it is not, this is a check.
+    fn wait_for_staging(&mut self, slot_index: usize) -> Result<()> {
+        let poll_err = |e: wgpu::PollError| Error::Gpu {
+            context: "waiting for the staging ring".to_string(),
+            message: e.to_string(),
+        };
+        let slot = &mut self.ring[slot_index];
+        while !slot.mapped.load(Ordering::Acquire) {
+            // Wait for the submission that copied this buffer out (or for everything, if it is
+            // no longer known); the map callback runs during a poll once it is done.
+            let index = slot.in_flight.take();
+            let last_try = index.is_none();
+            let device = &self.ctx.device;
+            device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: index,
+                    timeout: None,
+                })
+                .map_err(poll_err)?;
+            if !slot.mapped.load(Ordering::Acquire) {
+                device.poll(wgpu::PollType::Poll).map_err(poll_err)?;
+            }
+            if last_try && !slot.mapped.load(Ordering::Acquire) {
+                self.ctx
+                    .take_error("mapping a staging buffer for writing")?;
+                return Err(Error::Gpu {
+                    context: "mapping a staging buffer for writing".to_string(),
+                    message: "the map request failed".to_string(),
+                });
+            }
+        }
+        slot.in_flight = None;
         Ok(())
     }
 
@@ -767,6 +826,42 @@ impl GpuReducer {
         self.times.merge += readback_done.elapsed();
         Ok(())
     }
+}
+
+/// Copies `src` into the front of `dst` (mapped staging memory) on several threads when it is
+/// large: one thread's copy into host-visible memory falls well short of a PCIe 5 link.
+fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
+    const PIECE: usize = 1 << 20;
+    let (mut dst, _) = dst.split_at(src.len());
+    if src.len() <= PIECE {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut pieces = Vec::with_capacity(src.len().div_ceil(PIECE));
+    let mut rest = dst;
+    while rest.len() > PIECE {
+        let (head, tail) = rest.split_at(PIECE);
+        pieces.push(head);
+        rest = tail;
+    }
+    pieces.push(rest);
+
+    /// A disjoint piece of the mapping, handed to one thread.
+    struct Piece<'a>(wgpu::WriteOnly<'a, [u8]>);
+    // SAFETY: a `WriteOnly` is a pointer to memory valid for writes for its lifetime; wgpu makes
+    // it `Send` only for sized targets (`impl<T: Send>` implies `T: Sized`), not because a byte
+    // slice may not move between threads. The pieces come from `split_at` and never overlap, and
+    // `for_each` returns before the mapping they borrow ends.
+    unsafe impl Send for Piece<'_> {}
+
+    use rayon::prelude::*;
+    pieces
+        .into_iter()
+        .map(Piece)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(mut d, s)| d.0.copy_from_slice(s));
 }
 
 /// An input buffer of `size` bytes, its params uniform, and the bind group over them and

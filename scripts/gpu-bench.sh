@@ -5,7 +5,9 @@
 #
 #   scripts/gpu-bench.sh [path/to/microbatch]
 # Environment: SIZES (default 1e6,1e7,1e8,5e8), BATCHES (1048576,4194304,16777216),
-# WORKGROUPS (1024,4096), RUNS (5), ADAPTER (name substring), OUT.
+# WORKGROUPS (1024,4096), RUNS (5), ADAPTER (name substring), OUT,
+# SHAPES (default "1 2 4 8": vec4 loads per thread swept in resident mode at SHAPE_N, 1e9, with
+# the subgroup and the tree combine; empty to skip).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/microbatch}
@@ -25,6 +27,19 @@ echo "== microbatch bench"
   --batch-sizes "${BATCHES:-1048576,4194304,16777216}" --workgroups "${WORKGROUPS:-1024,4096}" \
   --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
   --json "$out/bench.json" --csv "$out/bench.csv" --plot "$out/bench.svg" | tee "$out/bench.txt"
+
+if [ -n "${SHAPES-1 2 4 8}" ]; then
+  echo "== kernel shapes (resident, N=${SHAPE_N:-1e9})"
+  for v in ${SHAPES-1 2 4 8}; do
+    for sg in on off; do
+      r=$("$bin" bench --backends gpu --modes resident --sizes "${SHAPE_N:-1e9}" \
+        --workgroups "${WORKGROUPS:-1024,4096}" --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
+        --vec-per-thread "$v" --subgroups "$sg") || r="failed"
+      printf -- '-- vec_per_thread=%s subgroups=%s\n%s\n' "$v" "$sg" "$r" >> "$out/shapes.txt"
+      printf '%s\n' "$r" | grep -E "^gpu|kernel|failed" || true
+    done
+  done
+fi
 
 echo "== references"
 python3 "$here/gpu_reference.py" --sizes "$sizes" --json "$out/reference.json" || echo "references failed"

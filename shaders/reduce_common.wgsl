@@ -71,21 +71,27 @@ struct Thread {
     s2: f32,
 }
 
-// Running state of the full classification (the slow path).
+// Running state of the full classification (the slow path), folded across each vec4 as it
+// arrives like the fast path's, so that this rarely taken code does not raise the kernel's
+// register count.
 struct Slow {
-    s1: vec4<f32>,
-    s2: vec4<f32>,
-    count: vec4<u32>,
-    nan: vec4<u32>,
-    pos_inf: vec4<u32>,
-    neg_inf: vec4<u32>,
-    kmin: vec4<u32>,
-    kmax: vec4<u32>,
+    s1: f32,
+    s2: f32,
+    count: u32,
+    nan: u32,
+    pos_inf: u32,
+    neg_inf: u32,
+    kmin: u32,
+    kmax: u32,
 }
 
 fn slow_new() -> Slow {
-    return Slow(vec4<f32>(0.0), vec4<f32>(0.0), vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u),
-                vec4<u32>(0u), vec4<u32>(0xffffffffu), vec4<u32>(0u));
+    return Slow(0.0, 0.0, 0u, 0u, 0u, 0u, 0xffffffffu, 0u);
+}
+
+fn count4(b: vec4<bool>) -> u32 {
+    let v = select(vec4<u32>(0u), vec4<u32>(1u), b);
+    return (v.x + v.y) + (v.z + v.w);
 }
 
 // Adds one vec4 to `s` with full classification; lanes where `valid` is false count as nothing.
@@ -94,45 +100,38 @@ fn slow_add(s: ptr<function, Slow>, x: vec4<f32>, valid: vec4<bool>, shift: vec4
     let abs_bits = bits & vec4<u32>(ABS_MASK);
     let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
     let d = select(vec4<f32>(0.0), x - shift, finite);
-    (*s).s1 += d;
-    (*s).s2 += d * d;
-    (*s).count += select(vec4<u32>(0u), vec4<u32>(1u), finite);
-    (*s).nan += select(vec4<u32>(0u), vec4<u32>(1u), valid & (abs_bits > vec4<u32>(INF_BITS)));
-    (*s).pos_inf += select(vec4<u32>(0u), vec4<u32>(1u), valid & (bits == vec4<u32>(INF_BITS)));
-    (*s).neg_inf += select(vec4<u32>(0u), vec4<u32>(1u), valid & (bits == vec4<u32>(NEG_INF_BITS)));
+    let d2 = d * d;
+    (*s).s1 += (d.x + d.y) + (d.z + d.w);
+    (*s).s2 += (d2.x + d2.y) + (d2.z + d2.w);
+    (*s).count += count4(finite);
+    (*s).nan += count4(valid & (abs_bits > vec4<u32>(INF_BITS)));
+    (*s).pos_inf += count4(valid & (bits == vec4<u32>(INF_BITS)));
+    (*s).neg_inf += count4(valid & (bits == vec4<u32>(NEG_INF_BITS)));
     let key = order_key(bits);
-    (*s).kmin = min((*s).kmin, select(vec4<u32>(0xffffffffu), key, finite));
-    (*s).kmax = max((*s).kmax, select(vec4<u32>(0u), key, finite));
+    let lo = select(vec4<u32>(0xffffffffu), key, finite);
+    let hi = select(vec4<u32>(0u), key, finite);
+    (*s).kmin = min((*s).kmin, min(min(lo.x, lo.y), min(lo.z, lo.w)));
+    (*s).kmax = max((*s).kmax, max(max(hi.x, hi.y), max(hi.z, hi.w)));
 }
 
-fn slow_fold(s: Slow) -> Thread {
-    return Thread(
-        s.count.x + s.count.y + s.count.z + s.count.w,
-        s.nan.x + s.nan.y + s.nan.z + s.nan.w,
-        s.pos_inf.x + s.pos_inf.y + s.pos_inf.z + s.pos_inf.w,
-        s.neg_inf.x + s.neg_inf.y + s.neg_inf.z + s.neg_inf.w,
-        min(min(s.kmin.x, s.kmin.y), min(s.kmin.z, s.kmin.w)),
-        max(max(s.kmax.x, s.kmax.y), max(s.kmax.z, s.kmax.w)),
-        (s.s1.x + s.s1.y) + (s.s1.z + s.s1.w),
-        (s.s2.x + s.s2.y) + (s.s2.z + s.s2.w),
-    );
-}
-
-// Running state of the fast path: shifted sums and key range, no classification.
+// Running state of the fast path: shifted sums and key range, no classification. s1 and the key
+// range are folded across each vec4 as it arrives (the same instruction count as vec4
+// accumulators, a quarter of the registers: registers are what limits how many threads, and so
+// how many loads, an SM keeps in flight). s2 keeps four lanes so its products need no extra adds.
 struct Fast {
-    s1: vec4<f32>,
+    s1: f32,
     s2: vec4<f32>,
-    kmin: vec4<u32>,
-    kmax: vec4<u32>,
+    kmin: u32,
+    kmax: u32,
 }
 
 fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, shift: vec4<f32>) {
     let d = x - shift;
-    (*f).s1 += d;
+    (*f).s1 += (d.x + d.y) + (d.z + d.w);
     (*f).s2 += d * d;
     let key = order_key(bitcast<vec4<u32>>(x));
-    (*f).kmin = min((*f).kmin, key);
-    (*f).kmax = max((*f).kmax, key);
+    (*f).kmin = min((*f).kmin, min(min(key.x, key.y), min(key.z, key.w)));
+    (*f).kmax = max((*f).kmax, max(max(key.x, key.y), max(key.z, key.w)));
 }
 
 // Reduces this thread's share of the batch: vec4s first + k·WG_SIZE (k < VEC_PER_THREAD) for
@@ -147,7 +146,7 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     let stride = nwg * tile;
     let last_k = (VEC_PER_THREAD - 1u) * WG_SIZE;
 
-    var f = Fast(vec4<f32>(0.0), vec4<f32>(0.0), vec4<u32>(0xffffffffu), vec4<u32>(0u));
+    var f = Fast(0.0, vec4<f32>(0.0), 0xffffffffu, 0u);
     var visited = 0u;
     var i = first;
     // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all in flight at once.
@@ -167,18 +166,13 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
             }
         }
     }
-    let s1 = f.s1;
-    let s2 = f.s2;
-    let kmin = f.kmin;
-    let kmax = f.kmax;
 
-    let lo = min(min(kmin.x, kmin.y), min(kmin.z, kmin.w));
-    let hi = max(max(kmax.x, kmax.y), max(kmax.z, kmax.w));
+    let lo = f.kmin;
+    let hi = f.kmax;
     let tail = len % 4u != 0u && lid == 0u && wid == 0u;
     if (lo >= MIN_FINITE_KEY && hi <= MAX_FINITE_KEY && !tail) {
         // All finite (or nothing visited: lo = 0xffffffff, hi = 0, both in range).
-        return Thread(visited, 0u, 0u, 0u, lo, hi,
-                      (s1.x + s1.y) + (s1.z + s1.w), (s2.x + s2.y) + (s2.z + s2.w));
+        return Thread(visited, 0u, 0u, 0u, lo, hi, f.s1, (f.s2.x + f.s2.y) + (f.s2.z + f.s2.w));
     }
 
     // Rare: a NaN or an infinity among this thread's values, or the thread owning the tail.
@@ -196,7 +190,7 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
         let valid = vec4<u32>(n_full * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
         slow_add(&s, input[n_full], valid, shift);
     }
-    return slow_fold(s);
+    return Thread(s.count, s.nan, s.pos_inf, s.neg_inf, s.kmin, s.kmax, s.s1, s.s2);
 }
 
 fn write_partial(wid: u32, t: Thread) {

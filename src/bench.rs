@@ -138,8 +138,10 @@ pub struct Ceilings {
     pub gpu_copy_engine: Option<f64>,
     /// `shaders/copy.wgsl` alone, read + written per second.
     pub gpu_copy_shader: Option<f64>,
-    /// Host-to-device bandwidth: the device copying from host-visible staging memory, bytes/s.
+    /// Host-to-device bandwidth of the streaming path: the slower of its two steps, bytes/s.
     pub gpu_upload: Option<f64>,
+    /// The two steps separately.
+    pub gpu_upload_steps: Option<Upload>,
 }
 
 /// A fitted model for one backend and mode.
@@ -374,31 +376,41 @@ pub fn gpu_shader_copy_bandwidth(ctx: &GpuContext, bytes: u64, runs: usize) -> R
     Ok(2.0 * bytes as f64 * f64::from(COPIES) / seconds)
 }
 
-/// Host-to-device bandwidth, bytes per second: the device copying a filled host-visible staging
-/// buffer (`MAP_WRITE | COPY_SRC`, like the streaming ring's) into a device buffer, several times
-/// per submit. This is the link's DMA rate, what streaming can at best reach; the host's own copy
-/// into staging memory overlaps with it in the pipeline.
-pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Result<f64> {
+/// Host-to-device bandwidth of the streaming path's two steps, bytes per second, measured the way
+/// the pipeline does them: the host writing a batch into a mapped `MAP_WRITE` staging buffer on
+/// all threads, and the device copying the staging buffer into a storage buffer. With the ring
+/// they overlap, so streaming can at best reach the slower of the two. Where the staging memory
+/// is device-local and host-visible (resizable BAR, as on an H200), the host's writes cross the
+/// link and the device copy stays on the card.
+pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Result<Upload> {
     let hi = ctx.limits.max_buffer_size.min(1 << 30);
     let host = &host[..host.len().min((hi / 4) as usize)];
-    let bytes = (host.len() as u64 * 4).max(16).next_multiple_of(16);
+    let src: &[u8] = bytemuck::cast_slice(host);
+    let bytes = (src.len() as u64).max(16).next_multiple_of(16);
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("microbatch.bench.upload_staging"),
         size: bytes,
         usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: true,
     });
-    {
-        let mut view = staging
-            .slice(..)
-            .get_mapped_range_mut()
-            .map_err(|e| Error::Gpu {
-                context: "filling the upload ceiling's staging buffer".to_string(),
-                message: e.to_string(),
-            })?;
-        let src: &[u8] = bytemuck::cast_slice(host);
-        view.slice(..src.len()).copy_from_slice(src);
-    }
+    let map_err = |e: wgpu::MapRangeError| Error::Gpu {
+        context: "writing the upload ceiling's staging buffer".to_string(),
+        message: e.to_string(),
+    };
+    // First touch outside the timing, as the streaming ring does at creation.
+    staging
+        .slice(..)
+        .get_mapped_range_mut()
+        .map(|mut v| v.slice(..).fill(0))
+        .map_err(map_err)?;
+    let host_write = median_seconds(runs, || {
+        let t = Instant::now();
+        let view = staging.slice(..).get_mapped_range_mut().map_err(map_err)?;
+        let mut view = view;
+        crate::backend::gpu::copy_parallel(view.slice(..), src);
+        drop(view);
+        Ok(t.elapsed().as_secs_f64())
+    })?;
     staging.unmap();
     let dst = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("microbatch.bench.upload_dst"),
@@ -423,9 +435,28 @@ pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Resu
             .map_err(gpu_err("timing an upload"))?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let seconds = median_seconds(runs, once)?;
+    let device_copy = median_seconds(runs, once)? / f64::from(COPIES);
     ctx.take_error("timing an upload")?;
-    Ok(bytes as f64 * f64::from(COPIES) / seconds)
+    Ok(Upload {
+        host_write: src.len() as f64 / host_write,
+        device_copy: bytes as f64 / device_copy,
+    })
+}
+
+/// The two steps of the streaming upload, bytes per second.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Upload {
+    /// Host threads writing into mapped staging memory.
+    pub host_write: f64,
+    /// The device copying staging memory into a storage buffer.
+    pub device_copy: f64,
+}
+
+impl Upload {
+    /// What streaming can at best reach with the two overlapped: the slower step.
+    pub fn ceiling(&self) -> f64 {
+        self.host_write.min(self.device_copy)
+    }
 }
 
 /// One timed run's stage seconds and total.
@@ -538,6 +569,8 @@ pub fn run(
         }
         None => (None, None, None),
     };
+    let gpu_upload_steps = gpu_upload;
+    let gpu_upload = gpu_upload.map(|u| u.ceiling());
     let gpu_copy = gpu_copy_engine
         .zip(gpu_copy_shader)
         .map(|(engine, shader)| engine.max(shader));
@@ -548,6 +581,7 @@ pub fn run(
         gpu_copy_engine,
         gpu_copy_shader,
         gpu_upload,
+        gpu_upload_steps,
     };
 
     let mut points = Vec::new();

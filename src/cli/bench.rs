@@ -167,7 +167,7 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
     writeln!(out, "ceilings (same run)")?;
     writeln!(
         out,
-        "  host read, multi-accumulator sum ({} threads)  {} GB/s",
+        "  host read, prefetched SIMD sum ({} threads)  {} GB/s",
         r.cpu_threads,
         gbs(c.host_read)
     )?;
@@ -182,8 +182,12 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
         )?;
         writeln!(
             out,
-            "  {name}: host→device copy from staging  {} GB/s",
-            gbs(up)
+            "  {name}: host→device  {} GB/s  (host writes into mapped staging {}, device copies it {})",
+            gbs(up),
+            c.gpu_upload_steps
+                .map_or("-".to_string(), |u| gbs(u.host_write)),
+            c.gpu_upload_steps
+                .map_or("-".to_string(), |u| gbs(u.device_copy)),
         )?;
     }
     if let Some(k) = &r.kernel {

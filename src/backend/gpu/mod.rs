@@ -167,13 +167,13 @@ impl std::fmt::Display for KernelShape {
     }
 }
 
-/// Default vec4 loads per thread per iteration: four 16-byte loads in flight per thread keep a
-/// discrete GPU's memory system busy with a few workgroups per SM; a software adapter gains
-/// nothing from more than one.
+/// Default vec4 loads per thread per iteration: eight 16-byte loads in flight per thread were the
+/// fastest of 1, 2, 4, 8 and 16 on an H200 (BENCHMARKS.md); a software adapter gains nothing
+/// from more than one.
 pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
     match report.device_type.as_str() {
         "Cpu" => 1,
-        _ => 4,
+        _ => 8,
     }
 }
 
@@ -349,10 +349,22 @@ impl GpuReducer {
 
         let device = &ctx.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some("microbatch.reduce"),
             source: wgpu::ShaderSource::Wgsl(reduce_wgsl(subgroups).into()),
-        });
+        };
+        // SAFETY: the kernel needs neither of the checks wgpu would add (measured on an H200,
+        // they cost a third of its throughput; BENCHMARKS.md):
+        // - bounds: every `input` index is below `params.len / 4` (or is the vec4 holding the
+        //   last partial one), and the host binds at least `params.len` elements rounded up to
+        //   a vec4 (`dispatch`, `upload`); `partials[out_base + wid]` stays below the buffer's
+        //   capacity because `window_full` reads back before it would not; workgroup arrays are
+        //   indexed by invocation or subgroup index, both below WG_SIZE.
+        // - loop bounding: every loop steps a u32 index by a positive stride towards a bound
+        //   below 2^26 (1 GiB of vec4s), with strides below 2^31, so none can wrap or spin.
+        let module = unsafe {
+            device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        };
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("microbatch.reduce.layout"),
             entries: &[
@@ -419,16 +431,26 @@ impl GpuReducer {
                     usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: true,
                 });
-                RingSlot {
+                // Touch every page now, so the first batches through the ring do not pay for
+                // page faults on freshly mapped (possibly PCIe BAR) memory.
+                staging
+                    .slice(..)
+                    .get_mapped_range_mut()
+                    .map(|mut view| view.slice(..).fill(0))
+                    .map_err(|e| Error::Gpu {
+                        context: "preparing the staging ring".to_string(),
+                        message: e.to_string(),
+                    })?;
+                Ok(RingSlot {
                     staging,
                     mapped: Arc::new(AtomicBool::new(true)),
                     input,
                     params,
                     bind_group,
                     in_flight: None,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
 
         let queries = ctx.timestamps.then(|| {
             let count = 2 * MAX_DISPATCHES_PER_READBACK as u32;
@@ -830,7 +852,7 @@ impl GpuReducer {
 
 /// Copies `src` into the front of `dst` (mapped staging memory) on several threads when it is
 /// large: one thread's copy into host-visible memory falls well short of a PCIe 5 link.
-fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
+pub(crate) fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
     const PIECE: usize = 1 << 20;
     let (mut dst, _) = dst.split_at(src.len());
     if src.len() <= PIECE {

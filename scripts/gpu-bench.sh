@@ -7,7 +7,7 @@
 # Environment: SIZES (default 1e6,1e7,1e8,5e8), BATCHES (1048576,4194304,16777216),
 # WORKGROUPS (1024,4096), RUNS (5), ADAPTER (name substring), OUT,
 # SHAPES (default "1 2 4 8": vec4 loads per thread swept in resident mode at SHAPE_N, 1e9, with
-# the subgroup and the tree combine; empty to skip).
+# the subgroup and the tree combine, over SHAPE_WORKGROUPS (default: WORKGROUPS); empty to skip).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/microbatch}
@@ -33,7 +33,7 @@ if [ -n "${SHAPES-1 2 4 8}" ]; then
   for v in ${SHAPES-1 2 4 8}; do
     for sg in on off; do
       r=$("$bin" bench --backends gpu --modes resident --sizes "${SHAPE_N:-1e9}" \
-        --workgroups "${WORKGROUPS:-1024,4096}" --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
+        --workgroups "${SHAPE_WORKGROUPS:-${WORKGROUPS:-1024,4096}}" --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
         --vec-per-thread "$v" --subgroups "$sg") || r="failed"
       printf -- '-- vec_per_thread=%s subgroups=%s\n%s\n' "$v" "$sg" "$r" >> "$out/shapes.txt"
       printf '%s\n' "$r" | grep -E "^gpu|kernel|failed" || true

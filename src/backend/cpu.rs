@@ -102,6 +102,20 @@ impl ShiftedMoments {
         s2: 0.0,
     };
 
+    /// Adds moments taken around the same shift.
+    pub fn add(self, other: &Self) -> Self {
+        Self {
+            count: self.count + other.count,
+            nan_count: self.nan_count + other.nan_count,
+            pos_inf: self.pos_inf + other.pos_inf,
+            neg_inf: self.neg_inf + other.neg_inf,
+            min_key: self.min_key.min(other.min_key),
+            max_key: self.max_key.max(other.max_key),
+            s1: self.s1 + other.s1,
+            s2: self.s2 + other.s2,
+        }
+    }
+
     /// Converts shifted sums around `shift` into a mergeable partial.
     pub fn into_partial(self, shift: f32) -> Partial {
         let mut p = Partial {

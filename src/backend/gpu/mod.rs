@@ -839,10 +839,13 @@ impl GpuReducer {
         self.wall_compute_start = None;
 
         for d in self.window.drain(..) {
+            // A dispatch's partials share one shift, so their shifted sums add up directly in
+            // f64; only the dispatch's total goes through the (dearer) Chan merge.
             let range = d.first as usize..(d.first + d.workgroups) as usize;
-            for p in &partials[range] {
-                self.acc.merge(&p.to_moments().into_partial(d.shift));
-            }
+            let total = partials[range]
+                .iter()
+                .fold(ShiftedMoments::EMPTY, |acc, p| acc.add(&p.to_moments()));
+            self.acc.merge(&total.into_partial(d.shift));
         }
         self.partials_used = 0;
         self.times.merge += readback_done.elapsed();

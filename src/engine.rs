@@ -9,11 +9,13 @@ use crate::report::{BatchCounts, Report, Timings};
 use crate::source::BatchSource;
 use crate::{Error, Result};
 
-/// Default micro-batch: 4 Mi elements (16 MiB). Large enough that a batch's fixed cost (a submit,
-/// ~10–50 µs) stays a few percent of its transfer even over PCIe 5 (16 MiB ≈ 300 µs at 50 GB/s)
-/// and of a CPU pass at memory speed; small enough that the three-buffer ring keeps host memory
-/// near 64 MiB whatever N is.
-pub const DEFAULT_BATCH_SIZE: usize = 1 << 22;
+/// Default micro-batch: 16 Mi elements (64 MiB). Each batch has a fixed cost (the GPU's submit
+/// and staging handoff, about 120 µs on an H200; the CPU backend's fork-join, tens of µs on a
+/// small VM): at 16 Mi it stays under a tenth of the batch's own time on both backends, where
+/// 4 Mi cost 20% of the streaming rate (BENCHMARKS.md, issue 4). Memory stays bounded: one
+/// host batch, and on the GPU three staging and three input buffers, sized by the batches
+/// actually pushed (a small input never allocates a whole batch).
+pub const DEFAULT_BATCH_SIZE: usize = 1 << 24;
 
 /// Which backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

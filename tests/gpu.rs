@@ -382,3 +382,26 @@ fn subgroups_on_request_only_where_available() {
         "zero loads per thread"
     );
 }
+
+/// The ring is sized by what is pushed, not by the configured batch size, and grows when a
+/// larger batch arrives: pushes of rising and falling sizes through every slot must still give
+/// the reference's statistics.
+#[test]
+fn ring_grows_with_the_batches_pushed() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("ring_grows");
+    let data = uniform(&mut rng, 40_000, -1e3, 1e3);
+    let mut config = GpuConfig::new(20_000);
+    config.workgroups = Some(8);
+    let mut reducer = GpuReducer::new(ctx, config).unwrap();
+    let sizes = [10, 3, 5_001, 20_000, 7, 9_999, 4_980];
+    assert_eq!(sizes.iter().sum::<usize>(), data.len());
+    let mut at = 0;
+    for n in sizes {
+        reducer.push(&data[at..at + n]).unwrap();
+        at += n;
+    }
+    let (partial, _) = reducer.finish().unwrap();
+    let stats = partial.finish(0, false);
+    check_stats("growing ring", &stats, &data, gpu_depth(20_000, 8));
+}

@@ -21,7 +21,7 @@ pub struct BenchArgs {
     sizes: Vec<u64>,
 
     /// Batch sizes B for streaming mode, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_count, default_value = "4194304")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, default_value = "16777216")]
     batch_sizes: Vec<u64>,
 
     /// GPU workgroup counts P, comma-separated (default: the adapter's).

@@ -64,6 +64,12 @@ impl<R: Read> RawF32Source<R> {
 
 impl<R: Read> BatchSource for RawF32Source<R> {
     fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
+        // A file of known length needs no buffer beyond what is left of it (plus one element, so
+        // a file that grew since it was opened is still read to its end in later batches).
+        let max = match self.len {
+            Some(len) => max.min((len.saturating_sub(self.offset) / 4) as usize + 1),
+            None => max,
+        };
         buf.clear();
         buf.resize(max, 0.0);
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf.as_mut_slice());

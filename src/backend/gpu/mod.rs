@@ -8,7 +8,8 @@
 mod context;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
@@ -177,12 +178,13 @@ pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
     }
 }
 
-/// Default P for an adapter: enough workgroups of 256 to fill a discrete GPU (an H100 holds about
-/// 132 SMs × 8 of them), fewer on integrated parts, and few on a software adapter, whose
-/// workgroups run on the host's threads.
+/// Default P for an adapter: on a discrete GPU 4096 workgroups of 256, the fastest of 1024 to
+/// 65535 on an H200 (132 SMs; more workgroups than fit at once balance the SMs' finishing times,
+/// while many more only add partials to merge; BENCHMARKS.md); fewer on integrated parts, and few
+/// on a software adapter, whose workgroups run on the host's threads.
 pub fn default_workgroups(report: &AdapterReport) -> u32 {
     match report.device_type.as_str() {
-        "DiscreteGpu" => 1024,
+        "DiscreteGpu" => 4096,
         "IntegratedGpu" => 256,
         "Cpu" => 16,
         _ => 512,
@@ -190,6 +192,8 @@ pub fn default_workgroups(report: &AdapterReport) -> u32 {
 }
 
 struct RingSlot {
+    /// Bytes the slot's buffers hold.
+    capacity: u64,
     /// Host-visible buffer the batch's bytes are written into while it is mapped.
     staging: wgpu::Buffer,
     /// Set by the map callback once `staging` is mapped for writing again (after the device
@@ -250,6 +254,9 @@ pub struct GpuReducer {
     info: BackendInfo,
     shape: KernelShape,
     pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    /// Up to RING slots, created on first use and grown on demand (so a small input never
+    /// allocates a whole batch's worth of buffers).
     ring: Vec<RingSlot>,
     next_slot: usize,
     /// Elements bound per dispatch (multiple of 4).
@@ -345,7 +352,6 @@ impl GpuReducer {
             )));
         }
         let chunk_elems = config.batch_size.next_multiple_of(4).min(bind_limit_elems);
-        let input_bytes = (chunk_elems as u64 * 4).next_multiple_of(16);
 
         let device = &ctx.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -416,42 +422,6 @@ impl GpuReducer {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let ring = (0..RING)
-            .map(|i| {
-                let (input, params, bind_group) = input_binding(
-                    device,
-                    &layout,
-                    &partials,
-                    &format!("microbatch.input[{i}]"),
-                    input_bytes,
-                );
-                let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("microbatch.staging[{i}]")),
-                    size: input_bytes,
-                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: true,
-                });
-                // Touch every page now, so the first batches through the ring do not pay for
-                // page faults on freshly mapped (possibly PCIe BAR) memory.
-                staging
-                    .slice(..)
-                    .get_mapped_range_mut()
-                    .map(|mut view| view.slice(..).fill(0))
-                    .map_err(|e| Error::Gpu {
-                        context: "preparing the staging ring".to_string(),
-                        message: e.to_string(),
-                    })?;
-                Ok(RingSlot {
-                    staging,
-                    mapped: Arc::new(AtomicBool::new(true)),
-                    input,
-                    params,
-                    bind_group,
-                    in_flight: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-
         let queries = ctx.timestamps.then(|| {
             let count = 2 * MAX_DISPATCHES_PER_READBACK as u32;
             let set = device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -500,7 +470,8 @@ impl GpuReducer {
             info,
             shape,
             pipeline,
-            ring,
+            layout,
+            ring: Vec::with_capacity(RING),
             next_slot: 0,
             chunk_elems,
             partials,
@@ -600,7 +571,19 @@ impl GpuReducer {
 
         let upload_start = Instant::now();
         let slot_index = self.next_slot;
-        self.wait_for_staging(slot_index)?;
+        let needed = (chunk.len() as u64 * 4).next_multiple_of(16);
+        if slot_index == self.ring.len() {
+            let slot = self.new_slot(slot_index, needed)?;
+            self.ring.push(slot);
+        } else {
+            self.wait_for_staging(slot_index)?;
+            let capacity = self.ring[slot_index].capacity;
+            if capacity < needed {
+                let max = (self.chunk_elems as u64 * 4).next_multiple_of(16);
+                let grown = needed.max(capacity.saturating_mul(2)).min(max);
+                self.ring[slot_index] = self.new_slot(slot_index, grown)?;
+            }
+        }
         let shift = choose_shift(chunk);
         let params = self.params_for(chunk.len(), shift);
         let slot = &self.ring[slot_index];
@@ -638,6 +621,44 @@ impl GpuReducer {
         self.times.upload += upload_start.elapsed();
         self.next_slot = (self.next_slot + 1) % RING;
         Ok(())
+    }
+
+    /// A ring slot of `bytes`: staging buffer (mapped, every page touched), device input buffer,
+    /// params uniform and bind group.
+    fn new_slot(&self, index: usize, bytes: u64) -> Result<RingSlot> {
+        let device = &self.ctx.device;
+        let (input, params, bind_group) = input_binding(
+            device,
+            &self.layout,
+            &self.partials,
+            &format!("microbatch.input[{index}]"),
+            bytes,
+        );
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("microbatch.staging[{index}]")),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        // Touch every page now, so the batches through the slot do not pay for page faults on
+        // freshly mapped (possibly PCIe BAR) memory.
+        staging
+            .slice(..)
+            .get_mapped_range_mut()
+            .map(|mut view| view.slice(..).fill(0))
+            .map_err(|e| Error::Gpu {
+                context: "preparing the staging ring".to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(RingSlot {
+            capacity: bytes,
+            staging,
+            mapped: Arc::new(AtomicBool::new(true)),
+            input,
+            params,
+            bind_group,
+            in_flight: None,
+        })
     }
 
     /// Waits until the staging buffer of `slot_index` is mapped for writing again. The ring
@@ -681,7 +702,7 @@ impl GpuReducer {
     /// transfer: the "resident" benchmark mode).
     pub fn upload(&self, data: &[f32]) -> Result<GpuResident> {
         let device = &self.ctx.device;
-        let layout = self.pipeline.get_bind_group_layout(0);
+        let layout = &self.layout;
         let chunks = data
             .chunks(self.chunk_elems)
             .enumerate()
@@ -689,7 +710,7 @@ impl GpuReducer {
                 let size = (chunk.len() as u64 * 4).next_multiple_of(16);
                 let (input, params, bind_group) = input_binding(
                     device,
-                    &layout,
+                    layout,
                     &self.partials,
                     &format!("microbatch.resident[{i}]"),
                     size,
@@ -876,17 +897,35 @@ pub(crate) fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
     // SAFETY: a `WriteOnly` is a pointer to memory valid for writes for its lifetime; wgpu makes
     // it `Send` only for sized targets (`impl<T: Send>` implies `T: Sized`), not because a byte
     // slice may not move between threads. The pieces come from `split_at` and never overlap, and
-    // `for_each` returns before the mapping they borrow ends.
+    // the scope below ends before the mapping they borrow does.
     unsafe impl Send for Piece<'_> {}
 
-    use rayon::prelude::*;
-    pieces
+    // Self-scheduled like the CPU backend's reduction: the calling thread starts copying at
+    // once and the pool's threads take pieces as they wake, instead of the caller waiting for
+    // them (a wake-up can cost more than copying a piece).
+    let pieces: Vec<Mutex<Option<Piece<'_>>>> = pieces
         .into_iter()
-        .map(Piece)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .zip(src.par_chunks(PIECE))
-        .for_each(|(mut d, s)| d.0.copy_from_slice(s));
+        .map(|p| Mutex::new(Some(Piece(p))))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = pieces.get(i) else { break };
+            let piece = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(mut piece) = piece {
+                let start = i * PIECE;
+                piece.0.copy_from_slice(&src[start..start + piece.0.len()]);
+            }
+        }
+    };
+    let helpers = rayon::current_num_threads().min(pieces.len()) - 1;
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 /// An input buffer of `size` bytes, its params uniform, and the bind group over them and
@@ -967,5 +1006,28 @@ impl BatchReducer for GpuReducer {
             },
         );
         Ok((std::mem::take(&mut self.acc), times))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_parallel_copies_every_byte_in_place() {
+        // Not a multiple of the 1 MiB piece, and a destination longer than the source.
+        let src: Vec<u8> = (0..(3 << 20) + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut dst = vec![0xAAu8; src.len() + 100];
+        copy_parallel(wgpu::WriteOnly::from_mut(dst.as_mut_slice()), &src);
+        assert!(dst[..src.len()] == src[..], "copied bytes differ");
+        assert!(
+            dst[src.len()..].iter().all(|&b| b == 0xAA),
+            "wrote past the source"
+        );
+        let small = [1u8, 2, 3];
+        copy_parallel(wgpu::WriteOnly::from_mut(dst.as_mut_slice()), &small);
+        assert_eq!(dst[..3], small);
     }
 }

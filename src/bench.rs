@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer, WORKGROUP_SIZE};
@@ -122,7 +121,11 @@ pub struct BenchPoint {
     pub bytes_per_s: Spread,
     /// Median per stage.
     pub stages: StageMedians,
-    /// Median bytes/s as a fraction of the relevant ceiling.
+    /// The ceiling this point is judged against, bytes/s: for the CPU a plain read of the same
+    /// data interleaved with the runs (median); for the GPU the run's device copy (its read
+    /// half) in resident mode and its host-to-device rate in streaming mode.
+    pub ceiling_bytes_per_s: Option<f64>,
+    /// Median bytes/s as a fraction of that ceiling.
     pub fraction_of_ceiling: Option<f64>,
 }
 
@@ -225,21 +228,19 @@ fn median_seconds(runs: usize, mut once: impl FnMut() -> Result<f64>) -> Result<
     Ok(Spread::of(times).median)
 }
 
-/// Host read bandwidth: a plain prefetched SIMD sum ([`crate::backend::cpu::read_sum`]) over
-/// `data` on all threads, in the CPU backend's piece size.
+/// Host read bandwidth: a plain prefetched SIMD sum over `data` on all threads, cut and scheduled
+/// like the CPU backend ([`crate::backend::cpu::read_slice`]); median of `runs` passes.
 pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
-    let pass = || {
-        data.par_chunks(crate::backend::cpu::TASK)
-            .map(crate::backend::cpu::read_sum)
-            .sum::<f32>()
-    };
-    let seconds = median_seconds(runs, || {
-        let t = Instant::now();
-        std::hint::black_box(pass());
-        Ok(t.elapsed().as_secs_f64())
-    })
-    .expect("a host pass cannot fail");
+    let seconds =
+        median_seconds(runs, || Ok(host_read_seconds(data))).expect("a host pass cannot fail");
     (data.len() * 4) as f64 / seconds
+}
+
+/// Seconds of one plain read pass over `data` on all threads.
+fn host_read_seconds(data: &[f32]) -> f64 {
+    let t = Instant::now();
+    std::hint::black_box(crate::backend::cpu::read_slice(data));
+    t.elapsed().as_secs_f64()
 }
 
 fn gpu_err(context: &str) -> impl Fn(wgpu::PollError) -> Error + '_ {
@@ -499,6 +500,7 @@ fn point(
             readback: med(&|s| s.readback),
             merge: med(&|s| s.merge),
         },
+        ceiling_bytes_per_s: None,
         fraction_of_ceiling: None,
     }
 }
@@ -602,6 +604,7 @@ pub fn run(
                     for &p in &workgroups {
                         let label = format!("{backend} {mode} N={n} B={b}");
                         let mut p_used = cpu_threads as u32;
+                        let mut paired_read = None;
                         let samples = match backend {
                             BackendKind::Cpu => {
                                 let mut r = CpuReducer::new();
@@ -610,7 +613,18 @@ pub fn run(
                                 } else {
                                     b
                                 };
-                                measure(config, || stream(&mut r, &data, b))?
+                                // A plain read of the same data before every run: on a shared
+                                // machine the bandwidth drifts, and a ceiling taken minutes
+                                // earlier would judge the runs against another machine.
+                                let mut reads = Vec::new();
+                                let samples = measure(config, || {
+                                    reads.push(host_read_seconds(&data));
+                                    stream(&mut r, &data, b)
+                                })?;
+                                let measured = &reads[reads.len() - samples.len()..];
+                                let read = Spread::of(measured.to_vec()).median;
+                                paired_read = Some((data.len() * 4) as f64 / read);
+                                samples
                             }
                             BackendKind::Gpu => {
                                 let ctx = ctx.as_ref().expect("opened above");
@@ -638,10 +652,11 @@ pub fn run(
                         };
                         let mut pt = point(backend, mode, n, b, p_used, &samples);
                         let ceiling = match (backend, mode) {
-                            (BackendKind::Cpu, _) => Some(host_read),
+                            (BackendKind::Cpu, _) => paired_read.or(Some(host_read)),
                             (BackendKind::Gpu, Mode::Resident) => gpu_copy.map(|c| c / 2.0),
                             (BackendKind::Gpu, Mode::Streaming) => gpu_upload,
                         };
+                        pt.ceiling_bytes_per_s = ceiling;
                         pt.fraction_of_ceiling = ceiling.map(|c| pt.bytes_per_s.median / c);
                         points.push(pt);
                         done += 1;

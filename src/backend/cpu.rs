@@ -7,8 +7,10 @@
 //! f64). Work is split over threads in pieces of up to `TASK` elements with rayon.
 //!
 //! Speed (BENCHMARKS.md, issue 4): a whole block first takes a fast path that only accumulates
-//! s1, s2 and the key range; a NaN or an infinity shows up in that range, and only then is the
-//! block redone with full classification. The kernel is compiled for AVX-512, AVX2 and the
+//! s1, s2 and a float min/max; a NaN or an infinity shows up as a non-finite Σd², and only then
+//! is the block redone with full classification. (One consequence: where a block's extreme is a
+//! zero, the fast path may report +0 for -0 or the reverse; the values compare equal. The GPU
+//! and the slow path order -0 below +0.) The kernel is compiled for AVX-512, AVX2 and the
 //! build's baseline and the best the processor has is chosen at run time ([`SimdLevel`]), and it
 //! prefetches [`PREFETCH_AHEAD`] elements ahead, which a core needs to reach its share of DRAM
 //! bandwidth.
@@ -210,11 +212,6 @@ fn pairwise(mut v: [f32; LANES]) -> f32 {
     v[0]
 }
 
-/// The order key of `f32::MAX` and of `-f32::MAX`: a finite value's key lies between them, the
-/// key of +inf or a positive NaN above, of -inf or a negative NaN below.
-const MAX_FINITE_KEY: u32 = 0xff7f_ffff;
-const MIN_FINITE_KEY: u32 = 0x0080_0000;
-
 /// How far ahead of the loads the kernels prefetch, in elements (2 KiB). The hardware prefetcher
 /// alone leaves a core well short of its share of DRAM bandwidth on the 2-core Xeon we measure on
 /// (78% of a plain read); prefetching one cache line per 16 elements this far ahead closes the gap
@@ -265,10 +262,12 @@ impl FiniteLanes {
     }
 }
 
-/// The fast path for one full block: all sixteen lanes accumulate s1, s2 and the key range with no
-/// classification at all. Whether a non-finite value was among them shows in the key range alone
-/// (see [`MAX_FINITE_KEY`]); then the block's sums are discarded and it goes through
-/// [`reduce_block`] instead. Returns whether the block was folded into `acc`.
+/// The fast path for one full block: all sixteen lanes accumulate s1, s2 and a float min/max with
+/// no classification at all (seven instructions per sixteen elements with AVX-512, against nine
+/// for an order-key range, which measured 8–10 points of DRAM bandwidth on the 2-core Xeon;
+/// BENCHMARKS.md). A NaN or an infinity in the block makes Σd² non-finite; then the block's
+/// sums are discarded and it goes through [`reduce_block`] instead. Returns whether the block
+/// was folded into `acc`.
 ///
 /// `FMA`: whether `s2` accumulates with a fused multiply-add (only where the target has one:
 /// without it `mul_add` is a slow library call).
@@ -280,8 +279,8 @@ fn reduce_block_finite<const FMA: bool>(
 ) -> bool {
     let mut s1 = [0.0f32; LANES];
     let mut s2 = [0.0f32; LANES];
-    let mut kmin = [u32::MAX; LANES];
-    let mut kmax = [0u32; LANES];
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
     for c in block.chunks_exact(LANES) {
         prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD));
         for j in 0..LANES {
@@ -293,17 +292,26 @@ fn reduce_block_finite<const FMA: bool>(
             } else {
                 s2[j] + d * d
             };
-            let key = order_key(x.to_bits());
-            kmin[j] = kmin[j].min(key);
-            kmax[j] = kmax[j].max(key);
+            // Bare compare-and-select: one MINPS/MAXPS (f32::min would add NaN handling, and
+            // a NaN here sends the block to the slow path anyway).
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+            hi[j] = if x > hi[j] { x } else { hi[j] };
         }
     }
+    // A NaN or an infinity makes its lane's Σd² NaN or +inf (so does a finite |x − K| beyond
+    // ~1.8e19, whose square overflows: the slow path then gives the same +inf).
     let mut non_finite = false;
     for j in 0..LANES {
-        non_finite |= (kmin[j] < MIN_FINITE_KEY) | (kmax[j] > MAX_FINITE_KEY);
+        non_finite |= !(s2[j] <= f32::MAX);
     }
     if non_finite {
         return false;
+    }
+    let mut kmin = [0u32; LANES];
+    let mut kmax = [0u32; LANES];
+    for j in 0..LANES {
+        kmin[j] = order_key(lo[j].to_bits());
+        kmax[j] = order_key(hi[j].to_bits());
     }
     for j in 0..LANES {
         acc.s1[j] += f64::from(s1[j]);
@@ -510,31 +518,71 @@ pub fn reduce_slice(data: &[f32]) -> Partial {
 /// across a batch.
 pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
     let piece = piece_len(data.len(), rayon::current_num_threads());
-    let one = |piece: &[f32]| {
-        let shift = choose_shift(piece);
-        reduce_serial_with(level, piece, shift).into_partial(shift)
-    };
+    let mut total = Partial::EMPTY;
+    for_each_piece(
+        data,
+        piece,
+        || Partial::EMPTY,
+        |acc, piece| {
+            let shift = choose_shift(piece);
+            acc.merge(&reduce_serial_with(level, piece, shift).into_partial(shift));
+        },
+        |p| total.merge(&p),
+    );
+    total
+}
+
+/// A plain read of `data` ([`read_sum`]) on all threads, cut and scheduled exactly like
+/// [`reduce_slice`]: `bench` times it as the host's read ceiling, so that the two differ only in
+/// what they compute per element.
+pub fn read_slice(data: &[f32]) -> f32 {
+    let piece = piece_len(data.len(), rayon::current_num_threads());
+    let mut total = 0.0f32;
+    for_each_piece(
+        data,
+        piece,
+        || 0.0f32,
+        |acc, piece| *acc += read_sum(piece),
+        |s| total += s,
+    );
+    total
+}
+
+/// Runs `each` over `data` cut into `piece`-sized pieces on all threads of the current rayon
+/// pool, each thread folding into its own state from `init`; `done` receives every thread's
+/// state (in no fixed order).
+///
+/// Self-scheduling: the calling thread starts on the first piece at once, and the pool's
+/// threads take pieces from the same counter as they wake up. Handing the whole slice to the
+/// pool instead (par_chunks) leaves the caller idle and every thread waiting on the last to
+/// wake, which on a small VM costs tens of microseconds per batch (BENCHMARKS.md).
+fn for_each_piece<T: Send>(
+    data: &[f32],
+    piece: usize,
+    init: impl Fn() -> T + Sync,
+    each: impl Fn(&mut T, &[f32]) + Sync,
+    mut done: impl FnMut(T) + Send,
+) {
     if data.len() <= piece {
-        return one(data);
+        let mut acc = init();
+        each(&mut acc, data);
+        done(acc);
+        return;
     }
-    // Self-scheduling: the calling thread starts on the first piece at once, and the pool's
-    // threads take pieces from the same counter as they wake up. Handing the whole slice to the
-    // pool instead (par_chunks) leaves the caller idle and every thread waiting on the last to
-    // wake, which on a small VM costs tens of microseconds per batch (BENCHMARKS.md).
     let n_pieces = data.len().div_ceil(piece);
     let next = AtomicUsize::new(0);
-    let total = Mutex::new(Partial::EMPTY);
+    let results = Mutex::new(Vec::new());
     let work = || {
-        let mut acc = Partial::EMPTY;
+        let mut acc = init();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= n_pieces {
                 break;
             }
             let start = i * piece;
-            acc.merge(&one(&data[start..(start + piece).min(data.len())]));
+            each(&mut acc, &data[start..(start + piece).min(data.len())]);
         }
-        total.lock().unwrap_or_else(|e| e.into_inner()).merge(&acc);
+        results.lock().unwrap_or_else(|e| e.into_inner()).push(acc);
     };
     let helpers = rayon::current_num_threads().min(n_pieces) - 1;
     rayon::in_place_scope(|s| {
@@ -543,7 +591,9 @@ pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
         }
         work();
     });
-    total.into_inner().unwrap_or_else(|e| e.into_inner())
+    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        done(r);
+    }
 }
 
 /// Smallest piece worth a task of its own: a few microseconds of work, well above the cost of

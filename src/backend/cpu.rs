@@ -300,10 +300,7 @@ fn reduce_block_finite<const FMA: bool>(
     }
     // A NaN or an infinity makes its lane's Σd² NaN or +inf (so does a finite |x − K| beyond
     // ~1.8e19, whose square overflows: the slow path then gives the same +inf).
-    let mut non_finite = false;
-    for j in 0..LANES {
-        non_finite |= !(s2[j] <= f32::MAX);
-    }
+    let non_finite = s2.iter().fold(false, |any, v| any | !v.is_finite());
     if non_finite {
         return false;
     }

@@ -123,6 +123,16 @@ impl Engine {
 
     /// Reduces everything `source` yields, one micro-batch at a time.
     pub fn run(&mut self, source: &mut dyn BatchSource) -> Result<Report> {
+        self.run_observed(source, &mut |_| {})
+    }
+
+    /// [`Engine::run`], calling `observe` with the source after every batch is pushed (for a
+    /// progress display: [`BatchSource::bytes_read`], [`BatchSource::len_bytes`]).
+    pub fn run_observed(
+        &mut self,
+        source: &mut dyn BatchSource,
+        observe: &mut dyn FnMut(&dyn BatchSource),
+    ) -> Result<Report> {
         let start = Instant::now();
         let mut read = Duration::ZERO;
         let mut batches = 0u64;
@@ -137,6 +147,7 @@ impl Engine {
                 }
                 self.reducer.push(&buf)?;
                 batches += 1;
+                observe(&*source);
             }
         })();
         self.buf = buf;

@@ -31,6 +31,25 @@ pub enum Error {
         /// Element type expected.
         dtype: &'static str,
     },
+    /// An input's contents are not what its format requires: a bad `.npy` header, a header that
+    /// promises more (or fewer) values than the file holds, a CSV field that is not a number.
+    #[error("{}: {at}: {message}", path.display())]
+    InvalidInput {
+        /// The file (or `<stdin>`).
+        path: PathBuf,
+        /// Where in the input.
+        at: Location,
+        /// What is wrong.
+        message: String,
+    },
+    /// Partial results that cannot be merged (another format version, other options).
+    #[error("{}: {message}", path.display())]
+    IncompatiblePartial {
+        /// The partial file.
+        path: PathBuf,
+        /// Why it cannot be merged.
+        message: String,
+    },
     /// An input path is not a regular file (a directory, say).
     #[error("{}: not a regular file", path.display())]
     NotAFile {
@@ -56,6 +75,33 @@ pub enum Error {
         /// What wgpu said.
         message: String,
     },
+}
+
+/// Where in an input a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A byte offset from the start of the input.
+    Offset(u64),
+    /// A line (1-based), and the column when one is meant.
+    Line {
+        /// 1-based line number.
+        line: u64,
+        /// The column, by name or 0-based index, as the user gave it.
+        column: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Offset(o) => write!(f, "byte offset {o}"),
+            Location::Line { line, column: None } => write!(f, "line {line}"),
+            Location::Line {
+                line,
+                column: Some(c),
+            } => write!(f, "line {line}, column {c}"),
+        }
+    }
 }
 
 fn list_or_none(v: &[String]) -> String {

@@ -38,6 +38,7 @@ mod engine;
 mod error;
 pub mod model;
 pub mod report;
+pub mod shard;
 pub mod source;
 pub mod stats;
 
@@ -47,6 +48,7 @@ pub use backend::gpu::{
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer};
 pub use engine::{BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};
-pub use error::{Error, Result};
+pub use error::{Error, Location, Result};
 pub use report::Report;
+pub use shard::PartialFile;
 pub use stats::{Partial, Stats};

@@ -54,6 +54,70 @@ pub struct Report {
 }
 
 impl Report {
+    /// One report for runs of the same engine over consecutive inputs: their partials merged
+    /// (so the statistics are those of the concatenated inputs), stage times and batch counts
+    /// added. `None` for no reports.
+    pub fn combine(parts: &[Report]) -> Option<Report> {
+        let first = parts.first()?;
+        let mut partial = Partial::EMPTY;
+        let mut timings = first.timings;
+        let mut batches = first.batches;
+        for (i, r) in parts.iter().enumerate() {
+            partial.merge(&r.partial);
+            if i > 0 {
+                let t = &r.timings;
+                timings.read += t.read;
+                timings.upload += t.upload;
+                timings.compute += t.compute;
+                timings.readback += t.readback;
+                timings.merge += t.merge;
+                timings.total += t.total;
+                batches.count += r.batches.count;
+            }
+        }
+        Some(Report {
+            stats: partial.finish(first.stats.ddof, first.stats.skip_nan),
+            backend: first.backend.clone(),
+            batches,
+            timings,
+            partial,
+        })
+    }
+
+    /// The statistics alone as JSON (the `stats` object of [`Report::to_json`]).
+    pub fn stats_json(stats: &Stats) -> Value {
+        let s = stats;
+        json!({
+            "count": s.count,
+            "sum": opt(s.sum),
+            "mean": opt(s.mean),
+            "min": opt(s.min),
+            "max": opt(s.max),
+            "var": opt(s.var),
+            "std": opt(s.std),
+            "ddof": s.ddof,
+            "nan_count": s.nan_count,
+        })
+    }
+
+    /// The statistics alone as the table's `statistics` section.
+    pub fn stats_table(stats: &Stats) -> String {
+        let s = stats;
+        let nan_note = if s.skip_nan { " (skipped)" } else { "" };
+        format!(
+            "statistics\n  count      {}\n  sum        {}\n  mean       {}\n  min        {}\n  max        {}\n  var        {}   (ddof {})\n  std        {}\n  nan_count  {}{nan_note}",
+            s.count,
+            show(s.sum),
+            show(s.mean),
+            show(s.min),
+            show(s.max),
+            show(s.var),
+            s.ddof,
+            show(s.std),
+            s.nan_count
+        )
+    }
+
     /// Elements in the input, NaN and infinities included.
     pub fn elements(&self) -> u64 {
         self.partial.total()
@@ -75,17 +139,7 @@ impl Report {
         let s = &self.stats;
         let t = &self.timings;
         json!({
-            "stats": {
-                "count": s.count,
-                "sum": opt(s.sum),
-                "mean": opt(s.mean),
-                "min": opt(s.min),
-                "max": opt(s.max),
-                "var": opt(s.var),
-                "std": opt(s.std),
-                "ddof": s.ddof,
-                "nan_count": s.nan_count,
-            },
+            "stats": Self::stats_json(s),
             "backend": {
                 "kind": self.backend.kind,
                 "adapter": self.backend.adapter,
@@ -177,16 +231,7 @@ impl fmt::Display for Report {
         let s = &self.stats;
         let t = &self.timings;
         let b = &self.backend;
-        writeln!(f, "statistics")?;
-        writeln!(f, "  count      {}", s.count)?;
-        writeln!(f, "  sum        {}", show(s.sum))?;
-        writeln!(f, "  mean       {}", show(s.mean))?;
-        writeln!(f, "  min        {}", show(s.min))?;
-        writeln!(f, "  max        {}", show(s.max))?;
-        writeln!(f, "  var        {}   (ddof {})", show(s.var), s.ddof)?;
-        writeln!(f, "  std        {}", show(s.std))?;
-        let nan_note = if s.skip_nan { " (skipped)" } else { "" };
-        writeln!(f, "  nan_count  {}{nan_note}", s.nan_count)?;
+        writeln!(f, "{}", Self::stats_table(s))?;
         writeln!(f, "backend")?;
         writeln!(f, "  kind       {}", b.kind)?;
         writeln!(f, "  adapter    {}", b.adapter)?;

@@ -68,7 +68,19 @@ fn json_has_exactly_the_documented_schema() {
     ]));
     assert_eq!(
         keys(&v),
-        ["backend", "batches", "stats", "throughput", "timings_s"]
+        [
+            "backend",
+            "batches",
+            "input",
+            "stats",
+            "throughput",
+            "timings_s"
+        ]
+    );
+    assert_eq!(keys(&v["input"]), ["skipped_invalid", "sources"]);
+    assert_eq!(
+        keys(&v["input"]["sources"][0]),
+        ["name", "shape", "skipped_invalid"]
     );
     assert_eq!(
         keys(&v["stats"]),

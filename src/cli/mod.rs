@@ -8,8 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use microbatch::source::{BatchSource, RandomSource, RawF32Source};
-use microbatch::{BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig, list_adapters};
+use microbatch::shard::PartialFile;
+use microbatch::source::{
+    BatchSource, Column, Delimiter, Dtype, Endian, Format, InputOptions, RandomSource, TextOptions,
+};
+use microbatch::{
+    BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig, Report, Stats, list_adapters,
+};
 
 /// Exact statistics of huge f32 streams, reduced in micro-batches on the GPU (wgpu) or the CPU.
 #[derive(Debug, Parser)]
@@ -21,8 +26,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Reduce an input to count, sum, mean, min, max, var and std, timing every stage.
+    /// Reduce inputs to count, sum, mean, min, max, var and std, timing every stage.
     Run(RunArgs),
+    /// Combine partial results of shards (`run --partial`) into the statistics of all of them.
+    Merge(MergeArgs),
     /// Benchmark CPU against GPU: sweep N, B and P, measure the ceilings, fit T = N/P × S + D.
     Bench(bench::BenchArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
@@ -45,13 +52,15 @@ enum BackendArg {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Raw little-endian f32 file to reduce, or `-` for stdin.
+    /// Inputs to reduce as one stream (`-` for stdin). The format comes from the extension:
+    /// .npy, .csv, .tsv, .txt, or raw binary (.f32, .f64, .i16, … of that type; anything else is
+    /// raw f32 unless --dtype says otherwise).
     #[arg(
         value_name = "INPUT",
         required_unless_present = "random",
         conflicts_with = "random"
     )]
-    input: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
 
     /// Reduce N generated values, uniform in [0, 1) (like `np.random.rand(N)`); accepts 1e6.
     #[arg(long, value_name = "N", value_parser = parse_count)]
@@ -60,6 +69,46 @@ struct RunArgs {
     /// Seed for --random; the same seed gives the same values whatever the batch size.
     #[arg(long, value_name = "S", default_value_t = 0, requires = "random")]
     seed: u64,
+
+    /// Input format, overriding the extension: raw, npy, csv, tsv, txt (whitespace-separated).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<Format>,
+
+    /// Raw binary element type: f32, f64, i8, i16, i32, i64, u8, u16, u32, u64. Values are
+    /// converted to f32: f64 rounds to about 7 significant digits (beyond ±3.4e38 it becomes
+    /// ±inf), and integers beyond 2^24 = 16,777,216 in magnitude lose their low bits.
+    #[arg(long, value_name = "TYPE")]
+    dtype: Option<Dtype>,
+
+    /// Raw binary byte order: little or big.
+    #[arg(long, value_name = "ORDER", default_value = "little")]
+    endian: Endian,
+
+    /// Text inputs: the column to reduce, by header name or 0-based index.
+    #[arg(long, value_name = "NAME|INDEX", default_value = "0")]
+    column: Column,
+
+    /// Text inputs: the first line is data, not column names.
+    #[arg(long)]
+    no_header: bool,
+
+    /// Text inputs: the field delimiter (one character; `tab` or `\t` for tabs, `space` for runs
+    /// of whitespace). Default: detected from the first line.
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    delimiter: Option<Delimiter>,
+
+    /// Text inputs: count empty fields, non-numbers and missing columns and skip them, instead
+    /// of stopping with an error naming the line and column.
+    #[arg(long)]
+    skip_invalid: bool,
+
+    /// With several inputs, also give each input's own statistics.
+    #[arg(long)]
+    per_file: bool,
+
+    /// Also write the mergeable partial result to FILE (see `microbatch merge`).
+    #[arg(long, value_name = "FILE")]
+    partial: Option<PathBuf>,
 
     /// Elements per micro-batch (≥ 1; accepts 1e6).
     #[arg(short, long, value_name = "B", value_parser = parse_batch, default_value_t = DEFAULT_BATCH_SIZE)]
@@ -77,6 +126,17 @@ struct RunArgs {
     #[arg(long, value_name = "TEXT")]
     adapter: Option<String>,
 
+    #[command(flatten)]
+    stats: StatsArgs,
+
+    /// No progress bar (it shows on a terminal once a run takes over a second).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// What the statistics mean and how they are printed (shared by `run` and `merge`).
+#[derive(Debug, Args)]
+struct StatsArgs {
     /// Delta degrees of freedom: var divides by count − ddof (0 like numpy, 1 for the sample variance).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
     ddof: u32,
@@ -88,6 +148,32 @@ struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// Partial files written by `run --partial` (`-` reads one or more JSON objects from stdin).
+    #[arg(value_name = "PARTIAL", required = true)]
+    partials: Vec<PathBuf>,
+
+    /// Also write the merged partial to FILE (for a merge of merges).
+    #[arg(long, value_name = "FILE")]
+    partial: Option<PathBuf>,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok(Delimiter::Byte(b'\t')),
+        "space" | "whitespace" | " " => Ok(Delimiter::Whitespace),
+        _ if s.len() == 1 && s.is_ascii() => Ok(Delimiter::Byte(s.as_bytes()[0])),
+        _ => Err(format!(
+            "the delimiter must be one ASCII character, `tab` or `space`, got {s:?}"
+        )),
+    }
 }
 
 /// A count given as an integer or in scientific notation (`1e8`), exactly integral.
@@ -115,6 +201,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Merge(args) => merge(args),
         Command::Bench(args) => bench::bench(args),
         Command::Devices { json } => devices(json),
     }
@@ -130,30 +217,277 @@ fn run(args: RunArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         batch_size: args.batch_size,
         workgroups: args.workgroups,
-        ddof: args.ddof,
-        skip_nan: args.skip_nan,
+        ddof: args.stats.ddof,
+        skip_nan: args.stats.skip_nan,
     };
-    // Open the input first: a missing file is reported before a GPU is brought up.
-    let mut source: Box<dyn BatchSource> = match (&args.input, args.random) {
-        (_, Some(n)) => Box::new(RandomSource::new(n, args.seed)),
-        (Some(p), None) if p.as_os_str() == "-" => Box::new(RawF32Source::from_reader(
-            std::io::stdin().lock(),
-            "<stdin>",
-        )),
-        (Some(p), None) => Box::new(RawF32Source::open(p)?),
-        (None, None) => unreachable!("clap requires INPUT or --random"),
+    let options = InputOptions {
+        format: args.format,
+        dtype: args.dtype,
+        endian: args.endian,
+        text: TextOptions {
+            column: args.column.clone(),
+            header: !args.no_header,
+            delimiter: args.delimiter,
+            skip_invalid: args.skip_invalid,
+        },
     };
+    if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        anyhow::bail!("stdin (`-`) can be read only once");
+    }
+    // Every input is checked before a GPU is brought up or anything is reduced: a missing file
+    // or a directory is reported first. Headers are read as each input is opened.
+    let mut total_bytes = Some(0u64);
+    for p in args.inputs.iter().filter(|p| p.as_os_str() != "-") {
+        let meta = std::fs::metadata(p).map_err(|error| microbatch::Error::Io {
+            path: p.clone(),
+            error,
+        })?;
+        if !meta.is_file() {
+            return Err(microbatch::Error::NotAFile { path: p.clone() }.into());
+        }
+        total_bytes = total_bytes.map(|t| t + meta.len());
+    }
+    if args.inputs.iter().any(|p| p.as_os_str() == "-") {
+        total_bytes = None;
+    }
+    if let Some(n) = args.random {
+        total_bytes = Some(n * 4);
+    }
+
     let mut engine = Engine::new(&config)?;
-    let report = engine
-        .run(source.as_mut())
-        .with_context(|| format!("reducing {}", source.describe()))?;
+    let progress = Progress::new(total_bytes, args.quiet);
+    let mut reports = Vec::new();
+    let mut described = Vec::new();
+    let mut done_bytes = 0u64;
+    let mut run_one = |mut source: Box<dyn BatchSource>| -> Result<()> {
+        let report = engine
+            .run_observed(source.as_mut(), &mut |s| {
+                progress.update(done_bytes + s.bytes_read())
+            })
+            .with_context(|| format!("reducing {}", source.describe()))?;
+        done_bytes += source.bytes_read();
+        described.push(Described {
+            name: source.describe(),
+            shape: source.shape().map(<[u64]>::to_vec),
+            skipped: source.skipped(),
+        });
+        reports.push(report);
+        Ok(())
+    };
+    if let Some(n) = args.random {
+        run_one(Box::new(RandomSource::new(n, args.seed)))?;
+    }
+    for p in &args.inputs {
+        let source = if p.as_os_str() == "-" {
+            microbatch::source::open_reader(Box::new(std::io::stdin().lock()), "<stdin>", &options)?
+        } else {
+            microbatch::source::open(p, &options)?
+        };
+        run_one(source)?;
+    }
+    progress.finish();
+    let report = Report::combine(&reports).expect("at least one input");
+    let skipped: u64 = described.iter().map(|d| d.skipped).sum();
+
+    // Everything succeeded: only now is anything written.
+    if let Some(path) = &args.partial {
+        let file = PartialFile {
+            partial: report.partial,
+            ddof: args.stats.ddof,
+            skip_nan: args.stats.skip_nan,
+            inputs: match args.random {
+                Some(n) => vec![format!("random({n}, seed {})", args.seed)],
+                None => args
+                    .inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            },
+            skipped_invalid: skipped,
+        };
+        write_json_file(path, &file.to_json())?;
+    }
     let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report.to_json())?;
+    if args.stats.json {
+        let mut v = report.to_json();
+        v["input"] = serde_json::json!({
+            "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
+            "skipped_invalid": skipped,
+        });
+        if args.per_file {
+            v["files"] = reports
+                .iter()
+                .zip(&described)
+                .map(|(r, d)| {
+                    serde_json::json!({
+                        "input": d.name,
+                        "stats": Report::stats_json(&r.stats),
+                    })
+                })
+                .collect();
+        }
+        serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "input        {}", source.describe())?;
+        for d in &described {
+            writeln!(out, "input        {}", d.name)?;
+        }
+        if args.skip_invalid {
+            writeln!(out, "skipped      {skipped} invalid field(s)")?;
+        }
         writeln!(out, "{report}")?;
+        if args.per_file {
+            for (r, d) in reports.iter().zip(&described) {
+                writeln!(out, "\nfile         {}", d.name)?;
+                writeln!(out, "{}", Report::stats_table(&r.stats))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What a report says about one input.
+struct Described {
+    name: String,
+    shape: Option<Vec<u64>>,
+    skipped: u64,
+}
+
+impl Described {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "shape": self.shape,
+            "skipped_invalid": self.skipped,
+        })
+    }
+}
+
+/// A progress bar on stderr: bytes read, rate, and the ETA when the input's size is known.
+/// It appears only on a terminal, only once a run has taken a second, and never with --quiet.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    start: std::time::Instant,
+    enabled: bool,
+    shown: std::cell::Cell<bool>,
+}
+
+impl Progress {
+    fn new(total: Option<u64>, quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = match total {
+            Some(t) => indicatif::ProgressBar::with_draw_target(
+                Some(t),
+                indicatif::ProgressDrawTarget::hidden(),
+            )
+            .with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template"),
+            ),
+            None => indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::hidden(),
+            )
+            .with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        Self {
+            bar,
+            start: std::time::Instant::now(),
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            shown: std::cell::Cell::new(false),
+        }
+    }
+
+    fn update(&self, bytes: u64) {
+        if self.enabled
+            && !self.shown.get()
+            && self.start.elapsed() > std::time::Duration::from_secs(1)
+        {
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.shown.set(true);
+        }
+        self.bar.set_position(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn write_json_file(path: &std::path::Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let mut shards: Vec<(PathBuf, PartialFile)> = Vec::new();
+    for p in &args.partials {
+        let values: Vec<serde_json::Value> = if p.as_os_str() == "-" {
+            serde_json::Deserializer::from_reader(std::io::stdin().lock())
+                .into_iter::<serde_json::Value>()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| microbatch::Error::IncompatiblePartial {
+                    path: "<stdin>".into(),
+                    message: format!("not JSON: {e}"),
+                })?
+        } else {
+            let text = std::fs::read_to_string(p).map_err(|error| microbatch::Error::Io {
+                path: p.clone(),
+                error,
+            })?;
+            vec![serde_json::from_str(&text).map_err(|e| {
+                microbatch::Error::IncompatiblePartial {
+                    path: p.clone(),
+                    message: format!("not JSON: {e}"),
+                }
+            })?]
+        };
+        let name = if p.as_os_str() == "-" {
+            PathBuf::from("<stdin>")
+        } else {
+            p.clone()
+        };
+        for v in values {
+            shards.push((name.clone(), PartialFile::from_json(&v, &name)?));
+        }
+    }
+    let merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    let stats: Stats = merged.partial.finish(merged.ddof, merged.skip_nan);
+    if let Some(path) = &args.partial {
+        write_json_file(path, &merged.to_json())?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "stats": Report::stats_json(&stats),
+            "partials": shards.len(),
+            "inputs": merged.inputs,
+            "skipped_invalid": merged.skipped_invalid,
+        });
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "merged       {} partial(s) over {} input(s)",
+            shards.len(),
+            merged.inputs.len()
+        )?;
+        if merged.skipped_invalid > 0 {
+            writeln!(
+                out,
+                "skipped      {} invalid field(s)",
+                merged.skipped_invalid
+            )?;
+        }
+        writeln!(out, "{}", Report::stats_table(&stats))?;
     }
     out.flush()?;
     Ok(())

@@ -1,11 +1,18 @@
 //! Inputs, read in micro-batches into a buffer the engine reuses: memory stays bounded by the
 //! batch size, whatever the input's length.
 
+mod binary;
+mod dtype;
+pub mod npy;
+mod open;
 mod random;
-mod raw;
+mod text;
 
+pub use binary::BinarySource;
+pub use dtype::{Dtype, Endian};
+pub use open::{Format, InputOptions, open, open_reader};
 pub use random::RandomSource;
-pub use raw::RawF32Source;
+pub use text::{Column, Delimiter, TextOptions, TextSource};
 
 use crate::Result;
 
@@ -18,6 +25,26 @@ pub trait BatchSource {
     /// Total number of values, when known in advance.
     fn len_hint(&self) -> Option<u64> {
         None
+    }
+
+    /// Bytes of the input consumed so far (for progress).
+    fn bytes_read(&self) -> u64 {
+        0
+    }
+
+    /// The input's length in bytes, when known in advance (for progress).
+    fn len_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// The array's shape, for inputs that have one (`.npy`).
+    fn shape(&self) -> Option<&[u64]> {
+        None
+    }
+
+    /// Fields skipped as invalid so far (text inputs with `skip_invalid`).
+    fn skipped(&self) -> u64 {
+        0
     }
 
     /// What this source is, for reports and errors (a path, `<stdin>`, `random(N, seed)`).

@@ -105,6 +105,14 @@ impl BatchSource for RandomSource {
         Some(self.len)
     }
 
+    fn bytes_read(&self) -> u64 {
+        self.pos * 4
+    }
+
+    fn len_bytes(&self) -> Option<u64> {
+        Some(self.len * 4)
+    }
+
     fn describe(&self) -> String {
         format!("random({}, seed {})", self.len, self.seed)
     }

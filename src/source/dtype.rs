@@ -1,0 +1,216 @@
+//! Element types a binary input may hold, and their conversion to f32.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Byte order of a binary input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Endian {
+    /// Least significant byte first (x86, ARM, numpy's `<`).
+    #[default]
+    Little,
+    /// Most significant byte first (numpy's `>`).
+    Big,
+}
+
+impl Endian {
+    /// `little` or `big`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endian::Little => "little",
+            Endian::Big => "big",
+        }
+    }
+}
+
+impl FromStr for Endian {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "little" | "le" => Ok(Endian::Little),
+            "big" | "be" => Ok(Endian::Big),
+            _ => Err(format!("unknown byte order {s:?}: expected little or big")),
+        }
+    }
+}
+
+/// An element type. Every value is converted to f32 on the host before it is reduced.
+///
+/// What a conversion can lose: f64 values are rounded to the nearest f32 (about 7 significant
+/// digits; magnitudes beyond f32's ±3.4e38 become ±inf, below 1.4e-45 become 0); integers of
+/// magnitude above 2^24 = 16,777,216 are rounded to the nearest f32 (an i32/u32/i64/u64 loses its
+/// low bits there). The statistics are then those of the converted values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit IEEE float (reduced as is).
+    F32,
+    /// 64-bit IEEE float.
+    F64,
+    /// Signed 8-bit integer.
+    I8,
+    /// Signed 16-bit integer.
+    I16,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 64-bit integer.
+    I64,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// Unsigned 64-bit integer.
+    U64,
+}
+
+impl Dtype {
+    /// Every type, for help texts and tests.
+    pub const ALL: [Dtype; 10] = [
+        Dtype::F32,
+        Dtype::F64,
+        Dtype::I8,
+        Dtype::I16,
+        Dtype::I32,
+        Dtype::I64,
+        Dtype::U8,
+        Dtype::U16,
+        Dtype::U32,
+        Dtype::U64,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::I8 | Dtype::U8 => 1,
+            Dtype::I16 | Dtype::U16 => 2,
+            Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+            Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
+        }
+    }
+
+    /// The short name (`f32`, `i64`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+            Dtype::I8 => "i8",
+            Dtype::I16 => "i16",
+            Dtype::I32 => "i32",
+            Dtype::I64 => "i64",
+            Dtype::U8 => "u8",
+            Dtype::U16 => "u16",
+            Dtype::U32 => "u32",
+            Dtype::U64 => "u64",
+        }
+    }
+
+    /// Whether converting to f32 can change a value of this type.
+    pub fn lossy(self) -> bool {
+        !matches!(
+            self,
+            Dtype::F32 | Dtype::I8 | Dtype::I16 | Dtype::U8 | Dtype::U16
+        )
+    }
+
+    /// Decodes `bytes` (whole elements in `endian` order) into `out`, one f32 per element.
+    pub fn decode(self, endian: Endian, bytes: &[u8], out: &mut [f32]) {
+        let n = self.size();
+        debug_assert_eq!(bytes.len(), out.len() * n);
+        macro_rules! conv {
+            ($t:ty) => {{
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
+                    let a = c.try_into().expect("chunks_exact gives whole elements");
+                    let v = match endian {
+                        Endian::Little => <$t>::from_le_bytes(a),
+                        Endian::Big => <$t>::from_be_bytes(a),
+                    };
+                    *o = v as f32;
+                }
+            }};
+        }
+        match self {
+            Dtype::F32 => conv!(f32),
+            Dtype::F64 => conv!(f64),
+            Dtype::I8 => conv!(i8),
+            Dtype::I16 => conv!(i16),
+            Dtype::I32 => conv!(i32),
+            Dtype::I64 => conv!(i64),
+            Dtype::U8 => conv!(u8),
+            Dtype::U16 => conv!(u16),
+            Dtype::U32 => conv!(u32),
+            Dtype::U64 => conv!(u64),
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+    /// Accepts the short names (`f32`, `u16`) and numpy's (`float32`, `int64`, `uint8`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Dtype::F32,
+            "f64" | "float64" => Dtype::F64,
+            "i8" | "int8" => Dtype::I8,
+            "i16" | "int16" => Dtype::I16,
+            "i32" | "int32" => Dtype::I32,
+            "i64" | "int64" => Dtype::I64,
+            "u8" | "uint8" => Dtype::U8,
+            "u16" | "uint16" => Dtype::U16,
+            "u32" | "uint32" => Dtype::U32,
+            "u64" | "uint64" => Dtype::U64,
+            _ => {
+                return Err(format!(
+                    "unknown dtype {s:?}: expected one of {}",
+                    Dtype::ALL.map(Dtype::name).join(", ")
+                ));
+            }
+        };
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_every_type_in_both_byte_orders() {
+        let cases: [(Dtype, Vec<u8>, f32); 10] = [
+            (Dtype::F32, (-1.5f32).to_le_bytes().to_vec(), -1.5),
+            (Dtype::F64, 0.1f64.to_le_bytes().to_vec(), 0.1f64 as f32),
+            (Dtype::I8, (-7i8).to_le_bytes().to_vec(), -7.0),
+            (Dtype::I16, (-300i16).to_le_bytes().to_vec(), -300.0),
+            (
+                Dtype::I32,
+                16_777_217i32.to_le_bytes().to_vec(),
+                16_777_216.0,
+            ),
+            (
+                Dtype::I64,
+                (-(1i64 << 40)).to_le_bytes().to_vec(),
+                -(2f32.powi(40)),
+            ),
+            (Dtype::U8, 255u8.to_le_bytes().to_vec(), 255.0),
+            (Dtype::U16, 65_535u16.to_le_bytes().to_vec(), 65_535.0),
+            (Dtype::U32, u32::MAX.to_le_bytes().to_vec(), 4_294_967_296.0),
+            (Dtype::U64, u64::MAX.to_le_bytes().to_vec(), 1.8446744e19),
+        ];
+        for (t, le, want) in cases {
+            let mut out = [0.0f32];
+            t.decode(Endian::Little, &le, &mut out);
+            assert_eq!(out[0], want, "{t} little");
+            let be: Vec<u8> = le.iter().rev().copied().collect();
+            t.decode(Endian::Big, &be, &mut out);
+            assert_eq!(out[0], want, "{t} big");
+            assert_eq!(t.name().parse::<Dtype>(), Ok(t));
+        }
+        assert!("float16".parse::<Dtype>().is_err());
+    }
+}

@@ -133,8 +133,10 @@ impl PartialFile {
             return Err(bad("no finite values but a non-zero sum or m2".to_string()));
         }
         if partial.count > 0
-            && partial.min.partial_cmp(&partial.max) != Some(std::cmp::Ordering::Less)
-            && partial.min != partial.max
+            && !matches!(
+                partial.min.partial_cmp(&partial.max),
+                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            )
         {
             return Err(bad(format!(
                 "min {} is not at most max {}",

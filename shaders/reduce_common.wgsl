@@ -9,8 +9,10 @@
 // - WGSL lets an implementation assume floats are finite, so NaN and ±inf are classified from the
 //   bits with integer operations, counted, and kept out of the float arithmetic that counts.
 // - min/max use an order-preserving u32 key of the bits: exact, and immune to subnormal flushing.
-// - Moments are shifted sums Σ(x−K), Σ(x−K)² with K (params.shift) chosen by the host near the
-//   batch's median, so Σ(x−K)² never cancels catastrophically. Each vec4 lane accumulates
+// - Moments are shifted, scaled sums Σd, Σd² with d = (x−K)·S, computed as fma(x, S, −K·S): K is
+//   chosen by the host near the batch's median, so Σd² never cancels catastrophically, and S is a
+//   power of two bringing the bulk of the data near 1, so that Σd² neither overflows for large
+//   magnitudes nor underflows for tiny ones (exact: x·S and K·S need no rounding). Each vec4 lane accumulates
 //   sequentially, then the workgroup combines its threads (tree or subgroups).
 //
 // Speed (BENCHMARKS.md, issue 4): each thread issues VEC_PER_THREAD independent vec4 loads per
@@ -25,9 +27,9 @@ override VEC_PER_THREAD: u32 = 4u;
 
 struct Params {
     len: u32,        // valid f32 elements in `input`
-    shift: f32,      // K
+    k_scaled: f32,   // K·S
     out_base: u32,   // index of this dispatch's first partial in `partials`
-    _pad: u32,
+    scale: f32,      // S, a power of two
 }
 
 struct Partial {
@@ -37,8 +39,8 @@ struct Partial {
     neg_inf: u32,
     min_key: u32,    // order-preserving key of the smallest finite value (0xffffffff: none)
     max_key: u32,    // order-preserving key of the largest finite value (0: none)
-    s1: f32,         // Σ(x−K) over finite values
-    s2: f32,         // Σ(x−K)² over finite values
+    s1: f32,         // Σd over finite values, d = (x−K)·S
+    s2: f32,         // Σd² over finite values
 }
 
 @group(0) @binding(0) var<storage, read> input: array<vec4<f32>>;
@@ -95,11 +97,11 @@ fn count4(b: vec4<bool>) -> u32 {
 }
 
 // Adds one vec4 to `s` with full classification; lanes where `valid` is false count as nothing.
-fn slow_add(s: ptr<function, Slow>, x: vec4<f32>, valid: vec4<bool>, shift: vec4<f32>) {
+fn slow_add(s: ptr<function, Slow>, x: vec4<f32>, valid: vec4<bool>, scale: vec4<f32>, ks: vec4<f32>) {
     let bits = bitcast<vec4<u32>>(x);
     let abs_bits = bits & vec4<u32>(ABS_MASK);
     let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
-    let d = select(vec4<f32>(0.0), x - shift, finite);
+    let d = select(vec4<f32>(0.0), fma(x, scale, -ks), finite);
     let d2 = d * d;
     (*s).s1 += (d.x + d.y) + (d.z + d.w);
     (*s).s2 += (d2.x + d2.y) + (d2.z + d2.w);
@@ -125,8 +127,8 @@ struct Fast {
     kmax: u32,
 }
 
-fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, shift: vec4<f32>) {
-    let d = x - shift;
+fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, scale: vec4<f32>, ks: vec4<f32>) {
+    let d = fma(x, scale, -ks);
     (*f).s1 += (d.x + d.y) + (d.z + d.w);
     (*f).s2 += d * d;
     let key = order_key(bitcast<vec4<u32>>(x));
@@ -139,7 +141,8 @@ fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, shift: vec4<f32>) {
 // 0, the last partial vec4.
 fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     let len = params.len;
-    let shift = vec4<f32>(params.shift);
+    let scale = vec4<f32>(params.scale);
+    let ks = vec4<f32>(params.k_scaled);
     let n_full = len / 4u;
     let tile = WG_SIZE * VEC_PER_THREAD;
     let first = wid * tile + lid;
@@ -152,7 +155,7 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all in flight at once.
     for (; i + last_k < n_full; i += stride) {
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
-            fast_add(&f, input[i + k * WG_SIZE], shift);
+            fast_add(&f, input[i + k * WG_SIZE], scale, ks);
         }
         visited += 4u * VEC_PER_THREAD;
     }
@@ -161,7 +164,7 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
             let j = i + k * WG_SIZE;
             if (j < n_full) {
-                fast_add(&f, input[j], shift);
+                fast_add(&f, input[j], scale, ks);
                 visited += 4u;
             }
         }
@@ -181,14 +184,14 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
             let j = i + k * WG_SIZE;
             if (j < n_full) {
-                slow_add(&s, input[j], vec4<bool>(true), shift);
+                slow_add(&s, input[j], vec4<bool>(true), scale, ks);
             }
         }
     }
     if (tail) {
         // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier batch.
         let valid = vec4<u32>(n_full * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
-        slow_add(&s, input[n_full], valid, shift);
+        slow_add(&s, input[n_full], valid, scale, ks);
     }
     return Thread(s.count, s.nan, s.pos_inf, s.neg_inf, s.kmin, s.kmax, s.s1, s.s2);
 }

@@ -247,3 +247,21 @@ fn every_simd_level_on_finite_data() {
         );
     }
 }
+
+/// Magnitudes where unscaled f32 moments fail: Σ(x−K)² overflows near 1e19 and (x−K)²
+/// underflows near 1e-20. The power-of-two scale of the shift keeps both exact in range.
+#[test]
+fn huge_and_tiny_magnitudes_keep_their_variance() {
+    let mut rng = fresh_rng("huge_and_tiny_magnitudes");
+    for (mean, std) in [(1e30, 3e29), (0.0, 1e20), (3e-30, 1e-31), (0.0, 1e-25)] {
+        let data = normal(&mut rng, 200_001, mean, std);
+        for b in [4096, 1 << 20] {
+            check_stats(
+                &format!("mean {mean:e} std {std:e} B={b}"),
+                &run(&data, b),
+                &data,
+                CPU_DEPTH,
+            );
+        }
+    }
+}

@@ -405,3 +405,23 @@ fn ring_grows_with_the_batches_pushed() {
     let stats = partial.finish(0, false);
     check_stats("growing ring", &stats, &data, gpu_depth(20_000, 8));
 }
+
+/// Magnitudes where unscaled f32 moments fail (see the CPU test of the same name).
+#[test]
+fn gpu_huge_and_tiny_magnitudes_keep_their_variance() {
+    let Some(_) = gpu() else { return };
+    let mut rng = fresh_rng("gpu_huge_and_tiny_magnitudes");
+    for (mean, std) in [(1e30, 3e29), (0.0, 1e20), (3e-30, 1e-31), (0.0, 1e-25)] {
+        let data = normal(&mut rng, 100_003, mean, std);
+        let r = gpu_engine(50_000, Some(8), None)
+            .unwrap()
+            .reduce(&data)
+            .unwrap();
+        check_stats(
+            &format!("mean {mean:e} std {std:e}"),
+            &r.stats,
+            &data,
+            gpu_depth(50_000, 8),
+        );
+    }
+}

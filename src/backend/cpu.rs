@@ -54,10 +54,38 @@ pub fn from_order_key(key: u32) -> f32 {
     f32::from_bits(bits)
 }
 
-/// The shift K for shifted moments over `data`: the median of up to 31 evenly spaced finite
-/// samples. Near the bulk of the data whatever its offset, and, unlike the first value or a
-/// sample mean, not dragged away by a few outliers. Shared by both backends.
-pub fn choose_shift(data: &[f32]) -> f32 {
+/// The shift and scale the moments of a stretch of data are taken with: each finite x enters as
+/// d = (x − k) · scale, computed as `fma(x, scale, −k·scale)`.
+///
+/// `k` keeps Σd² from cancelling catastrophically when the data sit far from zero; `scale`, a
+/// power of two, brings the bulk of the data near 1 so that neither Σd² overflows f32 for large
+/// magnitudes (raw f64 or 64-bit integer inputs reach 1e18 and beyond) nor d² underflows for tiny
+/// ones. Scaling by a power of two is exact, so it changes no rounding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shift {
+    /// K, near the bulk of the data.
+    pub k: f32,
+    /// A power of two between 2^-100 and 2^100.
+    pub scale: f32,
+}
+
+impl Shift {
+    /// No shift, no scaling.
+    pub const NONE: Shift = Shift { k: 0.0, scale: 1.0 };
+
+    /// k · scale (exact: a power-of-two scaling).
+    #[inline(always)]
+    pub fn k_scaled(self) -> f32 {
+        self.k * self.scale
+    }
+}
+
+/// The shift for shifted moments over `data`: K is the median of up to 31 evenly spaced finite
+/// samples (near the bulk of the data whatever its offset, and, unlike the first value or a
+/// sample mean, not dragged away by a few outliers); the scale is the power of two that brings
+/// the samples' largest distance from K (or |K| if they are all equal) to [1, 2). Shared by both
+/// backends.
+pub fn choose_shift(data: &[f32]) -> Shift {
     const SAMPLES: usize = 31;
     let mut sample = [0.0f32; SAMPLES];
     let mut n = 0;
@@ -71,11 +99,27 @@ pub fn choose_shift(data: &[f32]) -> f32 {
         }
     }
     if n == 0 {
-        return 0.0;
+        return Shift::NONE;
     }
     let sample = &mut sample[..n];
     sample.sort_unstable_by(f32::total_cmp);
-    sample[n / 2]
+    let k = sample[n / 2];
+    let spread = sample
+        .iter()
+        .map(|&x| (f64::from(x) - f64::from(k)).abs())
+        .fold(0.0f64, f64::max);
+    let reach = if spread > 0.0 {
+        spread
+    } else {
+        f64::from(k).abs()
+    };
+    let scale = if reach > 0.0 && reach.is_finite() {
+        let e = reach.log2().floor().clamp(-100.0, 100.0) as i32;
+        2f32.powi(-e)
+    } else {
+        1.0
+    };
+    Shift { k, scale }
 }
 
 /// What a reduction kernel produces before conversion to a [`Partial`]: exactly the fields of the
@@ -118,8 +162,8 @@ impl ShiftedMoments {
         }
     }
 
-    /// Converts shifted sums around `shift` into a mergeable partial.
-    pub fn into_partial(self, shift: f32) -> Partial {
+    /// Converts sums of d = (x − k)·scale into a mergeable partial.
+    pub fn into_partial(self, shift: Shift) -> Partial {
         let mut p = Partial {
             count: self.count,
             nan_count: self.nan_count,
@@ -129,8 +173,9 @@ impl ShiftedMoments {
         };
         if self.count > 0 {
             let n = self.count as f64;
-            p.sum = n * f64::from(shift) + self.s1;
-            p.m2 = (self.s2 - self.s1 * self.s1 / n).max(0.0);
+            let inv = 1.0 / f64::from(shift.scale);
+            p.sum = n * f64::from(shift.k) + self.s1 * inv;
+            p.m2 = (self.s2 - self.s1 * self.s1 / n).max(0.0) * inv * inv;
             p.min = f64::from(from_order_key(self.min_key));
             p.max = f64::from(from_order_key(self.max_key));
         }
@@ -140,7 +185,7 @@ impl ShiftedMoments {
 
 /// Reduces one block of at most [`BLOCK`] elements in f32 lanes, folding into `acc` in f64.
 #[inline(always)]
-fn reduce_block(block: &[f32], shift: f32, acc: &mut ShiftedMoments) {
+fn reduce_block(block: &[f32], shift: Shift, acc: &mut ShiftedMoments) {
     debug_assert!(block.len() <= BLOCK);
     let mut s1 = [0.0f32; LANES];
     let mut s2 = [0.0f32; LANES];
@@ -151,11 +196,12 @@ fn reduce_block(block: &[f32], shift: f32, acc: &mut ShiftedMoments) {
     let mut kmin = [u32::MAX; LANES];
     let mut kmax = [0u32; LANES];
 
+    let ks = shift.k_scaled();
     let mut lane = |j: usize, x: f32| {
         let bits = x.to_bits();
         let abs_bits = bits & ABS_MASK;
         let finite = abs_bits < INF_BITS;
-        let d = if finite { x - shift } else { 0.0 };
+        let d = if finite { x * shift.scale - ks } else { 0.0 };
         s1[j] += d;
         s2[j] += d * d;
         count[j] += finite as u32;
@@ -274,9 +320,10 @@ impl FiniteLanes {
 #[inline(always)]
 fn reduce_block_finite<const FMA: bool>(
     block: &[f32; BLOCK],
-    shift: f32,
+    shift: Shift,
     acc: &mut FiniteLanes,
 ) -> bool {
+    let (scale, ks) = (shift.scale, shift.k_scaled());
     let mut s1 = [0.0f32; LANES];
     let mut s2 = [0.0f32; LANES];
     let mut lo = [f32::INFINITY; LANES];
@@ -285,7 +332,12 @@ fn reduce_block_finite<const FMA: bool>(
         prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD));
         for j in 0..LANES {
             let x = c[j];
-            let d = x - shift;
+            // (x − k)·scale with one rounding: x·scale and k·scale are exact.
+            let d = if FMA {
+                x.mul_add(scale, -ks)
+            } else {
+                x * scale - ks
+            };
             s1[j] += d;
             s2[j] = if FMA {
                 d.mul_add(d, s2[j])
@@ -321,7 +373,7 @@ fn reduce_block_finite<const FMA: bool>(
 }
 
 #[inline(always)]
-fn reduce_serial_impl<const FMA: bool>(data: &[f32], shift: f32) -> ShiftedMoments {
+fn reduce_serial_impl<const FMA: bool>(data: &[f32], shift: Shift) -> ShiftedMoments {
     let mut acc = ShiftedMoments::EMPTY;
     let mut lanes = FiniteLanes::EMPTY;
     let mut blocks = data.chunks_exact(BLOCK);
@@ -409,19 +461,19 @@ impl Ord for SimdLevel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn reduce_serial_avx512(data: &[f32], shift: f32) -> ShiftedMoments {
+fn reduce_serial_avx512(data: &[f32], shift: Shift) -> ShiftedMoments {
     reduce_serial_impl::<true>(data, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn reduce_serial_avx2(data: &[f32], shift: f32) -> ShiftedMoments {
+fn reduce_serial_avx2(data: &[f32], shift: Shift) -> ShiftedMoments {
     reduce_serial_impl::<true>(data, shift)
 }
 
 /// Reduces `data` on the calling thread with one shift for the whole slice, with the kernel
 /// compiled for `level`, which must be one [`SimdLevel::available`] lists.
-pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: f32) -> ShiftedMoments {
+pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: Shift) -> ShiftedMoments {
     assert!(
         level <= simd_level(),
         "{} is not supported by this processor",
@@ -717,8 +769,14 @@ mod tests {
         let mut data = vec![1.0e6f32; 1000];
         data[0] = -1.0e30;
         data[500] = f32::NAN;
-        assert_eq!(choose_shift(&data), 1.0e6);
-        assert_eq!(choose_shift(&[f32::NAN, f32::INFINITY]), 0.0);
-        assert_eq!(choose_shift(&[]), 0.0);
+        assert_eq!(choose_shift(&data).k, 1.0e6);
+        assert_eq!(choose_shift(&[f32::NAN, f32::INFINITY]), Shift::NONE);
+        assert_eq!(choose_shift(&[]), Shift::NONE);
+        // The scale brings the samples' spread to [1, 2): 1e6 ± 3 → 2^-1 (spread 3).
+        let spread: Vec<f32> = (0..100).map(|i| 1.0e6 + (i % 7) as f32 - 3.0).collect();
+        assert_eq!(choose_shift(&spread).scale, 0.5);
+        let huge: Vec<f32> = (0..100).map(|i| i as f32 * 1e20).collect();
+        let s = choose_shift(&huge);
+        assert!((0.5..4.0).contains(&(5e21 * s.scale)), "{s:?}");
     }
 }

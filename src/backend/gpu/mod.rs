@@ -16,7 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 
-use super::cpu::{ShiftedMoments, choose_shift};
+use super::cpu::{Shift, ShiftedMoments, choose_shift};
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
 use crate::stats::Partial;
 use crate::{Error, Result};
@@ -57,9 +57,10 @@ const PARTIAL_BYTES: u64 = std::mem::size_of::<GpuPartial>() as u64;
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct GpuParams {
     len: u32,
-    shift: f32,
+    /// k·scale of the dispatch's [`Shift`]: the shader computes d = fma(x, scale, −k·scale).
+    k_scaled: f32,
     out_base: u32,
-    _pad: u32,
+    scale: f32,
 }
 
 /// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce.wgsl.
@@ -209,7 +210,7 @@ struct RingSlot {
 struct DispatchRecord {
     first: u32,
     workgroups: u32,
-    shift: f32,
+    shift: Shift,
 }
 
 struct ResidentChunk {
@@ -217,7 +218,7 @@ struct ResidentChunk {
     params: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
     len: usize,
-    shift: f32,
+    shift: Shift,
 }
 
 /// Data uploaded once with [`GpuReducer::upload`], reducible any number of times with
@@ -521,7 +522,7 @@ impl GpuReducer {
         encoder: &mut wgpu::CommandEncoder,
         bind_group: &wgpu::BindGroup,
         workgroups: u32,
-        shift: f32,
+        shift: Shift,
     ) {
         let q = self.window.len() as u32 * 2;
         let timestamp_writes =
@@ -548,12 +549,12 @@ impl GpuReducer {
         self.partials_used += workgroups;
     }
 
-    fn params_for(&self, len: usize, shift: f32) -> GpuParams {
+    fn params_for(&self, len: usize, shift: Shift) -> GpuParams {
         GpuParams {
             len: len as u32,
-            shift,
+            k_scaled: shift.k_scaled(),
             out_base: self.partials_used,
-            _pad: 0,
+            scale: shift.scale,
         }
     }
 

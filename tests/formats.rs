@@ -193,25 +193,31 @@ fn stdin_serves_every_format() {
         ("table.txt", "txt", vec!["--column", "1", "--no-header"]),
     ] {
         let bytes = std::fs::read(data(file)).unwrap();
-        let mut args = vec![
-            "run",
-            "-",
-            "--format",
-            format,
-            "--json",
-            "--backend",
-            "cpu",
-            "--batch-size",
-            "97",
-        ];
-        args.extend(&extra);
-        let v = json(&run_stdin(&args, &bytes));
-        let key = if format == "npy" {
-            file.to_string()
-        } else {
-            "table.csv:b".to_string()
-        };
-        check(&format!("{file} on stdin"), &v, &reference_of(&exp[&key]));
+        for backend in backends() {
+            let mut args = vec![
+                "run",
+                "-",
+                "--format",
+                format,
+                "--json",
+                "--backend",
+                backend,
+                "--batch-size",
+                "97",
+            ];
+            args.extend(&extra);
+            let v = json(&run_stdin(&args, &bytes));
+            let key = if format == "npy" {
+                file.to_string()
+            } else {
+                "table.csv:b".to_string()
+            };
+            check(
+                &format!("{file} on stdin, {backend}"),
+                &v,
+                &reference_of(&exp[&key]),
+            );
+        }
     }
     // Raw f64, big-endian, through stdin.
     let mut rng = fresh_rng("stdin_raw_f64");
@@ -295,16 +301,18 @@ fn raw_binary_every_dtype_and_byte_order() {
             ]));
             check(&format!("{dtype} {endian}"), &v, &r);
         }
-        // The extension alone picks the type.
+        // The extension alone picks the type; both backends.
         let path = tmp(&format!("x.{dtype}"), &le);
-        let v = json(&run(&[
-            "run",
-            path.to_str().unwrap(),
-            "--json",
-            "--backend",
-            "cpu",
-        ]));
-        check(&format!(".{dtype}"), &v, &r);
+        for backend in backends() {
+            let v = json(&run(&[
+                "run",
+                path.to_str().unwrap(),
+                "--json",
+                "--backend",
+                backend,
+            ]));
+            check(&format!(".{dtype} on {backend}"), &v, &r);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command-line parsing (clap) → validated configuration → library calls → output.
 
 mod bench;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ enum Command {
     Merge(MergeArgs),
     /// Benchmark CPU against GPU: sweep N, B and P, measure the ceilings, fit T = N/P × S + D.
     Bench(bench::BenchArgs),
+    /// Serve the engine over HTTP: producers send micro-batches, one process owns the device.
+    Serve(serve::ServeArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
     Devices {
         /// Print one JSON array instead of a table.
@@ -202,6 +205,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Merge(args) => merge(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Devices { json } => devices(json),
     }

@@ -9,6 +9,10 @@ use super::BatchSource;
 use super::dtype::{Dtype, Endian};
 use crate::{Error, Location, Result};
 
+/// Elements a stream of unknown length is first read into; the buffer doubles from there up to
+/// the batch size while data keeps coming.
+const FIRST_READ: usize = 1 << 14;
+
 /// Elements of one [`Dtype`] in one byte order from a reader, converted to f32 batch by batch.
 #[derive(Debug)]
 pub struct BinarySource<R> {
@@ -124,6 +128,29 @@ impl<R: Read> BinarySource<R> {
         Ok(self)
     }
 
+    /// Reads up to `max` elements of `T` into `v` (cleared), starting with room for `first` and
+    /// doubling while the input keeps coming; returns the bytes read. `v` ends `max` long or
+    /// shorter at the end of the input (then it may hold a partial element's bytes).
+    fn fill_growing<T: bytemuck::Pod>(
+        &mut self,
+        v: &mut Vec<T>,
+        max: usize,
+        first: usize,
+    ) -> Result<usize> {
+        let mut cap = first.min(max);
+        let mut filled = 0;
+        loop {
+            v.resize(cap, T::zeroed());
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(v.as_mut_slice());
+            let want = bytes.len();
+            filled += self.read_full(&mut bytes[filled..])?;
+            if filled < want || cap == max {
+                return Ok(filled);
+            }
+            cap = (cap * 2).min(max);
+        }
+    }
+
     fn read_full(&mut self, bytes: &mut [u8]) -> Result<usize> {
         let mut filled = 0;
         while filled < bytes.len() {
@@ -157,17 +184,24 @@ impl<R: Read> BatchSource for BinarySource<R> {
             }
             (None, None) => max,
         };
-        buf.clear();
-        buf.resize(max, 0.0);
+        // An input of known length reads the batch in one go; a stream of unknown length (stdin,
+        // an HTTP body) grows the buffer as data arrives, so a short stream never costs a whole
+        // batch of memory.
+        let first = if self.data_len.is_some() || self.expected.is_some() {
+            max
+        } else {
+            max.min(FIRST_READ)
+        };
         let native_f32 = self.dtype == Dtype::F32
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");
         let filled = if native_f32 {
             // The common case reads straight into the batch.
-            self.read_full(bytemuck::cast_slice_mut(buf.as_mut_slice()))?
+            buf.clear();
+            self.fill_growing(buf, max, first)?
         } else {
             let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.resize(max * width, 0);
-            let filled = self.read_full(&mut scratch);
+            scratch.clear();
+            let filled = self.fill_growing(&mut scratch, max * width, first * width);
             let filled = match filled {
                 Ok(f) => f,
                 Err(e) => {
@@ -176,6 +210,8 @@ impl<R: Read> BatchSource for BinarySource<R> {
                 }
             };
             let whole = filled / width;
+            buf.clear();
+            buf.resize(whole, 0.0);
             self.dtype
                 .decode(self.endian, &scratch[..whole * width], &mut buf[..whole]);
             self.scratch = scratch;

@@ -1,0 +1,861 @@
+//! `microbatch serve`: the processing service. Producers send micro-batches over HTTP/1.1; one
+//! engine thread owns the device (GPU or CPU backend) and reduces every batch; each request and
+//! each named stream keeps its own exact running [`Partial`].
+//!
+//! Bodies are streamed: a reading task turns the HTTP body into a blocking `Read` (tokio-util's
+//! `SyncIoBridge`) and runs the same sources as `microbatch run` over it (raw binary, `.npy`,
+//! text), so a request is never buffered whole; every batch goes through a bounded queue to the
+//! engine thread, which answers with the batch's own report. A stream's batch is merged into the
+//! stream only once all of it has been reduced: it is applied whole or not at all.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use microbatch::shard::PartialFile;
+use microbatch::source::{Column, Format, InputOptions, TextOptions};
+use microbatch::{Engine, EngineConfig, Partial, Report, list_adapters};
+
+use super::{BackendArg, parse_batch, parse_count};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port; the first line of stdout names the one
+    /// bound. Any address other than loopback requires --token-file.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8787")]
+    addr: SocketAddr,
+
+    /// Backend: `auto` takes a hardware GPU when there is one, else the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+
+    /// Use the GPU adapter whose name contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    adapter: Option<String>,
+
+    /// Elements per micro-batch the engine reduces at a time (a body is cut into these).
+    #[arg(long, value_name = "B", value_parser = parse_batch, default_value = "1048576")]
+    batch_size: usize,
+
+    /// Workgroups per dispatch (GPU only; default chosen per adapter).
+    #[arg(long, value_name = "P")]
+    workgroups: Option<u32>,
+
+    /// Largest request body in bytes (accepts 1e9); past it: 413.
+    #[arg(long, value_name = "BYTES", value_parser = parse_count, default_value = "4294967296")]
+    max_body: u64,
+
+    /// Largest batch appended to a stream, in elements; past it: 413.
+    #[arg(long, value_name = "N", value_parser = parse_batch, default_value = "16777216")]
+    max_batch: usize,
+
+    /// Most streams open at once; past it: 429.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_streams: usize,
+
+    /// Seconds after its last use a stream is dropped.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    stream_idle_s: u64,
+
+    /// Seconds a request may take (reading its body included); past it: 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    request_timeout_s: u64,
+
+    /// Batches waiting for the engine before producers are held back.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    queue: usize,
+
+    /// File holding a bearer token every request must present (`Authorization: Bearer …`);
+    /// required to listen on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// One batch for the engine thread, and where its report goes.
+struct Job {
+    batch: Vec<f32>,
+    reply: mpsc::SyncSender<Result<Report, String>>,
+}
+
+struct Stream {
+    partial: Partial,
+    batches: u64,
+    created: Instant,
+    last_used: Instant,
+}
+
+struct AppState {
+    jobs: mpsc::SyncSender<Job>,
+    streams: Mutex<HashMap<String, Stream>>,
+    next_stream: AtomicU64,
+    backend: Value,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    token: Option<Vec<u8>>,
+    ddof: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_body: u64,
+    max_batch: usize,
+    max_streams: usize,
+    stream_idle: Duration,
+    request_timeout: Duration,
+}
+
+type Shared = Arc<AppState>;
+
+pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    let token = match &args.token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the token file {}", p.display()))?;
+            let t = t.trim().as_bytes().to_vec();
+            anyhow::ensure!(!t.is_empty(), "{}: the token file is empty", p.display());
+            Some(t)
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        args.addr.ip().is_loopback() || token.is_some(),
+        "listening on {} (not loopback) requires --token-file",
+        args.addr
+    );
+    let config = EngineConfig {
+        backend: args.backend.into(),
+        adapter: args.adapter.clone(),
+        batch_size: args.batch_size,
+        workgroups: args.workgroups,
+        ddof: 0,
+        skip_nan: false,
+    };
+    let mut engine = Engine::new(&config)?;
+    let backend = {
+        let b = engine.backend();
+        json!({"kind": b.kind, "adapter": b.adapter, "api": b.api, "device_type": b.device_type})
+    };
+    let (jobs, queue) = mpsc::sync_channel::<Job>(args.queue.max(1));
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(AppState {
+        jobs,
+        streams: Mutex::new(HashMap::new()),
+        next_stream: AtomicU64::new(1),
+        backend,
+        limits: Limits {
+            max_body: args.max_body,
+            max_batch: args.max_batch,
+            max_streams: args.max_streams,
+            stream_idle: Duration::from_secs(args.stream_idle_s),
+            request_timeout: Duration::from_secs(args.request_timeout_s),
+        },
+        metrics: Arc::clone(&metrics),
+        token,
+        ddof: 0,
+    });
+
+    // The engine thread: the only owner of the device. Batches from every client queue here.
+    let engine_metrics = Arc::clone(&metrics);
+    let engine_thread = std::thread::Builder::new()
+        .name("microbatch-engine".into())
+        .spawn(move || {
+            while let Ok(job) = queue.recv() {
+                engine_metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                let result = engine.reduce(&job.batch).map_err(|e| e.to_string());
+                if let Ok(r) = &result {
+                    engine_metrics.observe(r);
+                }
+                let _ = job.reply.send(result);
+            }
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("binding {}", args.addr))?;
+        let bound = listener.local_addr()?;
+        // The first line of stdout: what tests and scripts wait for.
+        println!("listening on http://{bound}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+
+        let sweeper = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let idle = sweeper.limits.stream_idle;
+                let mut streams = sweeper.streams.lock().unwrap_or_else(|e| e.into_inner());
+                streams.retain(|_, s| s.last_used.elapsed() < idle);
+            }
+        });
+
+        axum::serve(listener, app(Arc::clone(&state)))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")
+    })?;
+    // In-flight requests have drained; stop the runtime's background tasks, close the queue
+    // (the last sender is in the state) and let the engine finish.
+    drop(runtime);
+    drop(state);
+    let _ = engine_thread.join();
+    Ok(())
+}
+
+impl From<BackendArg> for microbatch::BackendChoice {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => microbatch::BackendChoice::Auto,
+            BackendArg::Gpu => microbatch::BackendChoice::Gpu,
+            BackendArg::Cpu => microbatch::BackendChoice::Cpu,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn app(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/devices", get(devices))
+        .route("/v1/reduce", post(reduce))
+        .route("/v1/streams", post(create_stream))
+        .route("/v1/streams/{id}", get(get_stream).delete(delete_stream))
+        .route("/v1/streams/{id}/batches", post(append_batch))
+        .route("/v1/streams/{id}/partial", get(stream_partial))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// A JSON error: `{"error": "...", "status": 413}`.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.message, "status": self.status.as_u16()})),
+        )
+            .into_response()
+    }
+}
+
+/// Authentication and per-route request counting.
+async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req.uri().path().to_string();
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes)
+            .unwrap_or(&[]);
+        if !constant_time_eq(given, token) {
+            let r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
+            state.metrics.request(&route, r.status());
+            return r;
+        }
+    }
+    let r = next.run(req).await;
+    state.metrics.request(&route, r.status());
+    r
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<Shared>) -> Response {
+    axum::Json(json!({"status": "ok", "backend": state.backend})).into_response()
+}
+
+async fn devices() -> Response {
+    axum::Json(serde_json::to_value(list_adapters()).unwrap_or(Value::Null)).into_response()
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let open = state.streams.lock().map(|s| s.len()).unwrap_or(0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(open),
+    )
+        .into_response()
+}
+
+/// How to read a body: from its Content-Type and the query (`column`, `header`, `delimiter`,
+/// `dtype`, `endian`, `skip_invalid`).
+fn input_options(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<InputOptions, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let format = match mime {
+        // curl --data-binary sends form-urlencoded unless told otherwise: take it as raw too.
+        "application/octet-stream" | "application/x-www-form-urlencoded" | "" => Format::Raw,
+        "application/x-npy" => Format::Npy,
+        "text/csv" => Format::Csv,
+        "text/tab-separated-values" => Format::Tsv,
+        "text/plain" => Format::Txt,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported Content-Type {other:?}: application/octet-stream (raw), application/x-npy, text/csv, text/tab-separated-values, text/plain"
+                ),
+            ));
+        }
+    };
+    let mut o = InputOptions {
+        format: Some(format),
+        ..InputOptions::default()
+    };
+    if let Some(d) = query.get("dtype") {
+        o.dtype = Some(d.parse().map_err(bad)?);
+    }
+    if let Some(e) = query.get("endian") {
+        o.endian = e.parse().map_err(bad)?;
+    }
+    let mut text = TextOptions::default();
+    if let Some(c) = query.get("column") {
+        text.column = c.parse::<Column>().expect("infallible");
+    }
+    if let Some(h) = query.get("header") {
+        text.header = h != "false" && h != "0";
+    }
+    if let Some(d) = query.get("delimiter") {
+        text.delimiter = Some(super::parse_delimiter(d).map_err(bad)?);
+    }
+    text.skip_invalid = query
+        .get("skip_invalid")
+        .is_some_and(|v| v != "false" && v != "0");
+    o.text = text;
+    Ok(o)
+}
+
+/// Marks the error a body reader returns past the size limit.
+#[derive(Debug)]
+struct BodyTooLarge(u64);
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the body exceeds the limit of {} bytes", self.0)
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// Marks the error a body reader returns once its request has timed out.
+#[derive(Debug)]
+struct Cancelled;
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request timed out")
+    }
+}
+impl std::error::Error for Cancelled {}
+
+/// What reducing a body gave: each batch's report, the input's shape (`.npy`), and the text
+/// fields skipped as invalid.
+type Reduced = (Vec<Report>, Option<Vec<u64>>, u64);
+
+/// Reduces a whole body, batch by batch, through the engine; returns the batches' reports and
+/// what the source said about the input. Runs on a blocking thread.
+fn reduce_body(
+    state: &AppState,
+    body: Body,
+    options: &InputOptions,
+    max_elements: Option<usize>,
+    cancel: Arc<AtomicBool>,
+) -> Result<Reduced, ApiError> {
+    let limit = state.limits.max_body;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
+    let metrics_bytes = &state.metrics.bytes;
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(io::Error::other)?;
+        let total = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if cancel.load(Ordering::Relaxed) {
+            Err(io::Error::other(Cancelled))
+        } else if total > limit {
+            Err(io::Error::other(BodyTooLarge(limit)))
+        } else {
+            Ok(chunk)
+        }
+    });
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let mut source = microbatch::source::open_reader(Box::new(reader), "<request body>", options)
+        .map_err(api_error)?;
+    let mut reports = Vec::new();
+    let mut elements = 0usize;
+    let mut buf = Vec::new();
+    loop {
+        let n = source
+            .next_batch(&mut buf, state.limits.max_batch.min(1 << 24))
+            .map_err(api_error)?;
+        if n == 0 {
+            break;
+        }
+        elements += n;
+        if let Some(max) = max_elements
+            && elements > max
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the batch holds more than the limit of {max} elements (--max-batch)"),
+            ));
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        state
+            .jobs
+            .send(Job {
+                batch: std::mem::take(&mut buf),
+                reply,
+            })
+            .map_err(|_| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped")
+            })?;
+        let report = answer
+            .recv()
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        reports.push(report);
+    }
+    metrics_bytes.fetch_add(received.load(Ordering::Relaxed), Ordering::Relaxed);
+    Ok((
+        reports,
+        source.shape().map(<[u64]>::to_vec),
+        source.skipped(),
+    ))
+}
+
+/// An input error as an HTTP error: limits and timeouts by their own codes, the rest 400.
+fn api_error(e: microbatch::Error) -> ApiError {
+    if let microbatch::Error::Io { error, .. } = &e
+        && let Some(inner) = error.get_ref()
+    {
+        if inner.is::<BodyTooLarge>() {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, inner.to_string());
+        }
+        if inner.is::<Cancelled>() {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, inner.to_string());
+        }
+    }
+    ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+/// Runs `reduce_body` on a blocking thread under the request timeout.
+async fn reduce_request(
+    state: Shared,
+    body: Body,
+    options: InputOptions,
+    max_elements: Option<usize>,
+) -> Result<Reduced, ApiError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let timeout = state.limits.request_timeout;
+    let task = tokio::task::spawn_blocking(move || {
+        reduce_body(&state, body, &options, max_elements, flag)
+    });
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request took longer than {} s", timeout.as_secs()),
+            ))
+        }
+    }
+}
+
+fn report_json(reports: &[Report], shape: Option<Vec<u64>>, skipped: u64, ddof: u32) -> Value {
+    match Report::combine(reports) {
+        Some(r) => {
+            let r = Report {
+                stats: r.partial.finish(ddof, false),
+                ..r
+            };
+            let mut v = r.to_json();
+            v["input"] = json!({
+                "sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}],
+                "skipped_invalid": skipped,
+            });
+            v
+        }
+        None => {
+            let stats = Partial::EMPTY.finish(ddof, false);
+            json!({
+                "stats": Report::stats_json(&stats),
+                "batches": {"count": 0},
+                "input": {"sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}], "skipped_invalid": skipped},
+            })
+        }
+    }
+}
+
+async fn reduce(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let options = input_options(&headers, &query)?;
+    let ddof = ddof_of(&query)?;
+    let (reports, shape, skipped) = reduce_request(Arc::clone(&state), body, options, None).await?;
+    let mut v = report_json(&reports, shape, skipped, ddof);
+    if v.get("backend").is_none() {
+        v["backend"] = state.backend.clone();
+    }
+    Ok(axum::Json(v).into_response())
+}
+
+fn ddof_of(query: &HashMap<String, String>) -> Result<u32, ApiError> {
+    match query.get("ddof").map(String::as_str) {
+        None | Some("0") => Ok(0),
+        Some("1") => Ok(1),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("ddof must be 0 or 1, got {other:?}"),
+        )),
+    }
+}
+
+async fn create_stream(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    if streams.len() >= state.limits.max_streams {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} streams are open, the limit (--max-streams)",
+                streams.len()
+            ),
+        ));
+    }
+    let id = format!("s{}", state.next_stream.fetch_add(1, Ordering::Relaxed));
+    let now = Instant::now();
+    streams.insert(
+        id.clone(),
+        Stream {
+            partial: Partial::EMPTY,
+            batches: 0,
+            created: now,
+            last_used: now,
+        },
+    );
+    Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
+}
+
+fn unknown(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no stream {id:?} (never created, deleted, or expired)"),
+    )
+}
+
+fn stream_json(state: &AppState, id: &str, s: &Stream, ddof: u32) -> Value {
+    json!({
+        "id": id,
+        "batches": s.batches,
+        "stats": Report::stats_json(&s.partial.finish(ddof, false)),
+        "age_s": s.created.elapsed().as_secs_f64(),
+        "backend": state.backend,
+    })
+}
+
+async fn append_batch(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !state
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&id)
+    {
+        return Err(unknown(&id));
+    }
+    let options = input_options(&headers, &query)?;
+    let max = state.limits.max_batch;
+    let (reports, _, _) = reduce_request(Arc::clone(&state), body, options, Some(max)).await?;
+    // All of the batch is reduced: apply it whole.
+    let mut batch = Partial::EMPTY;
+    for r in &reports {
+        batch.merge(&r.partial);
+    }
+    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
+    s.partial.merge(&batch);
+    s.batches += 1;
+    s.last_used = Instant::now();
+    state.metrics.batches.fetch_add(1, Ordering::Relaxed);
+    let v = stream_json(&state, &id, s, ddof_of(&query)?);
+    Ok(axum::Json(v).into_response())
+}
+
+async fn get_stream(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let ddof = ddof_of(&query)?;
+    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
+    s.last_used = Instant::now();
+    Ok(axum::Json(stream_json(&state, &id, s, ddof)).into_response())
+}
+
+async fn stream_partial(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
+    s.last_used = Instant::now();
+    let file = PartialFile {
+        partial: s.partial,
+        ddof: state.ddof,
+        skip_nan: false,
+        inputs: vec![format!("stream {id}")],
+        skipped_invalid: 0,
+    };
+    Ok(axum::Json(file.to_json()).into_response())
+}
+
+async fn delete_stream(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
+    Ok(axum::Json(stream_json(&state, &id, &s, state.ddof)).into_response())
+}
+
+/// Prometheus metrics: requests by route and status, bytes, batches, queue depth, open streams,
+/// and a histogram of every engine stage's time per batch.
+#[derive(Default)]
+struct Metrics {
+    requests: Mutex<HashMap<(String, u16), u64>>,
+    bytes: AtomicU64,
+    batches: AtomicU64,
+    engine_batches: AtomicU64,
+    queue_depth: AtomicUsize,
+    stages: Mutex<[Histogram; 4]>,
+}
+
+/// Upper bounds of the stage-time histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0,
+];
+const STAGES: [&str; 4] = ["upload", "compute", "readback", "merge"];
+
+#[derive(Default, Clone, Copy)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, x: f64) {
+        for (b, c) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if x <= *b {
+                *c += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += x;
+    }
+}
+
+impl Metrics {
+    fn request(&self, route: &str, status: StatusCode) {
+        // Stream ids are not labels: they would grow without bound.
+        let route = if route.starts_with("/v1/streams/") {
+            if route.ends_with("/batches") {
+                "/v1/streams/{id}/batches"
+            } else if route.ends_with("/partial") {
+                "/v1/streams/{id}/partial"
+            } else {
+                "/v1/streams/{id}"
+            }
+        } else {
+            match route {
+                "/healthz" | "/metrics" | "/v1/devices" | "/v1/reduce" | "/v1/streams" => route,
+                _ => "other",
+            }
+        };
+        let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *r.entry((route.to_string(), status.as_u16())).or_default() += 1;
+    }
+
+    fn observe(&self, r: &Report) {
+        self.engine_batches.fetch_add(1, Ordering::Relaxed);
+        let t = &r.timings;
+        let mut h = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, d) in [t.upload, t.compute, t.readback, t.merge]
+            .into_iter()
+            .enumerate()
+        {
+            h[i].observe(d.as_secs_f64());
+        }
+    }
+
+    fn render(&self, open_streams: usize) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP microbatch_requests_total HTTP requests by route and status."
+        );
+        let _ = writeln!(out, "# TYPE microbatch_requests_total counter");
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<_> = requests.iter().collect();
+        keys.sort();
+        for ((route, status), n) in keys {
+            let _ = writeln!(
+                out,
+                "microbatch_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        for (name, help, kind, value) in [
+            (
+                "microbatch_body_bytes_total",
+                "Request body bytes reduced.",
+                "counter",
+                self.bytes.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "microbatch_stream_batches_total",
+                "Batches appended to streams.",
+                "counter",
+                self.batches.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "microbatch_engine_batches_total",
+                "Micro-batches the engine reduced.",
+                "counter",
+                self.engine_batches.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "microbatch_queue_depth",
+                "Batches waiting for the engine.",
+                "gauge",
+                self.queue_depth.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "microbatch_streams_open",
+                "Streams open.",
+                "gauge",
+                open_streams as f64,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microbatch_stage_seconds Engine time per micro-batch, by stage."
+        );
+        let _ = writeln!(out, "# TYPE microbatch_stage_seconds histogram");
+        let h = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        for (stage, h) in STAGES.iter().zip(h.iter()) {
+            for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
+                let _ = writeln!(
+                    out,
+                    "microbatch_stage_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "microbatch_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "microbatch_stage_seconds_sum{{stage=\"{stage}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "microbatch_stage_seconds_count{{stage=\"{stage}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,535 @@
+//! `microbatch serve` over real HTTP on loopback (reqwest): results equal `microbatch run`, named
+//! streams, bad input, limits, authentication, a bounded load test, a client that disconnects
+//! mid-body, and graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+/// A server on a free loopback port, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn json_ok(r: reqwest::blocking::Response) -> Value {
+    let status = r.status();
+    let text = r.text().unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn error_of(r: reqwest::blocking::Response, want: StatusCode) -> String {
+    let status = r.status();
+    let v: Value = serde_json::from_str(&r.text().unwrap()).expect("a JSON error body");
+    assert_eq!(status, want, "{v}");
+    assert_eq!(v["status"], want.as_u16());
+    v["error"].as_str().unwrap().to_string()
+}
+
+fn backends() -> Vec<&'static str> {
+    if gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
+}
+
+#[test]
+fn reduce_equals_run_for_every_body_format() {
+    let mut rng = fresh_rng("serve_reduce");
+    let data = normal(&mut rng, 300_007, 50.0, 4.0);
+    let path = std::env::temp_dir().join(format!("serve-{}.f32", std::process::id()));
+    std::fs::write(&path, f32_bytes(&data)).unwrap();
+    for backend in backends() {
+        let server = Server::start(&["--backend", backend, "--batch-size", "65536"]);
+        let v = json_ok(
+            client()
+                .post(server.url("/v1/reduce"))
+                .body(f32_bytes(&data))
+                .send()
+                .unwrap(),
+        );
+        let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+            .args([
+                "run",
+                path.to_str().unwrap(),
+                "--json",
+                "--backend",
+                backend,
+            ])
+            .output()
+            .unwrap();
+        let run: Value = serde_json::from_slice(&o.stdout).unwrap();
+        for k in ["count", "min", "max", "nan_count"] {
+            assert_eq!(v["stats"][k], run["stats"][k], "{backend}: {k}");
+        }
+        let r = reference(&data);
+        let depth = if backend == "gpu" {
+            gpu_depth(65_536, v["batches"]["workgroups"].as_u64().unwrap() as u32)
+        } else {
+            CPU_DEPTH
+        };
+        assert_close(
+            "sum",
+            v["stats"]["sum"].as_f64().unwrap(),
+            r.sum,
+            r.sum_tolerance(depth),
+        );
+        assert_eq!(v["backend"]["kind"], backend);
+        assert_eq!(
+            v["batches"]["count"].as_u64(),
+            Some(300_007u64.div_ceil(65_536))
+        );
+
+        // .npy and CSV bodies.
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let expected: Value =
+            serde_json::from_slice(&std::fs::read(fixtures.join("expected.json")).unwrap())
+                .unwrap();
+        let v = json_ok(
+            client()
+                .post(server.url("/v1/reduce"))
+                .header("Content-Type", "application/x-npy")
+                .body(std::fs::read(fixtures.join("f64_2d.npy")).unwrap())
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(v["stats"]["count"], expected["f64_2d.npy"]["count"]);
+        assert_eq!(
+            v["input"]["sources"][0]["shape"],
+            expected["f64_2d.npy"]["shape"]
+        );
+        let e = &expected["table.csv:b"];
+        let v = json_ok(
+            client()
+                .post(server.url("/v1/reduce?column=b"))
+                .header("Content-Type", "text/csv")
+                .body(std::fs::read(fixtures.join("table.csv")).unwrap())
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(v["stats"]["count"], e["count"]);
+        assert_eq!(v["stats"]["min"], e["min"]);
+    }
+}
+
+#[test]
+fn streams_accumulate_merge_and_reject_bad_batches_whole() {
+    let server = Server::start(&["--backend", "cpu"]);
+    let c = client();
+    let mut rng = fresh_rng("serve_streams");
+    let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut all = Vec::new();
+    for n in [1000, 1, 4097] {
+        let batch = uniform(&mut rng, n, -5.0, 5.0);
+        let v = json_ok(
+            c.post(server.url(&format!("/v1/streams/{id}/batches")))
+                .body(f32_bytes(&batch))
+                .send()
+                .unwrap(),
+        );
+        all.extend(batch);
+        assert_eq!(v["stats"]["count"].as_u64(), Some(all.len() as u64));
+    }
+    // Rejected batches change nothing.
+    let before = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    let msg = error_of(
+        c.post(server.url(&format!("/v1/streams/{id}/batches")))
+            .body(vec![0u8; 4 * 10 + 3])
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(msg.contains("offset 40"), "{msg}");
+    let msg = error_of(
+        c.post(server.url(&format!("/v1/streams/{id}/batches")))
+            .header("Content-Type", "text/csv")
+            .body("x\n1\n2\nabc\n")
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(
+        msg.contains("line 4") && msg.contains("not a number"),
+        "{msg}"
+    );
+    let msg = error_of(
+        c.post(server.url(&format!("/v1/streams/{id}/batches")))
+            .header("Content-Type", "application/x-npy")
+            .body(b"\x93NUMPY\x01\x00\x04\x00{'x'".to_vec())
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(msg.contains("offset"), "{msg}");
+    let after = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(before["stats"], after["stats"]);
+    assert_eq!(after["batches"], 3);
+    let r = reference(&all);
+    assert_close(
+        "stream sum",
+        after["stats"]["sum"].as_f64().unwrap(),
+        r.sum,
+        r.sum_tolerance(CPU_DEPTH),
+    );
+
+    // The partial merges with `microbatch merge` like any shard's.
+    let partial = c
+        .get(server.url(&format!("/v1/streams/{id}/partial")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let p = std::env::temp_dir().join(format!("stream-{}.json", std::process::id()));
+    std::fs::write(&p, &partial).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["merge", p.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let merged: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(merged["stats"], after["stats"]);
+
+    // Unknown ids, wrong methods, deletion.
+    error_of(
+        c.get(server.url("/v1/streams/nope")).send().unwrap(),
+        StatusCode::NOT_FOUND,
+    );
+    error_of(
+        c.post(server.url("/v1/streams/nope/batches"))
+            .body(vec![0u8; 4])
+            .send()
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    );
+    error_of(
+        c.put(server.url("/v1/reduce")).send().unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    );
+    json_ok(
+        c.delete(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    error_of(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    );
+    let m = c
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains("microbatch_stream_batches_total 3")
+            && m.contains("microbatch_stage_seconds_bucket"),
+        "{m}"
+    );
+    assert!(json_ok(c.get(server.url("/healthz")).send().unwrap())["status"] == "ok");
+}
+
+#[test]
+fn limits_answer_413_429_408_and_auth_401() {
+    let server = Server::start(&[
+        "--backend",
+        "cpu",
+        "--max-body",
+        "4000",
+        "--max-batch",
+        "100",
+        "--max-streams",
+        "2",
+        "--request-timeout-s",
+        "1",
+    ]);
+    let c = client();
+    let msg = error_of(
+        c.post(server.url("/v1/reduce"))
+            .body(vec![0u8; 8000])
+            .send()
+            .unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
+    assert!(msg.contains("4000"), "{msg}");
+    let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    error_of(
+        c.post(server.url(&format!("/v1/streams/{id}/batches")))
+            .body(vec![0u8; 4 * 101])
+            .send()
+            .unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
+    json_ok(c.post(server.url("/v1/streams")).send().unwrap());
+    error_of(
+        c.post(server.url("/v1/streams")).send().unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    // A body that never finishes arriving: 408 after the request timeout.
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        s,
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[0u8; 40]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Authentication.
+    let token = std::env::temp_dir().join(format!("token-{}", std::process::id()));
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let auth = Server::start(&["--backend", "cpu", "--token-file", token.to_str().unwrap()]);
+    error_of(
+        c.get(auth.url("/healthz")).send().unwrap(),
+        StatusCode::UNAUTHORIZED,
+    );
+    error_of(
+        c.get(auth.url("/healthz"))
+            .bearer_auth("wrong")
+            .send()
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    );
+    json_ok(
+        c.get(auth.url("/healthz"))
+            .bearer_auth("s3cret")
+            .send()
+            .unwrap(),
+    );
+    // Anything but loopback without a token is refused at start.
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--token-file"));
+}
+
+/// 32 clients × 200 batches into their own streams and one shared stream, concurrently: every
+/// stream's statistics are exact, and the server's memory stays bounded.
+#[test]
+fn concurrent_clients_get_exact_results_in_bounded_memory() {
+    let server = Server::start(&["--backend", "cpu"]);
+    let c = client();
+    let shared = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base = server.base.clone();
+    let pid = server.child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kb) = s
+                        .lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb * 1024, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let clients: Vec<_> = (0..32)
+        .map(|k| {
+            let (base, shared) = (base.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let own = json_ok(c.post(format!("{base}/v1/streams")).send().unwrap())["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let mut mine = Vec::new();
+                for b in 0..200 {
+                    // Distinct, exactly representable values per client and batch.
+                    let batch: Vec<f32> = (0..256)
+                        .map(|i| (k * 1_000_000 + b * 1000 + i) as f32)
+                        .collect();
+                    json_ok(
+                        c.post(format!("{base}/v1/streams/{own}/batches"))
+                            .body(f32_bytes(&batch))
+                            .send()
+                            .unwrap(),
+                    );
+                    json_ok(
+                        c.post(format!("{base}/v1/streams/{shared}/batches"))
+                            .body(f32_bytes(&batch))
+                            .send()
+                            .unwrap(),
+                    );
+                    mine.extend(batch);
+                }
+                let v = json_ok(c.get(format!("{base}/v1/streams/{own}")).send().unwrap());
+                (mine, v)
+            })
+        })
+        .collect();
+    let mut everything = Vec::new();
+    for t in clients {
+        let (mine, v) = t.join().unwrap();
+        let r = reference(&mine);
+        assert_eq!(v["stats"]["count"].as_u64(), Some(mine.len() as u64));
+        assert_eq!(v["stats"]["min"].as_f64(), Some(r.min));
+        assert_eq!(v["stats"]["max"].as_f64(), Some(r.max));
+        assert_close(
+            "client sum",
+            v["stats"]["sum"].as_f64().unwrap(),
+            r.sum,
+            r.sum_tolerance(CPU_DEPTH),
+        );
+        assert_eq!(v["batches"], 200);
+        everything.extend(mine);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let v = json_ok(
+        c.get(server.url(&format!("/v1/streams/{shared}")))
+            .send()
+            .unwrap(),
+    );
+    let r = reference(&everything);
+    assert_eq!(v["batches"], 32 * 200);
+    assert_eq!(v["stats"]["count"].as_u64(), Some(everything.len() as u64));
+    assert_close(
+        "shared sum",
+        v["stats"]["sum"].as_f64().unwrap(),
+        r.sum,
+        r.sum_tolerance(CPU_DEPTH),
+    );
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("server peak RSS under load: {} MiB", peak >> 20);
+    assert!(peak > 0 && peak < 64 << 20, "server peak RSS {peak} bytes");
+}
+
+#[test]
+fn a_client_leaving_mid_body_applies_nothing_and_shutdown_is_graceful() {
+    let mut server = Server::start(&["--backend", "cpu"]);
+    let c = client();
+    let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        write!(
+            s,
+            "POST /v1/streams/{id}/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&[0u8; 400]).unwrap();
+    } // dropped: the connection closes with 3600 bytes missing
+    std::thread::sleep(Duration::from_millis(300));
+    let v = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(v["batches"], 0);
+    assert_eq!(v["stats"]["count"], 0);
+    json_ok(
+        c.post(server.url(&format!("/v1/streams/{id}/batches")))
+            .body(f32_bytes(&[1.0, 2.0]))
+            .send()
+            .unwrap(),
+    );
+
+    // SIGTERM: the server drains and exits 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            assert!(s.success(), "exit {s:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

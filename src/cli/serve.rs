@@ -114,6 +114,8 @@ struct AppState {
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// The engine's micro-batch: bodies are cut into batches of this many elements.
+    batch: usize,
     max_body: u64,
     max_batch: usize,
     max_streams: usize,
@@ -160,6 +162,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         next_stream: AtomicU64::new(1),
         backend,
         limits: Limits {
+            batch: args.batch_size,
             max_body: args.max_body,
             max_batch: args.max_batch,
             max_streams: args.max_streams,
@@ -452,10 +455,21 @@ fn reduce_body(
         .map_err(api_error)?;
     let mut reports = Vec::new();
     let mut elements = 0usize;
-    let mut buf = Vec::new();
+    // Up to IN_FLIGHT batches of this body wait in the engine while the next one is read, so
+    // reading the body overlaps with reducing it.
+    const IN_FLIGHT: usize = 2;
+    let mut pending: std::collections::VecDeque<mpsc::Receiver<Result<Report, String>>> =
+        std::collections::VecDeque::new();
+    let wait = |answer: mpsc::Receiver<Result<Report, String>>| -> Result<Report, ApiError> {
+        answer
+            .recv()
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
+    };
     loop {
+        let mut buf = Vec::new();
         let n = source
-            .next_batch(&mut buf, state.limits.max_batch.min(1 << 24))
+            .next_batch(&mut buf, state.limits.batch)
             .map_err(api_error)?;
         if n == 0 {
             break;
@@ -471,20 +485,16 @@ fn reduce_body(
         }
         let (reply, answer) = mpsc::sync_channel(1);
         state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        state
-            .jobs
-            .send(Job {
-                batch: std::mem::take(&mut buf),
-                reply,
-            })
-            .map_err(|_| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped")
-            })?;
-        let report = answer
-            .recv()
-            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"))?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-        reports.push(report);
+        state.jobs.send(Job { batch: buf, reply }).map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped")
+        })?;
+        pending.push_back(answer);
+        if pending.len() > IN_FLIGHT {
+            reports.push(wait(pending.pop_front().expect("non-empty"))?);
+        }
+    }
+    for answer in pending {
+        reports.push(wait(answer)?);
     }
     metrics_bytes.fetch_add(received.load(Ordering::Relaxed), Ordering::Relaxed);
     Ok((

@@ -134,6 +134,7 @@ fn main() {
         total as f64 * (small * 4) as f64 / secs / 1e9
     );
     let _ = server.kill();
+    let _ = server.wait();
     let _ = std::fs::remove_file(&path);
 }
 

@@ -533,3 +533,58 @@ fn a_client_leaving_mid_body_applies_nothing_and_shutdown_is_graceful() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A request in flight when SIGTERM arrives still gets its answer; idle streams expire.
+#[test]
+fn shutdown_drains_in_flight_requests_and_idle_streams_expire() {
+    let mut server = Server::start(&["--backend", "cpu", "--stream-idle-s", "1"]);
+    let c = client();
+    let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    error_of(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    );
+
+    // A body sent slowly: half, then SIGTERM, then the rest.
+    let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let body = f32_bytes(&values);
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        s,
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..2000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(&body[2000..]).unwrap();
+    let mut answer = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"count\":1000"), "{answer}");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            assert!(st.success(), "exit {st:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

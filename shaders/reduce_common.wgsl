@@ -73,22 +73,10 @@ struct Thread {
     s2: f32,
 }
 
-// Running state of the full classification (the slow path), folded across each vec4 as it
-// arrives like the fast path's, so that this rarely taken code does not raise the kernel's
-// register count.
-struct Slow {
-    s1: f32,
-    s2: f32,
-    count: u32,
-    nan: u32,
-    pos_inf: u32,
-    neg_inf: u32,
-    kmin: u32,
-    kmax: u32,
-}
-
-fn slow_new() -> Slow {
-    return Slow(0.0, 0.0, 0u, 0u, 0u, 0u, 0xffffffffu, 0u);
+// The slow path keeps a `Thread` as its running state, folded across each vec4 as it arrives
+// like the fast path's, so that this rarely taken code does not raise the kernel's register count.
+fn slow_new() -> Thread {
+    return Thread(0u, 0u, 0u, 0u, 0xffffffffu, 0u, 0.0, 0.0);
 }
 
 fn count4(b: vec4<bool>) -> u32 {
@@ -97,7 +85,7 @@ fn count4(b: vec4<bool>) -> u32 {
 }
 
 // Adds one vec4 to `s` with full classification; lanes where `valid` is false count as nothing.
-fn slow_add(s: ptr<function, Slow>, x: vec4<f32>, valid: vec4<bool>, scale: vec4<f32>, ks: vec4<f32>) {
+fn slow_add(s: ptr<function, Thread>, x: vec4<f32>, valid: vec4<bool>, scale: vec4<f32>, ks: vec4<f32>) {
     let bits = bitcast<vec4<u32>>(x);
     let abs_bits = bits & vec4<u32>(ABS_MASK);
     let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
@@ -193,7 +181,42 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
         let valid = vec4<u32>(n_full * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
         slow_add(&s, input[n_full], valid, scale, ks);
     }
-    return Thread(s.count, s.nan, s.pos_inf, s.neg_inf, s.kmin, s.kmax, s.s1, s.s2);
+    return s;
+}
+
+// Workgroup memory for combining the threads' (or subgroups') results; WG_SIZE entries cover
+// either entry point.
+var<workgroup> wg_s1: array<f32, WG_SIZE>;
+var<workgroup> wg_s2: array<f32, WG_SIZE>;
+var<workgroup> wg_count: array<u32, WG_SIZE>;
+var<workgroup> wg_nan: array<u32, WG_SIZE>;
+var<workgroup> wg_pos_inf: array<u32, WG_SIZE>;
+var<workgroup> wg_neg_inf: array<u32, WG_SIZE>;
+var<workgroup> wg_min: array<u32, WG_SIZE>;
+var<workgroup> wg_max: array<u32, WG_SIZE>;
+
+// Stores `t` in slot `i` of the workgroup arrays.
+fn wg_store(i: u32, t: Thread) {
+    wg_s1[i] = t.s1;
+    wg_s2[i] = t.s2;
+    wg_count[i] = t.count;
+    wg_nan[i] = t.nan;
+    wg_pos_inf[i] = t.pos_inf;
+    wg_neg_inf[i] = t.neg_inf;
+    wg_min[i] = t.kmin;
+    wg_max[i] = t.kmax;
+}
+
+// Slot `i` of the workgroup arrays.
+fn wg_load(i: u32) -> Thread {
+    return Thread(wg_count[i], wg_nan[i], wg_pos_inf[i], wg_neg_inf[i], wg_min[i], wg_max[i],
+                  wg_s1[i], wg_s2[i]);
+}
+
+// Combines two threads' results.
+fn combine(a: Thread, b: Thread) -> Thread {
+    return Thread(a.count + b.count, a.nan + b.nan, a.pos_inf + b.pos_inf, a.neg_inf + b.neg_inf,
+                  min(a.kmin, b.kmin), max(a.kmax, b.kmax), a.s1 + b.s1, a.s2 + b.s2);
 }
 
 fn write_partial(wid: u32, t: Thread) {

@@ -234,24 +234,14 @@ fn reduce_block(block: &[f32], shift: Shift, acc: &mut ShiftedMoments) {
     acc.max_key = acc.max_key.max(kmax.into_iter().max().unwrap_or(0));
 }
 
+/// Sums the lanes pairwise (halving), like the shader's tree.
 #[inline(always)]
-fn pairwise_f64(mut v: [f64; LANES]) -> f64 {
+fn pairwise<T: Copy + std::ops::AddAssign>(mut v: [T; LANES]) -> T {
     let mut half = LANES / 2;
     while half > 0 {
         for j in 0..half {
-            v[j] += v[j + half];
-        }
-        half /= 2;
-    }
-    v[0]
-}
-
-#[inline(always)]
-fn pairwise(mut v: [f32; LANES]) -> f32 {
-    let mut half = LANES / 2;
-    while half > 0 {
-        for j in 0..half {
-            v[j] += v[j + half];
+            let x = v[j + half];
+            v[j] += x;
         }
         half /= 2;
     }
@@ -298,8 +288,8 @@ impl FiniteLanes {
 
     /// Folds the lanes into `acc` (pairwise over the f64 lanes).
     fn fold_into(self, acc: &mut ShiftedMoments) {
-        acc.s1 += pairwise_f64(self.s1);
-        acc.s2 += pairwise_f64(self.s2);
+        acc.s1 += pairwise(self.s1);
+        acc.s2 += pairwise(self.s2);
         acc.count += self.count;
         acc.min_key = acc
             .min_key

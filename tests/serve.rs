@@ -45,6 +45,31 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most 10 s) for the server to exit, and asserts it exited 0.
+    fn wait_for_clean_exit(&mut self) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                assert!(s.success(), "exit {s:?}");
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn addr(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
     }
@@ -515,23 +540,8 @@ fn a_client_leaving_mid_body_applies_nothing_and_shutdown_is_graceful() {
     );
 
     // SIGTERM: the server drains and exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            assert!(s.success(), "exit {s:?}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.terminate();
+    server.wait_for_clean_exit();
 }
 
 /// A request in flight when SIGTERM arrives still gets its answer; idle streams expire.
@@ -563,11 +573,7 @@ fn shutdown_drains_in_flight_requests_and_idle_streams_expire() {
     .unwrap();
     s.write_all(&body[..2000]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.terminate();
     std::thread::sleep(Duration::from_millis(200));
     s.write_all(&body[2000..]).unwrap();
     let mut answer = String::new();
@@ -575,16 +581,5 @@ fn shutdown_drains_in_flight_requests_and_idle_streams_expire() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"count\":1000"), "{answer}");
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(st) = server.child.try_wait().unwrap() {
-            assert!(st.success(), "exit {st:?}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_for_clean_exit();
 }

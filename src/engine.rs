@@ -4,9 +4,10 @@ use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuReducer;
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
-use crate::backend::{BackendInfo, BatchReducer, ComputeClock};
+use crate::backend::{BackendInfo, BatchReducer, ComputeClock, StageTimes};
 use crate::report::{BatchCounts, Report, Timings};
 use crate::source::BatchSource;
+use crate::stats::Partial;
 use crate::{Error, Result};
 
 /// Default micro-batch: 16 Mi elements (64 MiB). Each batch has a fixed cost (the GPU's submit
@@ -114,6 +115,26 @@ impl Engine {
             skip_nan: config.skip_nan,
             buf: Vec::new(),
         }
+    }
+
+    /// Reduces independent inputs together, pipelined through the backend as one stream (on the
+    /// GPU: one readback for all of them), and returns each input's own partial, in order, with
+    /// the stage times of the whole pass. No input's values reach another's partial.
+    pub fn reduce_each(&mut self, inputs: &[&[f32]]) -> Result<(Vec<Partial>, StageTimes)> {
+        for (i, data) in inputs.iter().enumerate() {
+            for batch in data.chunks(self.batch_size) {
+                if let Err(e) = self.reducer.push_tagged(i as u64, batch) {
+                    let _ = self.reducer.finish_tagged();
+                    return Err(e);
+                }
+            }
+        }
+        let (parts, times) = self.reducer.finish_tagged()?;
+        let mut out = vec![Partial::EMPTY; inputs.len()];
+        for (tag, p) in parts {
+            out[tag as usize] = p;
+        }
+        Ok((out, times))
     }
 
     /// What the engine runs on.

@@ -425,3 +425,54 @@ fn gpu_huge_and_tiny_magnitudes_keep_their_variance() {
         );
     }
 }
+
+/// Independent inputs reduced in one pipelined pass (the server's path) keep their partials apart:
+/// each equals its own reference, whatever the others hold (NaN, huge offsets, nothing).
+#[test]
+fn reduce_each_keeps_inputs_apart_on_both_backends() {
+    let mut rng = fresh_rng("reduce_each");
+    let mut inputs: Vec<Vec<f32>> = vec![
+        uniform(&mut rng, 70_001, -1.0, 1.0),
+        normal(&mut rng, 5_000, 1e6, 3.0),
+        vec![],
+        uniform(&mut rng, 3, 10.0, 20.0),
+        normal(&mut rng, 40_000, -50.0, 0.5),
+    ];
+    inputs[4][123] = f32::NAN;
+    let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let mut engines = vec![(
+        "cpu",
+        Engine::with_reducer(
+            Box::new(CpuReducer::new()),
+            &EngineConfig {
+                batch_size: 8192,
+                ..Default::default()
+            },
+        ),
+        CPU_DEPTH,
+    )];
+    if gpu().is_some() {
+        engines.push((
+            "gpu",
+            gpu_engine(8192, Some(4), None).unwrap(),
+            gpu_depth(8192, 4),
+        ));
+    }
+    for (name, mut engine, depth) in engines {
+        for _ in 0..2 {
+            let (parts, _) = engine.reduce_each(&slices).unwrap();
+            assert_eq!(parts.len(), inputs.len());
+            for (i, (p, data)) in parts.iter().zip(&inputs).enumerate() {
+                let stats = p.finish(0, true);
+                let clean: Vec<f32> = data.iter().copied().filter(|x| !x.is_nan()).collect();
+                assert_eq!(
+                    stats.nan_count as usize,
+                    data.len() - clean.len(),
+                    "{name} input {i}"
+                );
+                // With skip_nan, count is of the values the statistics cover.
+                check_stats(&format!("{name} input {i}"), &stats, &clean, depth);
+            }
+        }
+    }
+}

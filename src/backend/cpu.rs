@@ -20,7 +20,7 @@ use std::time::Instant;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
+use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
 use crate::Result;
 use crate::stats::Partial;
 
@@ -651,7 +651,7 @@ fn piece_len(len: usize, threads: usize) -> usize {
 #[derive(Debug)]
 pub struct CpuReducer {
     info: BackendInfo,
-    acc: Partial,
+    acc: Tagged,
     times: StageTimes,
 }
 
@@ -667,7 +667,7 @@ impl CpuReducer {
                 device_type: "Cpu".to_string(),
                 workgroups: threads as u32,
             },
-            acc: Partial::EMPTY,
+            acc: Tagged::default(),
             times: StageTimes {
                 compute_clock: ComputeClock::Wall,
                 ..StageTimes::default()
@@ -687,17 +687,17 @@ impl BatchReducer for CpuReducer {
         &self.info
     }
 
-    fn push(&mut self, batch: &[f32]) -> Result<()> {
+    fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {
         let start = Instant::now();
         let p = reduce_slice(batch);
         let mid = Instant::now();
-        self.acc.merge(&p);
+        self.acc.merge(tag, &p);
         self.times.compute += mid - start;
         self.times.merge += mid.elapsed();
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(Partial, StageTimes)> {
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
         let times = std::mem::replace(
             &mut self.times,
             StageTimes {
@@ -705,7 +705,7 @@ impl BatchReducer for CpuReducer {
                 ..StageTimes::default()
             },
         );
-        Ok((std::mem::take(&mut self.acc), times))
+        Ok((self.acc.take(), times))
     }
 }
 

@@ -70,16 +70,53 @@ pub struct StageTimes {
     pub compute_clock: ComputeClock,
 }
 
+/// Partials kept apart by tag: what a reducer returns from [`BatchReducer::finish_tagged`].
+/// A small map in first-seen order (a reducer sees few tags between two finishes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tagged(Vec<(u64, Partial)>);
+
+impl Tagged {
+    /// Merges `p` into the partial of `tag`.
+    pub fn merge(&mut self, tag: u64, p: &Partial) {
+        match self.0.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, acc)) => acc.merge(p),
+            None => self.0.push((tag, *p)),
+        }
+    }
+
+    /// Every tag's partial, in first-seen order, leaving this empty.
+    pub fn take(&mut self) -> Vec<(u64, Partial)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 /// A backend that reduces a stream of micro-batches.
 ///
 /// `push` may return before the batch is reduced (the GPU pipelines its work); `finish` waits for
 /// everything pushed, returns the merged partial and the stage times, and leaves the reducer ready
-/// for a new stream.
+/// for a new stream. Batches pushed with different tags ([`BatchReducer::push_tagged`]) are
+/// pipelined together but never mixed: [`BatchReducer::finish_tagged`] returns each tag's own
+/// partial (the server reduces many clients' batches this way).
 pub trait BatchReducer {
     /// What this reducer runs on.
     fn info(&self) -> &BackendInfo;
+    /// Reduces (or enqueues) one micro-batch whose partial is kept under `tag`. The slice is not
+    /// kept past the call.
+    fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()>;
+    /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
+    /// the stage times.
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)>;
     /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
-    fn push(&mut self, batch: &[f32]) -> Result<()>;
+    fn push(&mut self, batch: &[f32]) -> Result<()> {
+        self.push_tagged(0, batch)
+    }
     /// Waits for all pushed batches and returns their merged partial and stage times.
-    fn finish(&mut self) -> Result<(Partial, StageTimes)>;
+    fn finish(&mut self) -> Result<(Partial, StageTimes)> {
+        let (parts, times) = self.finish_tagged()?;
+        let mut all = Partial::EMPTY;
+        for (_, p) in &parts {
+            all.merge(p);
+        }
+        Ok((all, times))
+    }
 }

@@ -29,9 +29,11 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use microbatch::backend::StageTimes;
+use microbatch::report::{BatchCounts, Timings};
 use microbatch::shard::PartialFile;
 use microbatch::source::{Column, Format, InputOptions, TextOptions};
-use microbatch::{Engine, EngineConfig, Partial, Report, list_adapters};
+use microbatch::{BackendInfo, Engine, EngineConfig, Partial, Report, list_adapters};
 
 use super::{BackendArg, parse_batch, parse_count};
 
@@ -88,11 +90,21 @@ pub(crate) struct ServeArgs {
     token_file: Option<PathBuf>,
 }
 
-/// One batch for the engine thread, and where its report goes.
+/// One batch for the engine thread, and where its result goes.
 struct Job {
     batch: Vec<f32>,
-    reply: mpsc::SyncSender<Result<Report, String>>,
+    reply: mpsc::SyncSender<Result<Done, String>>,
 }
+
+/// A reduced batch: its own partial, and its share of the engine's stage times (batches of
+/// several requests are reduced in one pass; each is charged in proportion to its size).
+struct Done {
+    partial: Partial,
+    times: StageTimes,
+}
+
+/// Batches the engine takes from the queue for one pass: on the GPU they share one readback.
+const MAX_GROUP: usize = 32;
 
 struct Stream {
     partial: Partial,
@@ -106,6 +118,7 @@ struct AppState {
     streams: Mutex<HashMap<String, Stream>>,
     next_stream: AtomicU64,
     backend: Value,
+    backend_info: BackendInfo,
     limits: Limits,
     metrics: Arc<Metrics>,
     token: Option<Vec<u8>>,
@@ -150,8 +163,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         skip_nan: false,
     };
     let mut engine = Engine::new(&config)?;
+    let backend_info = engine.backend().clone();
     let backend = {
-        let b = engine.backend();
+        let b = &backend_info;
         json!({"kind": b.kind, "adapter": b.adapter, "api": b.api, "device_type": b.device_type})
     };
     let (jobs, queue) = mpsc::sync_channel::<Job>(args.queue.max(1));
@@ -161,6 +175,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         streams: Mutex::new(HashMap::new()),
         next_stream: AtomicU64::new(1),
         backend,
+        backend_info,
         limits: Limits {
             batch: args.batch_size,
             max_body: args.max_body,
@@ -179,13 +194,42 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     let engine_thread = std::thread::Builder::new()
         .name("microbatch-engine".into())
         .spawn(move || {
-            while let Ok(job) = queue.recv() {
-                engine_metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                let result = engine.reduce(&job.batch).map_err(|e| e.to_string());
-                if let Ok(r) = &result {
-                    engine_metrics.observe(r);
+            while let Ok(first) = queue.recv() {
+                // Whatever else is already waiting joins this pass (pipelined on the GPU, one
+                // readback for all); each batch still gets only its own partial.
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
                 }
-                let _ = job.reply.send(result);
+                engine_metrics
+                    .queue_depth
+                    .fetch_sub(group.len(), Ordering::Relaxed);
+                let inputs: Vec<&[f32]> = group.iter().map(|j| j.batch.as_slice()).collect();
+                match engine.reduce_each(&inputs) {
+                    Ok((parts, times)) => {
+                        engine_metrics.observe(&times, group.len());
+                        let total = inputs.iter().map(|b| b.len()).sum::<usize>().max(1) as f64;
+                        for (job, partial) in group.iter().zip(parts) {
+                            let share = job.batch.len() as f64 / total;
+                            let times = StageTimes {
+                                upload: times.upload.mul_f64(share),
+                                compute: times.compute.mul_f64(share),
+                                readback: times.readback.mul_f64(share),
+                                merge: times.merge.mul_f64(share),
+                                compute_clock: times.compute_clock,
+                            };
+                            let _ = job.reply.send(Ok(Done { partial, times }));
+                        }
+                    }
+                    Err(e) => {
+                        for job in &group {
+                            let _ = job.reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
             }
         })?;
 
@@ -424,7 +468,7 @@ impl std::error::Error for Cancelled {}
 
 /// What reducing a body gave: each batch's report, the input's shape (`.npy`), and the text
 /// fields skipped as invalid.
-type Reduced = (Vec<Report>, Option<Vec<u64>>, u64);
+type Reduced = (Vec<Done>, Option<Vec<u64>>, u64);
 
 /// Reduces a whole body, batch by batch, through the engine; returns the batches' reports and
 /// what the source said about the input. Runs on a blocking thread.
@@ -458,9 +502,9 @@ fn reduce_body(
     // Up to IN_FLIGHT batches of this body wait in the engine while the next one is read, so
     // reading the body overlaps with reducing it.
     const IN_FLIGHT: usize = 2;
-    let mut pending: std::collections::VecDeque<mpsc::Receiver<Result<Report, String>>> =
+    let mut pending: std::collections::VecDeque<mpsc::Receiver<Result<Done, String>>> =
         std::collections::VecDeque::new();
-    let wait = |answer: mpsc::Receiver<Result<Report, String>>| -> Result<Report, ApiError> {
+    let wait = |answer: mpsc::Receiver<Result<Done, String>>| -> Result<Done, ApiError> {
         answer
             .recv()
             .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"))?
@@ -548,29 +592,50 @@ async fn reduce_request(
     }
 }
 
-fn report_json(reports: &[Report], shape: Option<Vec<u64>>, skipped: u64, ddof: u32) -> Value {
-    match Report::combine(reports) {
-        Some(r) => {
-            let r = Report {
-                stats: r.partial.finish(ddof, false),
-                ..r
-            };
-            let mut v = r.to_json();
-            v["input"] = json!({
-                "sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}],
-                "skipped_invalid": skipped,
-            });
-            v
-        }
-        None => {
-            let stats = Partial::EMPTY.finish(ddof, false);
-            json!({
-                "stats": Report::stats_json(&stats),
-                "batches": {"count": 0},
-                "input": {"sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}], "skipped_invalid": skipped},
-            })
-        }
+/// The answer to `POST /v1/reduce`: the object `microbatch run --json` prints.
+fn report_json(
+    state: &AppState,
+    done: &[Done],
+    shape: Option<Vec<u64>>,
+    skipped: u64,
+    ddof: u32,
+    total: Duration,
+) -> Value {
+    let mut partial = Partial::EMPTY;
+    let mut t = StageTimes::default();
+    for d in done {
+        partial.merge(&d.partial);
+        t.upload += d.times.upload;
+        t.compute += d.times.compute;
+        t.readback += d.times.readback;
+        t.merge += d.times.merge;
+        t.compute_clock = d.times.compute_clock;
     }
+    let report = Report {
+        stats: partial.finish(ddof, false),
+        backend: state.backend_info.clone(),
+        batches: BatchCounts {
+            count: done.len() as u64,
+            size: state.limits.batch,
+            workgroups: state.backend_info.workgroups,
+        },
+        timings: Timings {
+            read: Duration::ZERO,
+            upload: t.upload,
+            compute: t.compute,
+            readback: t.readback,
+            merge: t.merge,
+            total,
+            compute_clock: t.compute_clock,
+        },
+        partial,
+    };
+    let mut v = report.to_json();
+    v["input"] = json!({
+        "sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}],
+        "skipped_invalid": skipped,
+    });
+    v
 }
 
 async fn reduce(
@@ -579,13 +644,11 @@ async fn reduce(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let options = input_options(&headers, &query)?;
     let ddof = ddof_of(&query)?;
-    let (reports, shape, skipped) = reduce_request(Arc::clone(&state), body, options, None).await?;
-    let mut v = report_json(&reports, shape, skipped, ddof);
-    if v.get("backend").is_none() {
-        v["backend"] = state.backend.clone();
-    }
+    let (done, shape, skipped) = reduce_request(Arc::clone(&state), body, options, None).await?;
+    let v = report_json(&state, &done, shape, skipped, ddof, start.elapsed());
     Ok(axum::Json(v).into_response())
 }
 
@@ -659,11 +722,11 @@ async fn append_batch(
     }
     let options = input_options(&headers, &query)?;
     let max = state.limits.max_batch;
-    let (reports, _, _) = reduce_request(Arc::clone(&state), body, options, Some(max)).await?;
+    let (done, _, _) = reduce_request(Arc::clone(&state), body, options, Some(max)).await?;
     // All of the batch is reduced: apply it whole.
     let mut batch = Partial::EMPTY;
-    for r in &reports {
-        batch.merge(&r.partial);
+    for d in &done {
+        batch.merge(&d.partial);
     }
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
@@ -771,9 +834,10 @@ impl Metrics {
         *r.entry((route.to_string(), status.as_u16())).or_default() += 1;
     }
 
-    fn observe(&self, r: &Report) {
-        self.engine_batches.fetch_add(1, Ordering::Relaxed);
-        let t = &r.timings;
+    /// Records one engine pass over `batches` batches.
+    fn observe(&self, t: &StageTimes, batches: usize) {
+        self.engine_batches
+            .fetch_add(batches as u64, Ordering::Relaxed);
         let mut h = self.stages.lock().unwrap_or_else(|e| e.into_inner());
         for (i, d) in [t.upload, t.compute, t.readback, t.merge]
             .into_iter()
@@ -839,7 +903,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP microbatch_stage_seconds Engine time per micro-batch, by stage."
+            "# HELP microbatch_stage_seconds Engine time per pass (one or more queued micro-batches), by stage."
         );
         let _ = writeln!(out, "# TYPE microbatch_stage_seconds histogram");
         let h = self.stages.lock().unwrap_or_else(|e| e.into_inner());

@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 
 use super::cpu::{Shift, ShiftedMoments, choose_shift};
-use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes};
+use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -211,6 +211,8 @@ struct DispatchRecord {
     first: u32,
     workgroups: u32,
     shift: Shift,
+    /// Whose batch this was ([`BatchReducer::push_tagged`]).
+    tag: u64,
 }
 
 struct ResidentChunk {
@@ -268,7 +270,7 @@ pub struct GpuReducer {
     queries: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer)>,
     window: Vec<DispatchRecord>,
     partials_used: u32,
-    acc: Partial,
+    acc: Tagged,
     times: StageTimes,
     wall_compute_start: Option<Instant>,
 }
@@ -481,7 +483,7 @@ impl GpuReducer {
             queries,
             window: Vec::new(),
             partials_used: 0,
-            acc: Partial::EMPTY,
+            acc: Tagged::default(),
             times: StageTimes {
                 compute_clock,
                 ..StageTimes::default()
@@ -523,6 +525,7 @@ impl GpuReducer {
         bind_group: &wgpu::BindGroup,
         workgroups: u32,
         shift: Shift,
+        tag: u64,
     ) {
         let q = self.window.len() as u32 * 2;
         let timestamp_writes =
@@ -545,6 +548,7 @@ impl GpuReducer {
             first: self.partials_used,
             workgroups,
             shift,
+            tag,
         });
         self.partials_used += workgroups;
     }
@@ -564,7 +568,7 @@ impl GpuReducer {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
-    fn dispatch(&mut self, chunk: &[f32]) -> Result<()> {
+    fn dispatch(&mut self, chunk: &[f32], tag: u64) -> Result<()> {
         let workgroups = self.workgroups_for(chunk.len());
         if self.window_full(workgroups) {
             self.read_back()?;
@@ -609,7 +613,7 @@ impl GpuReducer {
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
         encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
-        self.encode(&mut encoder, &bind_group, workgroups, shift);
+        self.encode(&mut encoder, &bind_group, workgroups, shift, tag);
         let index = self.ctx.queue.submit([encoder.finish()]);
         // Map the staging buffer again: the callback fires once the device has copied it out,
         // and the slot is free for the batch after next.
@@ -760,7 +764,7 @@ impl GpuReducer {
             self.ctx
                 .queue
                 .write_buffer(&chunk.params, 0, bytemuck::bytes_of(&params));
-            self.encode(&mut encoder, &chunk.bind_group, workgroups, chunk.shift);
+            self.encode(&mut encoder, &chunk.bind_group, workgroups, chunk.shift, 0);
         }
         self.ctx.queue.submit([encoder.finish()]);
         self.wall_compute_start.get_or_insert(start);
@@ -867,7 +871,7 @@ impl GpuReducer {
             let total = partials[range]
                 .iter()
                 .fold(ShiftedMoments::EMPTY, |acc, p| acc.add(&p.to_moments()));
-            self.acc.merge(&total.into_partial(d.shift));
+            self.acc.merge(d.tag, &total.into_partial(d.shift));
         }
         self.partials_used = 0;
         self.times.merge += readback_done.elapsed();
@@ -989,14 +993,14 @@ impl BatchReducer for GpuReducer {
         &self.info
     }
 
-    fn push(&mut self, batch: &[f32]) -> Result<()> {
+    fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {
         for chunk in batch.chunks(self.chunk_elems) {
-            self.dispatch(chunk)?;
+            self.dispatch(chunk, tag)?;
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(Partial, StageTimes)> {
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
         self.read_back()?;
         let clock = self.times.compute_clock;
         let times = std::mem::replace(
@@ -1006,7 +1010,7 @@ impl BatchReducer for GpuReducer {
                 ..StageTimes::default()
             },
         );
-        Ok((std::mem::take(&mut self.acc), times))
+        Ok((self.acc.take(), times))
     }
 }
 

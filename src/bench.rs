@@ -266,26 +266,40 @@ pub fn gpu_copy_bandwidth(ctx: &GpuContext, bytes: u64, runs: usize) -> Result<f
         make("microbatch.bench.copy_src"),
         make("microbatch.bench.copy_dst"),
     );
+    let seconds = time_buffer_copies(ctx, &src, &dst, bytes, runs, "timing a device copy")?;
+    Ok(2.0 * bytes as f64 / seconds)
+}
+
+/// Median seconds per `copy_buffer_to_buffer` of `bytes` from `src` to `dst`: eight copies per
+/// submit, `runs` submits after one unmeasured one. `what` names the step in errors.
+fn time_buffer_copies(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    bytes: u64,
+    runs: usize,
+    what: &str,
+) -> Result<f64> {
     const COPIES: u32 = 8;
     let once = || -> Result<f64> {
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("microbatch.bench.copy"),
+                label: Some("microbatch.bench.copies"),
             });
         for _ in 0..COPIES {
-            enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
         }
         let t = Instant::now();
         ctx.queue.submit([enc.finish()]);
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(gpu_err("timing a device copy"))?;
+            .map_err(gpu_err(what))?;
         Ok(t.elapsed().as_secs_f64())
     };
     let seconds = median_seconds(runs, once)?;
-    ctx.take_error("timing a device copy")?;
-    Ok(2.0 * bytes as f64 * f64::from(COPIES) / seconds)
+    ctx.take_error(what)?;
+    Ok(seconds / f64::from(COPIES))
 }
 
 /// Device-to-device copy bandwidth of a WGSL compute shader (`shaders/copy.wgsl`, the reduction's
@@ -419,25 +433,7 @@ pub fn gpu_upload_bandwidth(ctx: &GpuContext, host: &[f32], runs: usize) -> Resu
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    const COPIES: u32 = 4;
-    let once = || -> Result<f64> {
-        let mut enc = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("microbatch.bench.upload"),
-            });
-        for _ in 0..COPIES {
-            enc.copy_buffer_to_buffer(&staging, 0, &dst, 0, bytes);
-        }
-        let t = Instant::now();
-        ctx.queue.submit([enc.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(gpu_err("timing an upload"))?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let device_copy = median_seconds(runs, once)? / f64::from(COPIES);
-    ctx.take_error("timing an upload")?;
+    let device_copy = time_buffer_copies(ctx, &staging, &dst, bytes, runs, "timing an upload")?;
     Ok(Upload {
         host_write: src.len() as f64 / host_write,
         device_copy: bytes as f64 / device_copy,

@@ -383,14 +383,15 @@ fn reduce_serial_impl<const FMA: bool>(data: &[f32], shift: Shift) -> ShiftedMom
 
 /// The instruction sets the CPU kernel is compiled for; the best one the processor has is chosen
 /// at run time, so a portable x86-64 build still runs AVX-512 or AVX2 code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered from the least to the most capable: `Baseline < Avx2 < Avx512`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SimdLevel {
-    /// x86-64 with AVX-512F (16 f32 lanes per register) and FMA.
-    Avx512,
-    /// x86-64 with AVX2 and FMA (8 lanes per register).
-    Avx2,
     /// Whatever the build targets (SSE2 on plain x86-64, NEON on aarch64).
     Baseline,
+    /// x86-64 with AVX2 and FMA (8 lanes per register).
+    Avx2,
+    /// x86-64 with AVX-512F (16 f32 lanes per register) and FMA.
+    Avx512,
 }
 
 impl SimdLevel {
@@ -431,24 +432,6 @@ impl SimdLevel {
     }
 }
 
-impl PartialOrd for SimdLevel {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SimdLevel {
-    /// Baseline < Avx2 < Avx512.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let rank = |l: &SimdLevel| match l {
-            SimdLevel::Baseline => 0,
-            SimdLevel::Avx2 => 1,
-            SimdLevel::Avx512 => 2,
-        };
-        rank(self).cmp(&rank(other))
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn reduce_serial_avx512(data: &[f32], shift: Shift) -> ShiftedMoments {
@@ -464,13 +447,9 @@ fn reduce_serial_avx2(data: &[f32], shift: Shift) -> ShiftedMoments {
 /// Reduces `data` on the calling thread with one shift for the whole slice, with the kernel
 /// compiled for `level`, which must be one [`SimdLevel::available`] lists.
 pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: Shift) -> ShiftedMoments {
-    assert!(
-        level <= simd_level(),
-        "{} is not supported by this processor",
-        level.name()
-    );
+    ensure_supported(level);
     match level {
-        // SAFETY: the processor has the features these functions are compiled for (asserted above).
+        // SAFETY: the processor has the features these functions are compiled for (checked above).
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { reduce_serial_avx512(data, shift) },
         #[cfg(target_arch = "x86_64")]
@@ -484,13 +463,9 @@ pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: Shift) -
 /// all threads as the host's read ceiling, so the ceiling is the best read this code knows, not a
 /// naive loop the kernel could beat.
 pub fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
-    assert!(
-        level <= simd_level(),
-        "{} is not supported by this processor",
-        level.name()
-    );
+    ensure_supported(level);
     match level {
-        // SAFETY: the processor has the features these functions are compiled for (asserted above).
+        // SAFETY: the processor has the features these functions are compiled for (checked above).
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => unsafe { read_sum_avx512(data) },
         #[cfg(target_arch = "x86_64")]
@@ -535,6 +510,16 @@ fn read_sum_avx512(data: &[f32]) -> f32 {
 #[target_feature(enable = "avx2")]
 fn read_sum_avx2(data: &[f32]) -> f32 {
     read_sum_impl(data)
+}
+
+/// Panics unless this processor runs `level` (calling the kernels compiled for a level it lacks
+/// would be undefined behaviour).
+fn ensure_supported(level: SimdLevel) {
+    assert!(
+        level <= simd_level(),
+        "{} is not supported by this processor",
+        level.name()
+    );
 }
 
 /// The detected level, cached.

@@ -137,7 +137,8 @@ struct RunArgs {
     quiet: bool,
 }
 
-/// What the statistics mean and how they are printed (shared by `run` and `merge`).
+/// What the statistics mean and how they are printed. (`merge` takes ddof and skip_nan from the
+/// partial files, so it has only `--json`.)
 #[derive(Debug, Args)]
 struct StatsArgs {
     /// Delta degrees of freedom: var divides by count − ddof (0 like numpy, 1 for the sample variance).
@@ -242,14 +243,8 @@ fn run(args: RunArgs) -> Result<()> {
     // or a directory is reported first. Headers are read as each input is opened.
     let mut total_bytes = Some(0u64);
     for p in args.inputs.iter().filter(|p| p.as_os_str() != "-") {
-        let meta = std::fs::metadata(p).map_err(|error| microbatch::Error::Io {
-            path: p.clone(),
-            error,
-        })?;
-        if !meta.is_file() {
-            return Err(microbatch::Error::NotAFile { path: p.clone() }.into());
-        }
-        total_bytes = total_bytes.map(|t| t + meta.len());
+        let len = microbatch::source::file_len(p)?;
+        total_bytes = total_bytes.map(|t| t + len);
     }
     if args.inputs.iter().any(|p| p.as_os_str() == "-") {
         total_bytes = None;

@@ -122,8 +122,10 @@ struct AppState {
     limits: Limits,
     metrics: Arc<Metrics>,
     token: Option<Vec<u8>>,
-    ddof: u32,
 }
+
+/// The ddof recorded in a stream's partial file and used where a request names none.
+const DEFAULT_DDOF: u32 = 0;
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -159,7 +161,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         adapter: args.adapter.clone(),
         batch_size: args.batch_size,
         workgroups: args.workgroups,
-        ddof: 0,
+        ddof: DEFAULT_DDOF,
         skip_nan: false,
     };
     let mut engine = Engine::new(&config)?;
@@ -186,7 +188,6 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         },
         metrics: Arc::clone(&metrics),
         token,
-        ddof: 0,
     });
 
     // The engine thread: the only owner of the device. Batches from every client queue here.
@@ -654,7 +655,8 @@ async fn reduce(
 
 fn ddof_of(query: &HashMap<String, String>) -> Result<u32, ApiError> {
     match query.get("ddof").map(String::as_str) {
-        None | Some("0") => Ok(0),
+        None => Ok(DEFAULT_DDOF),
+        Some("0") => Ok(0),
         Some("1") => Ok(1),
         Some(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -759,7 +761,7 @@ async fn stream_partial(
     s.last_used = Instant::now();
     let file = PartialFile {
         partial: s.partial,
-        ddof: state.ddof,
+        ddof: DEFAULT_DDOF,
         skip_nan: false,
         inputs: vec![format!("stream {id}")],
         skipped_invalid: 0,
@@ -773,7 +775,7 @@ async fn delete_stream(
 ) -> Result<Response, ApiError> {
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
-    Ok(axum::Json(stream_json(&state, &id, &s, state.ddof)).into_response())
+    Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())
 }
 
 /// Prometheus metrics: requests by route and status, bytes, batches, queue depth, open streams,

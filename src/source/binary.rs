@@ -58,20 +58,29 @@ impl BinarySource<File> {
     }
 }
 
-/// Opens `path` as a regular file and returns it with its length.
-pub(crate) fn open_file(path: &Path) -> Result<(File, u64)> {
-    let io_err = |error| Error::Io {
+/// The length of the regular file at `path`; a missing path or a directory is the error that
+/// names it. The CLI checks every input this way before it brings up a GPU.
+pub fn file_len(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
         error,
-    };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
+    })?;
     if !meta.is_file() {
         return Err(Error::NotAFile {
             path: path.to_path_buf(),
         });
     }
-    let file = File::open(path).map_err(io_err)?;
-    Ok((file, meta.len()))
+    Ok(meta.len())
+}
+
+/// Opens `path` as a regular file and returns it with its length.
+pub(crate) fn open_file(path: &Path) -> Result<(File, u64)> {
+    let len = file_len(path)?;
+    let file = File::open(path).map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ok((file, len))
 }
 
 impl<R: Read> BinarySource<R> {

@@ -8,7 +8,7 @@ mod open;
 mod random;
 mod text;
 
-pub use binary::BinarySource;
+pub use binary::{BinarySource, file_len};
 pub use dtype::{Dtype, Endian};
 pub use open::{Format, InputOptions, open, open_reader};
 pub use random::RandomSource;

@@ -137,9 +137,10 @@ impl<R: Read> BinarySource<R> {
         Ok(self)
     }
 
-    /// Reads up to `max` elements of `T` into `v` (cleared), starting with room for `first` and
-    /// doubling while the input keeps coming; returns the bytes read. `v` ends `max` long or
-    /// shorter at the end of the input (then it may hold a partial element's bytes).
+    /// Reads up to `max` elements of `T` into `v`, starting with room for `first` and doubling
+    /// while the input keeps coming; returns the bytes read. `v` keeps its old contents where
+    /// they are about to be overwritten (no zero-filling a whole batch every call); it ends `max`
+    /// long or shorter at the end of the input (then it may hold a partial element's bytes).
     fn fill_growing<T: bytemuck::Pod>(
         &mut self,
         v: &mut Vec<T>,
@@ -205,11 +206,9 @@ impl<R: Read> BatchSource for BinarySource<R> {
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");
         let filled = if native_f32 {
             // The common case reads straight into the batch.
-            buf.clear();
             self.fill_growing(buf, max, first)?
         } else {
             let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
             let filled = self.fill_growing(&mut scratch, max * width, first * width);
             let filled = match filled {
                 Ok(f) => f,
@@ -219,7 +218,6 @@ impl<R: Read> BatchSource for BinarySource<R> {
                 }
             };
             let whole = filled / width;
-            buf.clear();
             buf.resize(whole, 0.0);
             self.dtype
                 .decode(self.endian, &scratch[..whole * width], &mut buf[..whole]);

@@ -1,35 +1,34 @@
 // microbatch.reduce, common part: one micro-batch (or one binding-sized piece of it) → one Partial
 // per workgroup. The host appends one of two entry points: reduce_tree.wgsl (workgroup memory
-// tree, any adapter) or reduce_subgroup.wgsl (subgroup operations, adapters with SUBGROUP).
+// tree, any adapter) or reduce_subgroup.wgsl (subgroup shuffles, adapters with SUBGROUP). Needs
+// SHADER_F64: the moments are accumulated in f64.
 //
-// Kept in sync with src/backend/gpu/mod.rs (GpuParams, GpuPartial) and src/backend/cpu.rs, which
-// runs the same lane logic on the CPU so the two backends can be compared value for value.
-//
-// Numerics (DESIGN.md):
-// - WGSL lets an implementation assume floats are finite, so NaN and ±inf are classified from the
-//   bits with integer operations, counted, and kept out of the float arithmetic that counts.
-// - min/max use an order-preserving u32 key of the bits: exact, and immune to subnormal flushing.
-// - Moments are shifted, scaled sums Σd, Σd² with d = (x−K)·S, computed as fma(x, S, −K·S): K is
-//   chosen by the host near the batch's median, so Σd² never cancels catastrophically, and S is a
-//   power of two bringing the bulk of the data near 1, so that Σd² neither overflows for large
-//   magnitudes nor underflows for tiny ones (exact: x·S and K·S need no rounding). Each vec4 lane accumulates
-//   sequentially, then the workgroup combines its threads (tree or subgroups).
-//
-// Speed (BENCHMARKS.md, issue 4): each thread issues VEC_PER_THREAD independent vec4 loads per
-// iteration, and the per-element work is only s1, s2 and the key range. A NaN or an infinity
-// shows in a thread's key range (its key lies outside the finite keys); only such a thread
-// re-reads its elements with full classification and throws its fast sums away.
+// Kept in sync with src/backend/gpu/mod.rs (GpuParams, GpuPartial) and src/numerics.rs, whose
+// block scheme this is (the CPU backend runs the same scheme on its blocks):
+// - Each thread reduces tiles of 4·VEC_PER_THREAD values held in registers: a first f32 pass gives
+//   the tile's pivot p (an approximate mean, rounded to f32), a second pass accumulates
+//   t = Σ(x − p) and q = Σ(x − p)² in f64, where x − p is exact. The tile's sum is n·p + t and its
+//   M2 = q − t²/n. No shift is sampled, nothing is scaled: the error is relative to the tile's own
+//   spread, wherever the data sit.
+// - Tiles, threads and subgroups merge with Chan's formula, the sums kept as double-doubles
+//   (hi, lo) so that the difference of means is exact to the spread, not to the magnitude.
+// - WGSL lets an implementation assume floats are finite and may flush f32 subnormals, so NaN,
+//   ±inf and subnormals are recognised from the bits. The fast path only tracks the key range
+//   (an order-preserving u32 key: exact min/max) and whether a subnormal was seen; a thread that
+//   met a non-finite value or a subnormal redoes its share with every value classified and
+//   subnormals converted to f64 exactly from their bits.
 
 // Invocations per workgroup (a power of two; checked on the host).
 override WG_SIZE: u32 = 256u;
-// vec4 loads each thread has in flight per loop iteration.
-override VEC_PER_THREAD: u32 = 4u;
+// vec4 loads each thread issues together per tile (1..=MAX_VPT; checked on the host).
+override VEC_PER_THREAD: u32 = 8u;
+const MAX_VPT: u32 = 16u;
 
 struct Params {
     len: u32,        // valid f32 elements in `input`
-    k_scaled: f32,   // K·S
     out_base: u32,   // index of this dispatch's first partial in `partials`
-    scale: f32,      // S, a power of two
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct Partial {
@@ -39,8 +38,9 @@ struct Partial {
     neg_inf: u32,
     min_key: u32,    // order-preserving key of the smallest finite value (0xffffffff: none)
     max_key: u32,    // order-preserving key of the largest finite value (0: none)
-    s1: f32,         // Σd over finite values, d = (x−K)·S
-    s2: f32,         // Σd² over finite values
+    sum_hi: f64,     // Σx over finite values, as a double-double hi + lo
+    sum_lo: f64,
+    m2: f64,         // Σ(x − mean)² over finite values
 }
 
 @group(0) @binding(0) var<storage, read> input: array<vec4<f32>>;
@@ -50,33 +50,85 @@ struct Partial {
 const ABS_MASK: u32 = 0x7fffffffu;
 const INF_BITS: u32 = 0x7f800000u;
 const NEG_INF_BITS: u32 = 0xff800000u;
+const MANTISSA: u32 = 0x007fffffu;
 // Keys of f32::MAX and -f32::MAX: a finite value's key lies between them.
 const MAX_FINITE_KEY: u32 = 0xff7fffffu;
 const MIN_FINITE_KEY: u32 = 0x00800000u;
 
 // Order-preserving map from f32 bits to u32: negative values flip all bits, positive values set
-// the sign bit. Same function as `order_key` in src/backend/cpu.rs.
+// the sign bit. Same function as `order_key` in src/numerics.rs.
 fn order_key(b: vec4<u32>) -> vec4<u32> {
     let neg = bitcast<vec4<u32>>(bitcast<vec4<i32>>(b) >> vec4<u32>(31u));
     return b ^ (neg | vec4<u32>(0x80000000u));
 }
 
-// One thread's share, folded to scalars.
+// ---- double-double helpers (src/numerics.rs) ----
+
+fn two_sum(a: f64, b: f64) -> vec2<f64> {
+    let s = a + b;
+    let bb = s - a;
+    return vec2<f64>(s, (a - (s - bb)) + (b - bb));
+}
+
+fn dd_add(a: vec2<f64>, b: vec2<f64>) -> vec2<f64> {
+    let s = two_sum(a.x, b.x);
+    let e = s.y + (a.y + b.y);
+    let hi = s.x + e;
+    return vec2<f64>(hi, e - (hi - s.x));
+}
+
+// (hi + lo) / n: the quotient and the correction from its exact residual.
+fn dd_div(s: vec2<f64>, n: f64) -> vec2<f64> {
+    let q = s.x / n;
+    let r = fma(-q, n, s.x) + s.y;
+    return vec2<f64>(q, r / n);
+}
+
+// n finite values, their sum as a double-double, and Σ(x − mean)².
+struct Moments {
+    n: u32,
+    sum: vec2<f64>,
+    m2: f64,
+}
+
+fn moments_empty() -> Moments {
+    return Moments(0u, vec2<f64>(0.0), 0.0);
+}
+
+// Chan, Golub and LeVeque's merge with δ formed from the double-double means.
+fn merge(a: Moments, b: Moments) -> Moments {
+    if (b.n == 0u) {
+        return a;
+    }
+    if (a.n == 0u) {
+        return b;
+    }
+    let na = f64(a.n);
+    let nb = f64(b.n);
+    let ma = dd_div(a.sum, na);
+    let mb = dd_div(b.sum, nb);
+    let delta = (mb.x - ma.x) + (mb.y - ma.y);
+    let m2 = a.m2 + b.m2 + delta * delta * (na / (na + nb) * nb);
+    return Moments(a.n + b.n, dd_add(a.sum, b.sum), m2);
+}
+
+// A tile's moments from its pivot sums: sum = n·p + t (n·p is exact: p is an f32 and n < 2^29),
+// M2 = q − t²/n.
+fn tile_moments(n: u32, p: f64, t: f64, q: f64) -> Moments {
+    let nf = f64(n);
+    return Moments(n, two_sum(nf * p, t), max(q - t * (t / nf), 0.0));
+}
+
+// ---- per-thread reduction ----
+
+// One thread's share: its moments, the non-finite counts and the key range.
 struct Thread {
-    count: u32,
+    m: Moments,
     nan: u32,
     pos_inf: u32,
     neg_inf: u32,
     kmin: u32,
     kmax: u32,
-    s1: f32,
-    s2: f32,
-}
-
-// The slow path keeps a `Thread` as its running state, folded across each vec4 as it arrives
-// like the fast path's, so that this rarely taken code does not raise the kernel's register count.
-fn slow_new() -> Thread {
-    return Thread(0u, 0u, 0u, 0u, 0xffffffffu, 0u, 0.0, 0.0);
 }
 
 fn count4(b: vec4<bool>) -> u32 {
@@ -84,122 +136,159 @@ fn count4(b: vec4<bool>) -> u32 {
     return (v.x + v.y) + (v.z + v.w);
 }
 
-// Adds one vec4 to `s` with full classification; lanes where `valid` is false count as nothing.
-fn slow_add(s: ptr<function, Thread>, x: vec4<f32>, valid: vec4<bool>, scale: vec4<f32>, ks: vec4<f32>) {
-    let bits = bitcast<vec4<u32>>(x);
-    let abs_bits = bits & vec4<u32>(ABS_MASK);
-    let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
-    let d = select(vec4<f32>(0.0), fma(x, scale, -ks), finite);
-    let d2 = d * d;
-    (*s).s1 += (d.x + d.y) + (d.z + d.w);
-    (*s).s2 += (d2.x + d2.y) + (d2.z + d2.w);
-    (*s).count += count4(finite);
-    (*s).nan += count4(valid & (abs_bits > vec4<u32>(INF_BITS)));
-    (*s).pos_inf += count4(valid & (bits == vec4<u32>(INF_BITS)));
-    (*s).neg_inf += count4(valid & (bits == vec4<u32>(NEG_INF_BITS)));
-    let key = order_key(bits);
-    let lo = select(vec4<u32>(0xffffffffu), key, finite);
-    let hi = select(vec4<u32>(0u), key, finite);
-    (*s).kmin = min((*s).kmin, min(min(lo.x, lo.y), min(lo.z, lo.w)));
-    (*s).kmax = max((*s).kmax, max(max(hi.x, hi.y), max(hi.z, hi.w)));
+// The value of finite f32 bits in f64, exact even for subnormals (which an implementation may
+// flush in a plain conversion).
+fn exact_f64(b: u32) -> f64 {
+    let a = b & ABS_MASK;
+    var v: f64;
+    if (a <= MANTISSA) {
+        v = ldexp(f64(a), -149);
+    } else {
+        v = f64(bitcast<f32>(a));
+    }
+    return select(v, -v, b != a);
 }
 
-// Running state of the fast path: shifted sums and key range, no classification. s1 and the key
-// range are folded across each vec4 as it arrives (the same instruction count as vec4
-// accumulators, a quarter of the registers: registers are what limits how many threads, and so
-// how many loads, an SM keeps in flight). s2 keeps four lanes so its products need no extra adds.
-struct Fast {
-    s1: f32,
-    s2: vec4<f32>,
-    kmin: u32,
-    kmax: u32,
+// Adds the classified, valid lanes of `n_vec` vec4s starting at `i` (stepping WG_SIZE) to `s`,
+// as one tile (two passes in f64 over the finite values; the vec4s are read twice: this path is
+// rare).
+fn tile_general(s: ptr<function, Thread>, i: u32, n_vec: u32, len: u32) {
+    var sum = 0.0lf;
+    var n = 0u;
+    for (var k = 0u; k < n_vec; k++) {
+        let j = i + k * WG_SIZE;
+        let bits = bitcast<vec4<u32>>(input[j]);
+        let valid = vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
+        let abs_bits = bits & vec4<u32>(ABS_MASK);
+        let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
+        (*s).nan += count4(valid & (abs_bits > vec4<u32>(INF_BITS)));
+        (*s).pos_inf += count4(valid & (bits == vec4<u32>(INF_BITS)));
+        (*s).neg_inf += count4(valid & (bits == vec4<u32>(NEG_INF_BITS)));
+        let key = order_key(bits);
+        let lo = select(vec4<u32>(0xffffffffu), key, finite);
+        let hi = select(vec4<u32>(0u), key, finite);
+        (*s).kmin = min((*s).kmin, min(min(lo.x, lo.y), min(lo.z, lo.w)));
+        (*s).kmax = max((*s).kmax, max(max(hi.x, hi.y), max(hi.z, hi.w)));
+        n += count4(finite);
+        for (var l = 0u; l < 4u; l++) {
+            if (finite[l]) {
+                sum += exact_f64(bits[l]);
+            }
+        }
+    }
+    if (n == 0u) {
+        return;
+    }
+    // Rounded to f32 (like the fast path's pivot) so that x − p is exact in f64.
+    let p = f64(f32(sum / f64(n)));
+    var t = 0.0lf;
+    var q = 0.0lf;
+    for (var k = 0u; k < n_vec; k++) {
+        let j = i + k * WG_SIZE;
+        let bits = bitcast<vec4<u32>>(input[j]);
+        let valid = vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
+        let finite = valid & ((bits & vec4<u32>(ABS_MASK)) < vec4<u32>(INF_BITS));
+        for (var l = 0u; l < 4u; l++) {
+            if (finite[l]) {
+                let d = exact_f64(bits[l]) - p;
+                t += d;
+                q = fma(d, d, q);
+            }
+        }
+    }
+    (*s).m = merge((*s).m, tile_moments(n, p, t, q));
 }
 
-fn fast_add(f: ptr<function, Fast>, x: vec4<f32>, scale: vec4<f32>, ks: vec4<f32>) {
-    let d = fma(x, scale, -ks);
-    (*f).s1 += (d.x + d.y) + (d.z + d.w);
-    (*f).s2 += d * d;
-    let key = order_key(bitcast<vec4<u32>>(x));
-    (*f).kmin = min((*f).kmin, min(min(key.x, key.y), min(key.z, key.w)));
-    (*f).kmax = max((*f).kmax, max(max(key.x, key.y), max(key.z, key.w)));
-}
-
-// Reduces this thread's share of the batch: vec4s first + k·WG_SIZE (k < VEC_PER_THREAD) for
+// Reduces this thread's share of the batch: tiles of VEC_PER_THREAD vec4s first + k·WG_SIZE for
 // first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid; then, in global thread
 // 0, the last partial vec4.
 fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     let len = params.len;
-    let scale = vec4<f32>(params.scale);
-    let ks = vec4<f32>(params.k_scaled);
     let n_full = len / 4u;
     let tile = WG_SIZE * VEC_PER_THREAD;
     let first = wid * tile + lid;
     let stride = nwg * tile;
     let last_k = (VEC_PER_THREAD - 1u) * WG_SIZE;
+    // Scaling each value by 1/n before the f32 pivot sum keeps it from overflowing.
+    let inv_n = 1.0 / f32(4u * VEC_PER_THREAD);
+    let tile_n = 4u * VEC_PER_THREAD;
 
-    var f = Fast(0.0, vec4<f32>(0.0), 0xffffffffu, 0u);
-    var visited = 0u;
+    var m = moments_empty();
+    var kmin = 0xffffffffu;
+    var kmax = 0u;
+    // Smallest (|bits| − 1) seen: below MANTISSA exactly when a subnormal was met.
+    var sub = 0xffffffffu;
+    var v: array<vec4<f32>, MAX_VPT>;
     var i = first;
-    // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all in flight at once.
+    // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all issued before any is used.
     for (; i + last_k < n_full; i += stride) {
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
-            fast_add(&f, input[i + k * WG_SIZE], scale, ks);
+            v[k] = input[i + k * WG_SIZE];
         }
-        visited += 4u * VEC_PER_THREAD;
+        var s4 = vec4<f32>(0.0);
+        for (var k = 0u; k < VEC_PER_THREAD; k++) {
+            s4 += v[k] * inv_n;
+            let bits = bitcast<vec4<u32>>(v[k]);
+            let key = order_key(bits);
+            kmin = min(kmin, min(min(key.x, key.y), min(key.z, key.w)));
+            kmax = max(kmax, max(max(key.x, key.y), max(key.z, key.w)));
+            let a = (bits & vec4<u32>(ABS_MASK)) - vec4<u32>(1u);
+            sub = min(sub, min(min(a.x, a.y), min(a.z, a.w)));
+        }
+        let p = f64((s4.x + s4.y) + (s4.z + s4.w));
+        var t = vec4<f64>(0.0);
+        var q = vec4<f64>(0.0);
+        for (var k = 0u; k < VEC_PER_THREAD; k++) {
+            let d = vec4<f64>(v[k]) - vec4<f64>(p);
+            t += d;
+            q = fma(d, d, q);
+        }
+        m = merge(m, tile_moments(tile_n, p, (t.x + t.y) + (t.z + t.w),
+                                  (q.x + q.y) + (q.z + q.w)));
+    }
+
+    let tail = len % 4u != 0u && lid == 0u && wid == 0u;
+    var s = Thread(m, 0u, 0u, 0u, kmin, kmax);
+    let clean = kmin >= MIN_FINITE_KEY && kmax <= MAX_FINITE_KEY && sub >= MANTISSA;
+    if (!clean) {
+        // Rare: a NaN, an infinity or a subnormal among this thread's whole tiles: redo them
+        // with every value classified.
+        s = Thread(moments_empty(), 0u, 0u, 0u, 0xffffffffu, 0u);
+        for (var j = first; j + last_k < n_full; j += stride) {
+            tile_general(&s, j, VEC_PER_THREAD, len);
+        }
     }
     // At most one partial tile per thread at the end of the batch.
     if (i < n_full) {
-        for (var k = 0u; k < VEC_PER_THREAD; k++) {
-            let j = i + k * WG_SIZE;
-            if (j < n_full) {
-                fast_add(&f, input[j], scale, ks);
-                visited += 4u;
-            }
-        }
-    }
-
-    let lo = f.kmin;
-    let hi = f.kmax;
-    let tail = len % 4u != 0u && lid == 0u && wid == 0u;
-    if (lo >= MIN_FINITE_KEY && hi <= MAX_FINITE_KEY && !tail) {
-        // All finite (or nothing visited: lo = 0xffffffff, hi = 0, both in range).
-        return Thread(visited, 0u, 0u, 0u, lo, hi, f.s1, (f.s2.x + f.s2.y) + (f.s2.z + f.s2.w));
-    }
-
-    // Rare: a NaN or an infinity among this thread's values, or the thread owning the tail.
-    var s = slow_new();
-    for (var i = first; i < n_full; i += stride) {
-        for (var k = 0u; k < VEC_PER_THREAD; k++) {
-            let j = i + k * WG_SIZE;
-            if (j < n_full) {
-                slow_add(&s, input[j], vec4<bool>(true), scale, ks);
-            }
-        }
+        tile_general(&s, i, (n_full - i + WG_SIZE - 1u) / WG_SIZE, len);
     }
     if (tail) {
         // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier batch.
-        let valid = vec4<u32>(n_full * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
-        slow_add(&s, input[n_full], valid, scale, ks);
+        tile_general(&s, n_full, 1u, len);
     }
     return s;
 }
 
+fn combine(a: Thread, b: Thread) -> Thread {
+    return Thread(merge(a.m, b.m), a.nan + b.nan, a.pos_inf + b.pos_inf, a.neg_inf + b.neg_inf,
+                  min(a.kmin, b.kmin), max(a.kmax, b.kmax));
+}
+
 // Workgroup memory for combining the threads' (or subgroups') results; WG_SIZE entries cover
 // either entry point.
-var<workgroup> wg_s1: array<f32, WG_SIZE>;
-var<workgroup> wg_s2: array<f32, WG_SIZE>;
-var<workgroup> wg_count: array<u32, WG_SIZE>;
+var<workgroup> wg_n: array<u32, WG_SIZE>;
+var<workgroup> wg_sum: array<vec2<f64>, WG_SIZE>;
+var<workgroup> wg_m2: array<f64, WG_SIZE>;
 var<workgroup> wg_nan: array<u32, WG_SIZE>;
 var<workgroup> wg_pos_inf: array<u32, WG_SIZE>;
 var<workgroup> wg_neg_inf: array<u32, WG_SIZE>;
 var<workgroup> wg_min: array<u32, WG_SIZE>;
 var<workgroup> wg_max: array<u32, WG_SIZE>;
 
-// Stores `t` in slot `i` of the workgroup arrays.
 fn wg_store(i: u32, t: Thread) {
-    wg_s1[i] = t.s1;
-    wg_s2[i] = t.s2;
-    wg_count[i] = t.count;
+    wg_n[i] = t.m.n;
+    wg_sum[i] = t.m.sum;
+    wg_m2[i] = t.m.m2;
     wg_nan[i] = t.nan;
     wg_pos_inf[i] = t.pos_inf;
     wg_neg_inf[i] = t.neg_inf;
@@ -207,20 +296,13 @@ fn wg_store(i: u32, t: Thread) {
     wg_max[i] = t.kmax;
 }
 
-// Slot `i` of the workgroup arrays.
 fn wg_load(i: u32) -> Thread {
-    return Thread(wg_count[i], wg_nan[i], wg_pos_inf[i], wg_neg_inf[i], wg_min[i], wg_max[i],
-                  wg_s1[i], wg_s2[i]);
-}
-
-// Combines two threads' results.
-fn combine(a: Thread, b: Thread) -> Thread {
-    return Thread(a.count + b.count, a.nan + b.nan, a.pos_inf + b.pos_inf, a.neg_inf + b.neg_inf,
-                  min(a.kmin, b.kmin), max(a.kmax, b.kmax), a.s1 + b.s1, a.s2 + b.s2);
+    return Thread(Moments(wg_n[i], wg_sum[i], wg_m2[i]), wg_nan[i], wg_pos_inf[i],
+                  wg_neg_inf[i], wg_min[i], wg_max[i]);
 }
 
 fn write_partial(wid: u32, t: Thread) {
     partials[params.out_base + wid] = Partial(
-        t.count, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, t.s1, t.s2,
+        t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, t.m.sum.x, t.m.sum.y, t.m.m2,
     );
 }

@@ -1,6 +1,17 @@
 // microbatch.reduce, entry point for adapters with SUBGROUP: each subgroup combines its threads
-// with subgroup operations (no workgroup memory, no barriers), then thread 0 adds up the
-// subgroups' results in order. Appended to reduce_common.wgsl by the host.
+// with a butterfly of subgroup shuffles (no workgroup memory, no barriers), then thread 0 merges
+// the subgroups' results in order. Appended to reduce_common.wgsl by the host.
+
+fn shuffle_xor(t: Thread, mask: u32) -> Thread {
+    let m = Moments(
+        subgroupShuffleXor(t.m.n, mask),
+        vec2<f64>(subgroupShuffleXor(t.m.sum.x, mask), subgroupShuffleXor(t.m.sum.y, mask)),
+        subgroupShuffleXor(t.m.m2, mask),
+    );
+    return Thread(m, subgroupShuffleXor(t.nan, mask), subgroupShuffleXor(t.pos_inf, mask),
+                  subgroupShuffleXor(t.neg_inf, mask), subgroupShuffleXor(t.kmin, mask),
+                  subgroupShuffleXor(t.kmax, mask));
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn reduce(
@@ -8,25 +19,30 @@ fn reduce(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
     @builtin(subgroup_id) sg: u32,
     @builtin(num_subgroups) n_sg: u32,
 ) {
-    let me = reduce_thread(lid.x, wid.x, nwg.x);
-    let all = Thread(
-        subgroupAdd(me.count), subgroupAdd(me.nan), subgroupAdd(me.pos_inf),
-        subgroupAdd(me.neg_inf), subgroupMin(me.kmin), subgroupMax(me.kmax),
-        subgroupAdd(me.s1), subgroupAdd(me.s2),
-    );
+    var t = reduce_thread(lid.x, wid.x, nwg.x);
+    for (var mask = 1u; mask < sg_size; mask <<= 1u) {
+        // The lower lane keeps its own state first, so lane 0 merges in index order.
+        let other = shuffle_xor(t, mask);
+        if ((lane & mask) == 0u) {
+            t = combine(t, other);
+        } else {
+            t = combine(other, t);
+        }
+    }
     if (lane == 0u) {
-        wg_store(sg, all);
+        wg_store(sg, t);
     }
     workgroupBarrier();
 
     if (lid.x == 0u) {
-        var t = wg_load(0u);
+        var all = wg_load(0u);
         for (var i = 1u; i < n_sg; i++) {
-            t = combine(t, wg_load(i));
+            all = combine(all, wg_load(i));
         }
-        write_partial(wid.x, t);
+        write_partial(wid.x, all);
     }
 }

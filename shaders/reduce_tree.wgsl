@@ -1,4 +1,4 @@
-// microbatch.reduce, entry point for any adapter: threads combine through a tree in workgroup
+// microbatch.reduce, entry point for any adapter: threads merge through a tree in workgroup
 // memory (log2(WG_SIZE) levels). Appended to reduce_common.wgsl by the host.
 
 @compute @workgroup_size(WG_SIZE)

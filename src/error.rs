@@ -67,6 +67,15 @@ pub enum Error {
         /// Every adapter wgpu found, as `name (api, type)`.
         available: Vec<String>,
     },
+    /// The adapter lacks a feature the kernel needs (the reduction accumulates in f64 and needs
+    /// `SHADER_F64`).
+    #[error("{adapter} cannot run the reduction kernel: it lacks {missing}")]
+    GpuUnsupported {
+        /// The adapter's name.
+        adapter: String,
+        /// What it lacks.
+        missing: String,
+    },
     /// The GPU reported an error (validation, out of memory, device lost, a failed map).
     #[error("GPU error while {context}: {message}")]
     Gpu {

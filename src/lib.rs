@@ -37,6 +37,7 @@ pub mod bench;
 mod engine;
 mod error;
 pub mod model;
+pub mod numerics;
 pub mod report;
 pub mod shard;
 pub mod source;

@@ -10,8 +10,15 @@
 //!  "options": {"ddof": 0, "skip_nan": false},
 //!  "inputs": ["part-0001.npy"], "skipped_invalid": 0,
 //!  "partial": {"count": 1000, "nan_count": 0, "pos_inf_count": 0, "neg_inf_count": 0,
-//!              "sum": 500.1, "m2": 83.2, "min": 0.001, "max": 0.999}}
+//!              "sum": 500.1, "sum_err": 1.2e-14, "m2": 83.2, "m2_err": -3.1e-15,
+//!              "min": 0.001, "max": 0.999}}
 //! ```
+//!
+//! `sum` and `m2` are double-doubles: the value is `sum + sum_err` (see `crate::numerics`).
+//! Version 1 files (without the `_err` fields) are still read. The options are those the shard
+//! was run with; `merge` applies its own `--ddof`/`--skip-nan` when given (they only matter when
+//! the statistics are finished). A file whose numbers cannot come from any data (a negative
+//! `m2`, a mean outside [min, max], a NaN sum, …) is refused, naming the file and the field.
 //!
 //! Numbers are written so that they read back bit for bit (shortest round-trip form); the
 //! non-finite ones as the strings `"inf"`, `"-inf"`, `"NaN"`, and `min`/`max` as `null` when the
@@ -28,7 +35,7 @@ use crate::{Error, Result};
 /// The `format` field of a partial file.
 pub const PARTIAL_FORMAT: &str = "microbatch-partial";
 /// The version of the partial file format this build writes and reads.
-pub const PARTIAL_VERSION: u64 = 1;
+pub const PARTIAL_VERSION: u64 = 2;
 
 /// A shard's result as stored in a partial file.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +70,9 @@ impl PartialFile {
                 "pos_inf_count": p.pos_inf_count,
                 "neg_inf_count": p.neg_inf_count,
                 "sum": number(p.sum),
+                "sum_err": number(p.sum_err),
                 "m2": number(p.m2),
+                "m2_err": number(p.m2_err),
                 "min": extreme(p.min),
                 "max": extreme(p.max),
             },
@@ -82,11 +91,12 @@ impl PartialFile {
                 "not a microbatch partial file (no \"format\": \"{PARTIAL_FORMAT}\")"
             )));
         }
-        match v.get("version").and_then(Value::as_u64) {
-            Some(PARTIAL_VERSION) => {}
+        let version = v.get("version").and_then(Value::as_u64);
+        match version {
+            Some(1 | PARTIAL_VERSION) => {}
             other => {
                 return Err(bad(format!(
-                    "partial file format version {}, but this microbatch ({}) reads version {PARTIAL_VERSION}",
+                    "partial file format version {}, but this microbatch ({}) reads versions 1 to {PARTIAL_VERSION}",
                     other.map_or("missing".to_string(), |n| n.to_string()),
                     env!("CARGO_PKG_VERSION"),
                 )));
@@ -119,30 +129,26 @@ impl PartialFile {
         };
         let options = field(v, "options")?;
         let p = field(v, "partial")?;
+        let low_part = |name: &str| -> Result<f64> {
+            if version == Some(1) {
+                Ok(0.0)
+            } else {
+                float(&p, name, f64::NAN)
+            }
+        };
         let partial = Partial {
             count: uint(&p, "count")?,
             nan_count: uint(&p, "nan_count")?,
             pos_inf_count: uint(&p, "pos_inf_count")?,
             neg_inf_count: uint(&p, "neg_inf_count")?,
             sum: float(&p, "sum", f64::NAN)?,
+            sum_err: low_part("sum_err")?,
             m2: float(&p, "m2", f64::NAN)?,
+            m2_err: low_part("m2_err")?,
             min: float(&p, "min", f64::INFINITY)?,
             max: float(&p, "max", f64::NEG_INFINITY)?,
         };
-        if partial.count == 0 && (partial.sum != 0.0 || partial.m2 != 0.0) {
-            return Err(bad("no finite values but a non-zero sum or m2".to_string()));
-        }
-        if partial.count > 0
-            && !matches!(
-                partial.min.partial_cmp(&partial.max),
-                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
-            )
-        {
-            return Err(bad(format!(
-                "min {} is not at most max {}",
-                partial.min, partial.max
-            )));
-        }
+        check_possible(&partial).map_err(bad)?;
         let ddof = uint(&options, "ddof")?;
         let skip_nan = field(&options, "skip_nan")?
             .as_bool()
@@ -168,38 +174,128 @@ impl PartialFile {
         })
     }
 
-    /// Merges shards into one, refusing shards run with different `ddof` or `skip_nan` (their
-    /// statistics would not mean the same thing); each shard is named by its path in errors.
+    /// Merges shards into one (in the order given). The options kept are the first shard's;
+    /// [`PartialFile::common_options`] says whether all shards agree.
     pub fn merge<'a>(
         shards: impl IntoIterator<Item = (&'a Path, &'a PartialFile)>,
     ) -> Result<PartialFile> {
-        let mut out: Option<(&Path, PartialFile)> = None;
-        for (path, shard) in shards {
+        let mut out: Option<PartialFile> = None;
+        for (_, shard) in shards {
             match &mut out {
-                None => out = Some((path, shard.clone())),
-                Some((first, acc)) => {
-                    if (acc.ddof, acc.skip_nan) != (shard.ddof, shard.skip_nan) {
-                        return Err(Error::IncompatiblePartial {
-                            path: path.to_path_buf(),
-                            message: format!(
-                                "run with ddof {} and skip_nan {}, but {} with ddof {} and skip_nan {}",
-                                shard.ddof,
-                                shard.skip_nan,
-                                first.display(),
-                                acc.ddof,
-                                acc.skip_nan
-                            ),
-                        });
-                    }
+                None => out = Some(shard.clone()),
+                Some(acc) => {
                     acc.partial.merge(&shard.partial);
                     acc.inputs.extend(shard.inputs.iter().cloned());
                     acc.skipped_invalid += shard.skipped_invalid;
                 }
             }
         }
-        out.map(|(_, p)| p)
-            .ok_or_else(|| Error::InvalidConfig("no partial files to merge".to_string()))
+        out.ok_or_else(|| Error::InvalidConfig("no partial files to merge".to_string()))
     }
+
+    /// The `(ddof, skip_nan)` all shards were run with, or an error naming two that differ.
+    pub fn common_options<'a>(
+        shards: impl IntoIterator<Item = (&'a Path, &'a PartialFile)>,
+    ) -> Result<(u32, bool)> {
+        let mut first: Option<(&Path, u32, bool)> = None;
+        for (path, s) in shards {
+            match first {
+                None => first = Some((path, s.ddof, s.skip_nan)),
+                Some((p0, d, k)) if (d, k) != (s.ddof, s.skip_nan) => {
+                    return Err(Error::IncompatiblePartial {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "run with ddof {} and skip_nan {}, but {} with ddof {d} and skip_nan {k}: \
+                             say which to use with --ddof N and --skip-nan or --keep-nan",
+                            s.ddof,
+                            s.skip_nan,
+                            p0.display(),
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(first.map_or((0, false), |(_, d, k)| (d, k)))
+    }
+}
+
+/// Refuses a partial no data can produce; the message names the field.
+fn check_possible(p: &Partial) -> std::result::Result<(), String> {
+    let finite_or = |name: &str, x: f64| {
+        if x.is_finite() {
+            Ok(())
+        } else {
+            Err(format!(
+                "field {name:?} is {x}, which no finite values give"
+            ))
+        }
+    };
+    // A double-double's low part is at most half an ulp of its high part (a little slack).
+    let low_ok = |name: &str, hi: f64, lo: f64| {
+        finite_or(name, lo)?;
+        if lo.abs() <= hi.abs() * f64::EPSILON {
+            Ok(())
+        } else {
+            Err(format!(
+                "field {name:?} ({lo}) is larger than a rounding error of its value ({hi})"
+            ))
+        }
+    };
+    if p.count == 0 {
+        if p.sum != 0.0 || p.sum_err != 0.0 || p.m2 != 0.0 || p.m2_err != 0.0 {
+            return Err("no finite values (\"count\": 0) but a non-zero \"sum\" or \"m2\"".into());
+        }
+        if p.min != f64::INFINITY || p.max != f64::NEG_INFINITY {
+            return Err("no finite values (\"count\": 0) but a \"min\" or \"max\"".into());
+        }
+        return Ok(());
+    }
+    finite_or("min", p.min)?;
+    finite_or("max", p.max)?;
+    if p.min > p.max {
+        return Err(format!(
+            "field \"min\" ({}) is greater than \"max\" ({})",
+            p.min, p.max
+        ));
+    }
+    let n = p.count as f64;
+    let reach = p.min.abs().max(p.max.abs());
+    // The sum of finite values is only infinite when it overflows.
+    if p.sum.is_nan() || (p.sum.is_infinite() && reach * n <= f64::MAX) {
+        return Err(format!(
+            "field \"sum\" is {}, which the non-finite counts do not explain (they are kept apart from the sum)",
+            p.sum
+        ));
+    }
+    low_ok("sum_err", p.sum, p.sum_err)?;
+    if p.sum.is_finite() {
+        let mean = p.finite_mean().unwrap_or(f64::NAN);
+        let slack = 1e-9 * reach;
+        if !(mean >= p.min - slack && mean <= p.max + slack) {
+            return Err(format!(
+                "field \"sum\" ({}) gives a mean {mean} outside [min, max] = [{}, {}]",
+                p.sum, p.min, p.max
+            ));
+        }
+    }
+    if p.m2.is_nan() || p.m2 < 0.0 {
+        return Err(format!(
+            "field \"m2\" is {}: a sum of squares is never negative",
+            p.m2
+        ));
+    }
+    low_ok("m2_err", p.m2, p.m2_err)?;
+    // Popoviciu: the variance is at most (max − min)²/4.
+    let spread = p.max - p.min;
+    let most = n / 4.0 * spread * spread;
+    if p.m2.is_finite() && p.m2 > most * (1.0 + 1e-9) + f64::MIN_POSITIVE {
+        return Err(format!(
+            "field \"m2\" ({}) is larger than {} values within [{}, {}] can give ({most})",
+            p.m2, p.count, p.min, p.max
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,10 +340,10 @@ mod tests {
     #[test]
     fn refuses_other_versions_and_mixed_options() {
         let mut v = shard(&[1.0]).to_json();
-        v["version"] = json!(2);
-        let e = PartialFile::from_json(&v, Path::new("old.json")).unwrap_err();
+        v["version"] = json!(3);
+        let e = PartialFile::from_json(&v, Path::new("new.json")).unwrap_err();
         assert!(
-            e.to_string().contains("old.json") && e.to_string().contains("version 2"),
+            e.to_string().contains("new.json") && e.to_string().contains("version 3"),
             "{e}"
         );
         let e = PartialFile::from_json(&json!({"count": 3}), Path::new("x.json")).unwrap_err();
@@ -255,10 +351,46 @@ mod tests {
         let a = shard(&[1.0, 2.0]);
         let mut b = shard(&[3.0]);
         b.skip_nan = true;
-        let e = PartialFile::merge([(Path::new("a"), &a), (Path::new("b"), &b)]).unwrap_err();
+        let e =
+            PartialFile::common_options([(Path::new("a"), &a), (Path::new("b"), &b)]).unwrap_err();
         assert!(e.to_string().contains("skip_nan"), "{e}");
         let m = PartialFile::merge([(Path::new("a"), &a), (Path::new("a2"), &a)]).unwrap();
         assert_eq!(m.partial.count, 4);
         assert_eq!(m.skipped_invalid, 4);
+    }
+
+    #[test]
+    fn refuses_impossible_partials_naming_the_field() {
+        let good = shard(&[1.0, 2.0, 4.0]).to_json();
+        let cases: [(&str, Value, &str); 7] = [
+            ("m2", json!(-5.0), "m2"),
+            ("sum", json!("NaN"), "sum"),
+            ("sum", json!("inf"), "sum"),
+            ("sum", json!(100.0), "outside [min, max]"),
+            ("m2", json!(1e6), "m2"),
+            ("min", json!(9.0), "greater than"),
+            ("sum_err", json!(0.5), "sum_err"),
+        ];
+        for (field, value, says) in cases {
+            let mut v = good.clone();
+            v["partial"][field] = value;
+            let e = PartialFile::from_json(&v, Path::new("bad.json")).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("bad.json") && msg.contains(says),
+                "{field}: {msg}"
+            );
+        }
+        let mut v = good.clone();
+        v["partial"]["count"] = json!(-3);
+        let e = PartialFile::from_json(&v, Path::new("bad.json")).unwrap_err();
+        assert!(e.to_string().contains("count"), "{e}");
+        // Version 1 files (no _err fields) still read.
+        let mut v1 = good;
+        v1["version"] = json!(1);
+        v1["partial"].as_object_mut().unwrap().remove("sum_err");
+        v1["partial"].as_object_mut().unwrap().remove("m2_err");
+        let p = PartialFile::from_json(&v1, Path::new("v1.json")).unwrap();
+        assert_eq!(p.partial.count, 3);
     }
 }

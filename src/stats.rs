@@ -21,10 +21,14 @@ pub struct Partial {
     pub pos_inf_count: u64,
     /// Number of `-inf` values.
     pub neg_inf_count: u64,
-    /// Sum of the finite values.
+    /// Sum of the finite values (the leading part: the sum is `sum + sum_err`).
     pub sum: f64,
-    /// Sum of squared deviations of the finite values from their mean.
+    /// The sum's low-order part (double-double arithmetic, `crate::numerics`).
+    pub sum_err: f64,
+    /// Sum of squared deviations of the finite values from their mean (leading part).
     pub m2: f64,
+    /// M2's low-order part.
+    pub m2_err: f64,
     /// Smallest finite value (`+inf` when there is none).
     pub min: f64,
     /// Largest finite value (`-inf` when there is none).
@@ -45,7 +49,9 @@ impl Partial {
         pos_inf_count: 0,
         neg_inf_count: 0,
         sum: 0.0,
+        sum_err: 0.0,
         m2: 0.0,
+        m2_err: 0.0,
         min: f64::INFINITY,
         max: f64::NEG_INFINITY,
     };
@@ -55,27 +61,10 @@ impl Partial {
         self.count + self.nan_count + self.pos_inf_count + self.neg_inf_count
     }
 
-    /// Merges `other` into `self` (Chan, Golub and LeVeque's pairwise update, in f64).
+    /// Merges `other` into `self` (Chan, Golub and LeVeque's pairwise update, in double-double
+    /// arithmetic: [`crate::numerics::merge`]).
     pub fn merge(&mut self, other: &Partial) {
-        if other.count > 0 {
-            if self.count == 0 {
-                self.sum = other.sum;
-                self.m2 = other.m2;
-            } else {
-                let na = self.count as f64;
-                let nb = other.count as f64;
-                let n = na + nb;
-                let delta = other.sum / nb - self.sum / na;
-                self.m2 += other.m2 + delta * delta * (na * nb / n);
-                self.sum += other.sum;
-            }
-            self.count += other.count;
-            self.min = self.min.min(other.min);
-            self.max = self.max.max(other.max);
-        }
-        self.nan_count += other.nan_count;
-        self.pos_inf_count += other.pos_inf_count;
-        self.neg_inf_count += other.neg_inf_count;
+        crate::numerics::merge(self, other);
     }
 
     /// Merges a sequence of partials.
@@ -87,30 +76,23 @@ impl Partial {
         acc
     }
 
-    /// Reduces a slice of f32 in f64, one value at a time. Slow and simple: this is the
-    /// reference the backends are tested against, and the fallback for tiny inputs.
+    /// Reduces a slice of f32 exactly (a compensated two-pass in f64, one value at a time). Slow
+    /// and simple: the reference the backends are tested against.
     pub fn from_slice_f64(data: &[f32]) -> Partial {
-        let mut p = Partial::EMPTY;
-        let mut mean = 0.0f64;
-        for &x in data {
-            if x.is_nan() {
-                p.nan_count += 1;
-            } else if x == f32::INFINITY {
-                p.pos_inf_count += 1;
-            } else if x == f32::NEG_INFINITY {
-                p.neg_inf_count += 1;
-            } else {
-                let x = x as f64;
-                p.count += 1;
-                let delta = x - mean;
-                mean += delta / p.count as f64;
-                p.m2 += delta * (x - mean);
-                p.sum += x;
-                p.min = p.min.min(x);
-                p.max = p.max.max(x);
-            }
-        }
-        p
+        crate::numerics::reference_partial(data.iter().map(|&x| f64::from(x)))
+    }
+
+    /// The sum of the finite values, rounded once from its double-double form.
+    pub fn finite_sum(&self) -> f64 {
+        self.sum + self.sum_err
+    }
+
+    /// The mean of the finite values (`None` when there are none), rounded once.
+    pub fn finite_mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| {
+            let (hi, lo) = crate::numerics::dd_div(self.sum, self.sum_err, self.count as f64);
+            hi + lo
+        })
     }
 
     /// Final statistics with numpy's semantics.
@@ -157,10 +139,14 @@ impl Partial {
             (true, true) => f64::NAN,
             (true, false) => f64::INFINITY,
             (false, true) => f64::NEG_INFINITY,
-            (false, false) => self.sum,
+            (false, false) => self.finite_sum(),
         };
         stats.sum = Some(sum);
-        stats.mean = Some(sum / count as f64);
+        stats.mean = Some(if pos || neg || self.count == 0 {
+            sum / count as f64
+        } else {
+            self.finite_mean().unwrap_or(f64::NAN)
+        });
         stats.min = Some(if neg {
             f64::NEG_INFINITY
         } else if self.count > 0 {
@@ -179,7 +165,7 @@ impl Partial {
             let var = if pos || neg {
                 f64::NAN
             } else {
-                self.m2 / (count - u64::from(ddof)) as f64
+                (self.m2 + self.m2_err) / (count - u64::from(ddof)) as f64
             };
             stats.var = Some(var);
             stats.std = Some(var.sqrt());

@@ -292,7 +292,7 @@ fn bad_arguments_exit_two() {
         &["run", "--random", "-5"],
         &["run", "--random", "1.5"],
         &["run"],
-        &["run", "--random", "10", "--ddof", "2"],
+        &["run", "--random", "10", "--ddof", "-1"],
         &["run", "--random", "10", "--workgroups", "0"],
     ] {
         let o = run(args);

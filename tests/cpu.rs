@@ -88,13 +88,13 @@ fn ddof_one_is_the_sample_variance() {
         "var ddof=1",
         s.var.unwrap(),
         want,
-        r.var_rel_tolerance(CPU_DEPTH) * want,
+        r.var_rel_tolerance() * want,
     );
     assert_close(
         "std ddof=1",
         s.std.unwrap(),
         want.sqrt(),
-        r.var_rel_tolerance(CPU_DEPTH) * want.sqrt(),
+        r.var_rel_tolerance() * want.sqrt(),
     );
 }
 
@@ -242,7 +242,7 @@ fn every_simd_level_on_finite_data() {
         assert_close(what, p.sum, r.sum, r.sum_tolerance(CPU_DEPTH));
         let rel = (p.m2 - r.m2).abs() / r.m2;
         assert!(
-            rel <= r.var_rel_tolerance(CPU_DEPTH),
+            rel <= r.var_rel_tolerance(),
             "{what}: M2 relative error {rel:e}"
         );
     }

@@ -86,6 +86,13 @@ fn reference_of(e: &Value) -> Reference {
         m2: e["var"].as_f64().unwrap() * n as f64,
         min: e["min"].as_f64().unwrap(),
         max: e["max"].as_f64().unwrap(),
+        // numpy's statistics do not give Σ|x|; n·max|x| bounds it.
+        abs_sum: n as f64
+            * e["min"]
+                .as_f64()
+                .unwrap()
+                .abs()
+                .max(e["max"].as_f64().unwrap().abs()),
     }
 }
 
@@ -127,7 +134,7 @@ fn check_depth(what: &str, v: &Value, r: &Reference, depth: f64) {
         &format!("{what}: var"),
         s["var"].as_f64().unwrap(),
         var,
-        r.var_rel_tolerance(depth) * var + f64::MIN_POSITIVE,
+        r.var_rel_tolerance() * var + f64::MIN_POSITIVE,
     );
 }
 

@@ -1,19 +1,17 @@
-//! The CPU backend: the shader's reduction, lane for lane, on all cores.
+//! The CPU backend: the shared block scheme of [`crate::numerics`] on all cores.
 //!
-//! It mirrors `shaders/reduce.wgsl`: NaN and ±inf are classified from the bits, min/max use the
-//! same order-preserving key, and the moments are shifted sums in f32 lanes. `LANES` independent
-//! accumulators let the compiler vectorize; every `BLOCK` elements the lanes are widened into f64,
-//! so the f32 error never grows past one block's worth (DESIGN.md: f32 lanes per block, blocks in
-//! f64). Work is split over threads in pieces of up to `TASK` elements with rayon.
+//! Each block of [`BLOCK`] values (16 KiB, in L1) is reduced twice: a first pass sums it in f32
+//! lanes for a pivot and takes the float min/max; a second pass, over the same now-cached values,
+//! accumulates t = Σ(x − p) and q = Σ(x − p)² in f64 lanes ([`crate::numerics::PivotMoments`]).
+//! A NaN, an infinity or an f32 overflow shows up as a non-finite first-pass sum; only then is the
+//! block redone with every value classified. (One consequence: where a block's extreme is a
+//! zero, the fast path may report +0 for -0 or the reverse; the values compare equal.) Blocks
+//! merge into their piece's [`Partial`] in double-double arithmetic, and pieces merge in index
+//! order, so the result never depends on which thread finished first.
 //!
-//! Speed (BENCHMARKS.md, issue 4): a whole block first takes a fast path that only accumulates
-//! s1, s2 and a float min/max; a NaN or an infinity shows up as a non-finite Σd², and only then
-//! is the block redone with full classification. (One consequence: where a block's extreme is a
-//! zero, the fast path may report +0 for -0 or the reverse; the values compare equal. The GPU
-//! and the slow path order -0 below +0.) The kernel is compiled for AVX-512, AVX2 and the
-//! build's baseline and the best the processor has is chosen at run time ([`SimdLevel`]), and it
-//! prefetches [`PREFETCH_AHEAD`] elements ahead, which a core needs to reach its share of DRAM
-//! bandwidth.
+//! The kernel is compiled for AVX-512, AVX2 and the build's baseline and the best the processor
+//! has is chosen at run time ([`SimdLevel`]); it prefetches [`PREFETCH_AHEAD`] elements ahead,
+//! which a core needs to reach its share of DRAM bandwidth.
 
 use std::time::Instant;
 
@@ -22,222 +20,175 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
 use crate::Result;
+use crate::numerics::{PivotMoments, order_key};
 use crate::stats::Partial;
 
-/// Independent f32 accumulators per block: one AVX-512 register, two AVX2 registers.
-pub const LANES: usize = 16;
-/// Elements accumulated in f32 before folding into f64: each lane sums `BLOCK / LANES` = 64 values.
-pub const BLOCK: usize = 1024;
-/// Most elements one thread reduces as one task (1 MiB): big enough to amortise scheduling and
-/// the shift's sampling, small enough to balance the threads.
+/// f32 lanes of the first pass (two AVX-512 registers, so that the adds of consecutive
+/// iterations do not wait on each other); the second pass keeps as many f64 lanes.
+pub const LANES: usize = 32;
+/// Values per block: both passes run over it while it sits in L1. Each f64 lane of the second
+/// pass sums `BLOCK / LANES` = 128 values, which bounds the rounding error (numerics.rs).
+pub const BLOCK: usize = 8192;
+/// Most elements one thread reduces as one task (1 MiB): big enough to amortise scheduling,
+/// small enough to balance the threads.
 pub const TASK: usize = 1 << 18;
 
 const ABS_MASK: u32 = 0x7fff_ffff;
 const INF_BITS: u32 = 0x7f80_0000;
 const NEG_INF_BITS: u32 = 0xff80_0000;
 
-/// Order-preserving map from f32 bits to u32 (same as `order_key` in the shader).
-#[inline(always)]
-pub fn order_key(bits: u32) -> u32 {
-    let mask = (((bits as i32) >> 31) as u32) | 0x8000_0000;
-    bits ^ mask
-}
-
-/// Inverse of [`order_key`].
-#[inline]
-pub fn from_order_key(key: u32) -> f32 {
-    let bits = if key & 0x8000_0000 != 0 {
-        key ^ 0x8000_0000
-    } else {
-        !key
-    };
-    f32::from_bits(bits)
-}
-
-/// The shift and scale the moments of a stretch of data are taken with: each finite x enters as
-/// d = (x − k) · scale, computed as `fma(x, scale, −k·scale)`.
+/// The fast path for one whole block of finite values: `None` when the first pass's sum is not
+/// finite (a NaN, an infinity, or f32 values so large that their sum overflows f32), and the
+/// block must go through [`reduce_block_slow`].
 ///
-/// `k` keeps Σd² from cancelling catastrophically when the data sit far from zero; `scale`, a
-/// power of two, brings the bulk of the data near 1 so that neither Σd² overflows f32 for large
-/// magnitudes (raw f64 or 64-bit integer inputs reach 1e18 and beyond) nor d² underflows for tiny
-/// ones. Scaling by a power of two is exact, so it changes no rounding.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shift {
-    /// K, near the bulk of the data.
-    pub k: f32,
-    /// A power of two between 2^-100 and 2^100.
-    pub scale: f32,
-}
-
-impl Shift {
-    /// No shift, no scaling.
-    pub const NONE: Shift = Shift { k: 0.0, scale: 1.0 };
-
-    /// k · scale (exact: a power-of-two scaling).
-    #[inline(always)]
-    pub fn k_scaled(self) -> f32 {
-        self.k * self.scale
-    }
-}
-
-/// The shift for shifted moments over `data`: K is the median of up to 31 evenly spaced finite
-/// samples (near the bulk of the data whatever its offset, and, unlike the first value or a
-/// sample mean, not dragged away by a few outliers); the scale is the power of two that brings
-/// the samples' largest distance from K (or |K| if they are all equal) to [1, 2). Shared by both
-/// backends.
-pub fn choose_shift(data: &[f32]) -> Shift {
-    const SAMPLES: usize = 31;
-    let mut sample = [0.0f32; SAMPLES];
-    let mut n = 0;
-    if !data.is_empty() {
-        let step = data.len().div_ceil(SAMPLES).max(1);
-        for &x in data.iter().step_by(step) {
-            if x.is_finite() && n < SAMPLES {
-                sample[n] = x;
-                n += 1;
-            }
+/// `FMA`: whether q accumulates with a fused multiply-add (only where the target has one:
+/// without it `mul_add` is a slow library call).
+#[inline(always)]
+fn reduce_block_fast<const FMA: bool>(
+    block: &[f32; BLOCK],
+    range: &mut LaneRange,
+) -> Option<PivotMoments> {
+    let mut s = [0.0f32; LANES];
+    let mut lo = range.lo;
+    let mut hi = range.hi;
+    let next = block.as_ptr().wrapping_add(BLOCK);
+    for (i, c) in block.chunks_exact(LANES).enumerate() {
+        // One prefetch per iteration of either pass keeps a steady stream one block ahead: this
+        // pass asks for the first half of the next block, the second pass for the rest.
+        prefetch_l2(next.wrapping_add(i * 16));
+        for j in 0..LANES {
+            let x = c[j];
+            s[j] += x;
+            // Bare compare-and-select: one MINPS/MAXPS (f32::min would add NaN handling, and a
+            // NaN sends the block to the slow path anyway).
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+            hi[j] = if x > hi[j] { x } else { hi[j] };
         }
     }
-    if n == 0 {
-        return Shift::NONE;
+    // In f64 the lane sums cannot overflow: a non-finite total means a non-finite lane.
+    let mut wide = [0.0f64; LANES];
+    for j in 0..LANES {
+        wide[j] = f64::from(s[j]);
     }
-    let sample = &mut sample[..n];
-    sample.sort_unstable_by(f32::total_cmp);
-    let k = sample[n / 2];
-    let spread = sample
-        .iter()
-        .map(|&x| (f64::from(x) - f64::from(k)).abs())
-        .fold(0.0f64, f64::max);
-    let reach = if spread > 0.0 {
-        spread
-    } else {
-        f64::from(k).abs()
-    };
-    let scale = if reach > 0.0 && reach.is_finite() {
-        let e = reach.log2().floor().clamp(-100.0, 100.0) as i32;
-        2f32.powi(-e)
-    } else {
-        1.0
-    };
-    Shift { k, scale }
+    let total = pairwise(wide);
+    if !total.is_finite() {
+        return None;
+    }
+    // The pivot is rounded to f32 so that x − p is exact in f64.
+    let pivot = f64::from((total / BLOCK as f64) as f32);
+    let mut t = [0.0f64; LANES];
+    let mut q = [0.0f64; LANES];
+    for (i, c) in block.chunks_exact(LANES).enumerate() {
+        prefetch_l2(next.wrapping_add(BLOCK / 2 + i * 16));
+        for j in 0..LANES {
+            let d = f64::from(c[j]) - pivot;
+            t[j] += d;
+            q[j] = if FMA {
+                d.mul_add(d, q[j])
+            } else {
+                q[j] + d * d
+            };
+        }
+    }
+    range.lo = lo;
+    range.hi = hi;
+    Some(PivotMoments {
+        count: BLOCK as u64,
+        nan_count: 0,
+        pos_inf: 0,
+        neg_inf: 0,
+        pivot,
+        t: pairwise(t),
+        q: pairwise(q),
+        // The extremes stay in `range`'s lanes until the piece is done.
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    })
 }
 
-/// What a reduction kernel produces before conversion to a [`Partial`]: exactly the fields of the
-/// shader's `Partial`, with the sums already in f64.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ShiftedMoments {
-    pub count: u64,
-    pub nan_count: u64,
-    pub pos_inf: u64,
-    pub neg_inf: u64,
-    pub min_key: u32,
-    pub max_key: u32,
-    pub s1: f64,
-    pub s2: f64,
+/// The fast path's running min/max, lane by lane, folded once per piece
+/// ([`LaneRange::fold_into`]) rather than once per block.
+struct LaneRange {
+    lo: [f32; LANES],
+    hi: [f32; LANES],
 }
 
-impl ShiftedMoments {
-    pub const EMPTY: Self = Self {
+impl LaneRange {
+    const EMPTY: Self = Self {
+        lo: [f32::INFINITY; LANES],
+        hi: [f32::NEG_INFINITY; LANES],
+    };
+
+    fn fold_into(&self, p: &mut Partial) {
+        for j in 0..LANES {
+            p.min = p.min.min(f64::from(self.lo[j]));
+            p.max = p.max.max(f64::from(self.hi[j]));
+        }
+    }
+}
+
+/// Lanes of the slow path: enough to keep each f64 lane's run short (≤ 512 values).
+const SLOW_LANES: usize = 8;
+
+/// Reduces a block of at most [`BLOCK`] values with every value classified: NaN and ±inf counted
+/// apart, the pivot from an f64 sum (no f32 overflow), min/max by order key (−0 below +0).
+fn reduce_block_slow(block: &[f32]) -> PivotMoments {
+    debug_assert!(block.len() <= BLOCK);
+    let mut pm = PivotMoments {
         count: 0,
         nan_count: 0,
         pos_inf: 0,
         neg_inf: 0,
-        min_key: u32::MAX,
-        max_key: 0,
-        s1: 0.0,
-        s2: 0.0,
+        pivot: 0.0,
+        t: 0.0,
+        q: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
     };
-
-    /// Adds moments taken around the same shift.
-    pub fn add(self, other: &Self) -> Self {
-        Self {
-            count: self.count + other.count,
-            nan_count: self.nan_count + other.nan_count,
-            pos_inf: self.pos_inf + other.pos_inf,
-            neg_inf: self.neg_inf + other.neg_inf,
-            min_key: self.min_key.min(other.min_key),
-            max_key: self.max_key.max(other.max_key),
-            s1: self.s1 + other.s1,
-            s2: self.s2 + other.s2,
-        }
-    }
-
-    /// Converts sums of d = (x − k)·scale into a mergeable partial.
-    pub fn into_partial(self, shift: Shift) -> Partial {
-        let mut p = Partial {
-            count: self.count,
-            nan_count: self.nan_count,
-            pos_inf_count: self.pos_inf,
-            neg_inf_count: self.neg_inf,
-            ..Partial::EMPTY
-        };
-        if self.count > 0 {
-            let n = self.count as f64;
-            let inv = 1.0 / f64::from(shift.scale);
-            p.sum = n * f64::from(shift.k) + self.s1 * inv;
-            p.m2 = (self.s2 - self.s1 * self.s1 / n).max(0.0) * inv * inv;
-            p.min = f64::from(from_order_key(self.min_key));
-            p.max = f64::from(from_order_key(self.max_key));
-        }
-        p
-    }
-}
-
-/// Reduces one block of at most [`BLOCK`] elements in f32 lanes, folding into `acc` in f64.
-#[inline(always)]
-fn reduce_block(block: &[f32], shift: Shift, acc: &mut ShiftedMoments) {
-    debug_assert!(block.len() <= BLOCK);
-    let mut s1 = [0.0f32; LANES];
-    let mut s2 = [0.0f32; LANES];
-    let mut count = [0u32; LANES];
-    let mut nan = [0u32; LANES];
-    let mut pos_inf = [0u32; LANES];
-    let mut neg_inf = [0u32; LANES];
-    let mut kmin = [u32::MAX; LANES];
-    let mut kmax = [0u32; LANES];
-
-    let ks = shift.k_scaled();
-    let mut lane = |j: usize, x: f32| {
+    let finite = |x: f32| x.to_bits() & ABS_MASK < INF_BITS;
+    let mut s = [0.0f64; SLOW_LANES];
+    let (mut kmin, mut kmax) = (u32::MAX, 0u32);
+    for (i, &x) in block.iter().enumerate() {
         let bits = x.to_bits();
-        let abs_bits = bits & ABS_MASK;
-        let finite = abs_bits < INF_BITS;
-        let d = if finite { x * shift.scale - ks } else { 0.0 };
-        s1[j] += d;
-        s2[j] += d * d;
-        count[j] += finite as u32;
-        nan[j] += (abs_bits > INF_BITS) as u32;
-        pos_inf[j] += (bits == INF_BITS) as u32;
-        neg_inf[j] += (bits == NEG_INF_BITS) as u32;
-        let key = order_key(bits);
-        kmin[j] = kmin[j].min(if finite { key } else { u32::MAX });
-        kmax[j] = kmax[j].max(if finite { key } else { 0 });
-    };
-
-    let mut chunks = block.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (j, &x) in c.iter().enumerate() {
-            lane(j, x);
+        if finite(x) {
+            pm.count += 1;
+            s[i % SLOW_LANES] += f64::from(x);
+            let key = order_key(bits);
+            kmin = kmin.min(key);
+            kmax = kmax.max(key);
+        } else if bits & ABS_MASK > INF_BITS {
+            pm.nan_count += 1;
+        } else if bits == INF_BITS {
+            pm.pos_inf += 1;
+        } else {
+            debug_assert_eq!(bits, NEG_INF_BITS);
+            pm.neg_inf += 1;
         }
     }
-    for (j, &x) in chunks.remainder().iter().enumerate() {
-        lane(j, x);
+    if pm.count == 0 {
+        return pm;
     }
-
-    // Fold the lanes pairwise, like the shader's tree, then into f64.
-    acc.s1 += f64::from(pairwise(s1));
-    acc.s2 += f64::from(pairwise(s2));
-    acc.count += u64::from(count.iter().sum::<u32>());
-    acc.nan_count += u64::from(nan.iter().sum::<u32>());
-    acc.pos_inf += u64::from(pos_inf.iter().sum::<u32>());
-    acc.neg_inf += u64::from(neg_inf.iter().sum::<u32>());
-    acc.min_key = acc.min_key.min(kmin.into_iter().min().unwrap_or(u32::MAX));
-    acc.max_key = acc.max_key.max(kmax.into_iter().max().unwrap_or(0));
+    pm.min = f64::from(crate::numerics::from_order_key(kmin));
+    pm.max = f64::from(crate::numerics::from_order_key(kmax));
+    pm.pivot = f64::from((s.iter().sum::<f64>() / pm.count as f64) as f32);
+    let mut t = [0.0f64; SLOW_LANES];
+    let mut q = [0.0f64; SLOW_LANES];
+    for (i, &x) in block.iter().enumerate() {
+        if finite(x) {
+            let d = f64::from(x) - pm.pivot;
+            t[i % SLOW_LANES] += d;
+            q[i % SLOW_LANES] += d * d;
+        }
+    }
+    pm.t = t.iter().sum();
+    pm.q = q.iter().sum();
+    pm
 }
 
 /// Sums the lanes pairwise (halving), like the shader's tree.
 #[inline(always)]
-fn pairwise<T: Copy + std::ops::AddAssign>(mut v: [T; LANES]) -> T {
-    let mut half = LANES / 2;
+fn pairwise<T: Copy + std::ops::AddAssign, const N: usize>(mut v: [T; N]) -> T {
+    let mut half = N / 2;
     while half > 0 {
         for j in 0..half {
             let x = v[j + half];
@@ -267,117 +218,36 @@ pub fn prefetch(p: *const f32) {
     let _ = p;
 }
 
-/// The fast path's running state, kept in lanes so that folding a block in is a handful of vector
-/// operations: f32 block sums widened into f64 lanes, and the key range per lane.
-struct FiniteLanes {
-    s1: [f64; LANES],
-    s2: [f64; LANES],
-    kmin: [u32; LANES],
-    kmax: [u32; LANES],
-    count: u64,
-}
-
-impl FiniteLanes {
-    const EMPTY: Self = Self {
-        s1: [0.0; LANES],
-        s2: [0.0; LANES],
-        kmin: [u32::MAX; LANES],
-        kmax: [0; LANES],
-        count: 0,
-    };
-
-    /// Folds the lanes into `acc` (pairwise over the f64 lanes).
-    fn fold_into(self, acc: &mut ShiftedMoments) {
-        acc.s1 += pairwise(self.s1);
-        acc.s2 += pairwise(self.s2);
-        acc.count += self.count;
-        acc.min_key = acc
-            .min_key
-            .min(self.kmin.into_iter().min().unwrap_or(u32::MAX));
-        acc.max_key = acc.max_key.max(self.kmax.into_iter().max().unwrap_or(0));
-    }
-}
-
-/// The fast path for one full block: all sixteen lanes accumulate s1, s2 and a float min/max with
-/// no classification at all (seven instructions per sixteen elements with AVX-512, against nine
-/// for an order-key range, which measured 8–10 points of DRAM bandwidth on the 2-core Xeon;
-/// BENCHMARKS.md). A NaN or an infinity in the block makes Σd² non-finite; then the block's
-/// sums are discarded and it goes through [`reduce_block`] instead. Returns whether the block
-/// was folded into `acc`.
-///
-/// `FMA`: whether `s2` accumulates with a fused multiply-add (only where the target has one:
-/// without it `mul_add` is a slow library call).
+/// Asks for the cache line holding `p` to be brought into L2 (a hint, like [`prefetch`]).
 #[inline(always)]
-fn reduce_block_finite<const FMA: bool>(
-    block: &[f32; BLOCK],
-    shift: Shift,
-    acc: &mut FiniteLanes,
-) -> bool {
-    let (scale, ks) = (shift.scale, shift.k_scaled());
-    let mut s1 = [0.0f32; LANES];
-    let mut s2 = [0.0f32; LANES];
-    let mut lo = [f32::INFINITY; LANES];
-    let mut hi = [f32::NEG_INFINITY; LANES];
-    for c in block.chunks_exact(LANES) {
-        prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD));
-        for j in 0..LANES {
-            let x = c[j];
-            // (x − k)·scale with one rounding: x·scale and k·scale are exact.
-            let d = if FMA {
-                x.mul_add(scale, -ks)
-            } else {
-                x * scale - ks
-            };
-            s1[j] += d;
-            s2[j] = if FMA {
-                d.mul_add(d, s2[j])
-            } else {
-                s2[j] + d * d
-            };
-            // Bare compare-and-select: one MINPS/MAXPS (f32::min would add NaN handling, and
-            // a NaN here sends the block to the slow path anyway).
-            lo[j] = if x < lo[j] { x } else { lo[j] };
-            hi[j] = if x > hi[j] { x } else { hi[j] };
-        }
+fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT1 only hints the cache; it has no architectural effect and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast::<i8>());
     }
-    // A NaN or an infinity makes its lane's Σd² NaN or +inf (so does a finite |x − K| beyond
-    // ~1.8e19, whose square overflows: the slow path then gives the same +inf).
-    let non_finite = s2.iter().fold(false, |any, v| any | !v.is_finite());
-    if non_finite {
-        return false;
-    }
-    let mut kmin = [0u32; LANES];
-    let mut kmax = [0u32; LANES];
-    for j in 0..LANES {
-        kmin[j] = order_key(lo[j].to_bits());
-        kmax[j] = order_key(hi[j].to_bits());
-    }
-    for j in 0..LANES {
-        acc.s1[j] += f64::from(s1[j]);
-        acc.s2[j] += f64::from(s2[j]);
-        acc.kmin[j] = acc.kmin[j].min(kmin[j]);
-        acc.kmax[j] = acc.kmax[j].max(kmax[j]);
-    }
-    acc.count += BLOCK as u64;
-    true
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline(always)]
-fn reduce_serial_impl<const FMA: bool>(data: &[f32], shift: Shift) -> ShiftedMoments {
-    let mut acc = ShiftedMoments::EMPTY;
-    let mut lanes = FiniteLanes::EMPTY;
+fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
+    let mut acc = Partial::EMPTY;
+    let mut range = LaneRange::EMPTY;
     let mut blocks = data.chunks_exact(BLOCK);
     for block in &mut blocks {
         let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives whole blocks");
-        if !reduce_block_finite::<FMA>(block, shift, &mut lanes) {
-            reduce_block(block, shift, &mut acc);
-        }
+        let pm =
+            reduce_block_fast::<FMA>(block, &mut range).unwrap_or_else(|| reduce_block_slow(block));
+        acc.merge(&pm.to_partial());
+    }
+    if acc.count > 0 {
+        range.fold_into(&mut acc);
     }
     let rest = blocks.remainder();
     if !rest.is_empty() {
-        reduce_block(rest, shift, &mut acc);
+        acc.merge(&reduce_block_slow(rest).to_partial());
     }
-    lanes.fold_into(&mut acc);
     acc
 }
 
@@ -434,27 +304,27 @@ impl SimdLevel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn reduce_serial_avx512(data: &[f32], shift: Shift) -> ShiftedMoments {
-    reduce_serial_impl::<true>(data, shift)
+fn reduce_serial_avx512(data: &[f32]) -> Partial {
+    reduce_serial_impl::<true>(data)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn reduce_serial_avx2(data: &[f32], shift: Shift) -> ShiftedMoments {
-    reduce_serial_impl::<true>(data, shift)
+fn reduce_serial_avx2(data: &[f32]) -> Partial {
+    reduce_serial_impl::<true>(data)
 }
 
-/// Reduces `data` on the calling thread with one shift for the whole slice, with the kernel
-/// compiled for `level`, which must be one [`SimdLevel::available`] lists.
-pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32], shift: Shift) -> ShiftedMoments {
+/// Reduces `data` on the calling thread with the kernel compiled for `level`, which must be one
+/// [`SimdLevel::available`] lists.
+pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32]) -> Partial {
     ensure_supported(level);
     match level {
         // SAFETY: the processor has the features these functions are compiled for (checked above).
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { reduce_serial_avx512(data, shift) },
+        SimdLevel::Avx512 => unsafe { reduce_serial_avx512(data) },
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { reduce_serial_avx2(data, shift) },
-        _ => reduce_serial_impl::<false>(data, shift),
+        SimdLevel::Avx2 => unsafe { reduce_serial_avx2(data) },
+        _ => reduce_serial_impl::<false>(data),
     }
 }
 
@@ -481,23 +351,20 @@ pub fn read_sum(data: &[f32]) -> f32 {
 
 #[inline(always)]
 fn read_sum_impl(data: &[f32]) -> f32 {
-    // Four registers' worth of accumulators, so the adds never wait on each other.
-    const W: usize = 4 * LANES;
+    // Four AVX-512 registers' worth of accumulators, so the adds never wait on each other; one
+    // prefetch per 64-byte line, as the reduction does.
+    const W: usize = 64;
     let mut acc = [0.0f32; W];
     let mut chunks = data.chunks_exact(W);
     for c in &mut chunks {
-        for r in 0..4 {
-            prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD + r * LANES));
+        for r in 0..W / 16 {
+            prefetch(c.as_ptr().wrapping_add(PREFETCH_AHEAD + r * 16));
         }
         for j in 0..W {
             acc[j] += c[j];
         }
     }
-    let mut lanes = [0.0f32; LANES];
-    for (j, a) in acc.into_iter().enumerate() {
-        lanes[j % LANES] += a;
-    }
-    pairwise(lanes) + chunks.remainder().iter().sum::<f32>()
+    pairwise(acc) + chunks.remainder().iter().sum::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -537,20 +404,15 @@ pub fn reduce_slice(data: &[f32]) -> Partial {
 /// [`reduce_slice`] with the kernel compiled for `level` (one of [`SimdLevel::available`]).
 ///
 /// The slice is cut into pieces of whole blocks, at most [`TASK`] elements and at least
-/// [`MIN_PIECE`], so that even a small batch keeps every thread busy. Each piece gets its own
-/// shift (its sample median), which keeps the shifted moments accurate even when the data drifts
-/// across a batch.
+/// [`MIN_PIECE`], so that even a small batch keeps every thread busy; the pieces' partials merge
+/// in index order (bit-identical results whatever the thread timing).
 pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
     let piece = piece_len(data.len(), rayon::current_num_threads());
     let mut total = Partial::EMPTY;
     for_each_piece(
         data,
         piece,
-        || Partial::EMPTY,
-        |acc, piece| {
-            let shift = choose_shift(piece);
-            acc.merge(&reduce_serial_with(level, piece, shift).into_partial(shift));
-        },
+        |piece| reduce_serial_with(level, piece),
         |p| total.merge(&p),
     );
     total
@@ -562,19 +424,12 @@ pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
 pub fn read_slice(data: &[f32]) -> f32 {
     let piece = piece_len(data.len(), rayon::current_num_threads());
     let mut total = 0.0f32;
-    for_each_piece(
-        data,
-        piece,
-        || 0.0f32,
-        |acc, piece| *acc += read_sum(piece),
-        |s| total += s,
-    );
+    for_each_piece(data, piece, read_sum, |s| total += s);
     total
 }
 
 /// Runs `each` over `data` cut into `piece`-sized pieces on all threads of the current rayon
-/// pool, each thread folding into its own state from `init`; `done` receives every thread's
-/// state (in no fixed order).
+/// pool and hands every piece's result to `done` in piece order.
 ///
 /// Self-scheduling: the calling thread starts on the first piece at once, and the pool's
 /// threads take pieces from the same counter as they wake up. Handing the whole slice to the
@@ -583,30 +438,30 @@ pub fn read_slice(data: &[f32]) -> f32 {
 fn for_each_piece<T: Send>(
     data: &[f32],
     piece: usize,
-    init: impl Fn() -> T + Sync,
-    each: impl Fn(&mut T, &[f32]) + Sync,
-    mut done: impl FnMut(T) + Send,
+    each: impl Fn(&[f32]) -> T + Sync,
+    mut done: impl FnMut(T),
 ) {
     if data.len() <= piece {
-        let mut acc = init();
-        each(&mut acc, data);
-        done(acc);
+        done(each(data));
         return;
     }
     let n_pieces = data.len().div_ceil(piece);
     let next = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::new());
+    let results = Mutex::new(Vec::with_capacity(n_pieces));
     let work = || {
-        let mut acc = init();
+        let mut mine = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= n_pieces {
                 break;
             }
             let start = i * piece;
-            each(&mut acc, &data[start..(start + piece).min(data.len())]);
+            mine.push((i, each(&data[start..(start + piece).min(data.len())])));
         }
-        results.lock().unwrap_or_else(|e| e.into_inner()).push(acc);
+        results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(mine);
     };
     let helpers = rayon::current_num_threads().min(n_pieces) - 1;
     rayon::in_place_scope(|s| {
@@ -615,7 +470,9 @@ fn for_each_piece<T: Send>(
         }
         work();
     });
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_unstable_by_key(|&(i, _)| i);
+    for (_, r) in results {
         done(r);
     }
 }
@@ -712,46 +569,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn order_key_preserves_order_and_round_trips() {
-        let xs = [
-            f32::NEG_INFINITY,
-            -3.0e38,
-            -1.0,
-            -1.0e-40,
-            -0.0,
-            0.0,
-            1.0e-40,
-            1.0,
-            3.0e38,
-            f32::INFINITY,
-        ];
-        for w in xs.windows(2) {
-            assert!(
-                order_key(w[0].to_bits()) < order_key(w[1].to_bits()),
-                "{w:?}"
-            );
-        }
-        for x in xs {
-            assert_eq!(
-                from_order_key(order_key(x.to_bits())).to_bits(),
-                x.to_bits()
-            );
-        }
+    fn fast_and_slow_paths_agree_on_finite_blocks() {
+        let block: Vec<f32> = (0..BLOCK)
+            .map(|i| 1.0e6 + ((i * 7919) % 1013) as f32 * 0.25)
+            .collect();
+        let mut range = LaneRange::EMPTY;
+        let fast = reduce_block_fast::<false>(block.as_slice().try_into().unwrap(), &mut range);
+        let slow = reduce_block_slow(&block);
+        let (mut a, b) = (fast.unwrap().to_partial(), slow.to_partial());
+        range.fold_into(&mut a);
+        assert_eq!((a.count, a.min, a.max), (b.count, b.min, b.max));
+        assert!((a.finite_sum() - b.finite_sum()).abs() <= 1e-12 * b.finite_sum().abs());
+        assert!((a.m2 - b.m2).abs() <= 1e-12 * b.m2);
     }
 
     #[test]
-    fn shift_ignores_outliers_and_non_finite() {
-        let mut data = vec![1.0e6f32; 1000];
-        data[0] = -1.0e30;
-        data[500] = f32::NAN;
-        assert_eq!(choose_shift(&data).k, 1.0e6);
-        assert_eq!(choose_shift(&[f32::NAN, f32::INFINITY]), Shift::NONE);
-        assert_eq!(choose_shift(&[]), Shift::NONE);
-        // The scale brings the samples' spread to [1, 2): 1e6 ± 3 → 2^-1 (spread 3).
-        let spread: Vec<f32> = (0..100).map(|i| 1.0e6 + (i % 7) as f32 - 3.0).collect();
-        assert_eq!(choose_shift(&spread).scale, 0.5);
-        let huge: Vec<f32> = (0..100).map(|i| i as f32 * 1e20).collect();
-        let s = choose_shift(&huge);
-        assert!((0.5..4.0).contains(&(5e21 * s.scale)), "{s:?}");
+    fn f32_overflow_in_the_first_pass_takes_the_slow_path() {
+        let block = vec![3.0e38f32; BLOCK];
+        let mut range = LaneRange::EMPTY;
+        let block_ref = block.as_slice().try_into().unwrap();
+        assert!(reduce_block_fast::<false>(block_ref, &mut range).is_none());
+        let p = reduce_block_slow(&block).to_partial();
+        assert_eq!(p.finite_sum(), 3.0e38f32 as f64 * BLOCK as f64);
+        assert_eq!(p.m2, 0.0);
     }
 }

@@ -137,12 +137,12 @@ struct RunArgs {
     quiet: bool,
 }
 
-/// What the statistics mean and how they are printed. (`merge` takes ddof and skip_nan from the
-/// partial files, so it has only `--json`.)
+/// What the statistics mean and how they are printed.
 #[derive(Debug, Args)]
 struct StatsArgs {
-    /// Delta degrees of freedom: var divides by count − ddof (0 like numpy, 1 for the sample variance).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+    /// Delta degrees of freedom: var divides by count − ddof (0 like numpy, 1 for the sample
+    /// variance; any integer ≥ 0). var and std are null when count ≤ ddof.
+    #[arg(long, default_value_t = 0)]
     ddof: u32,
 
     /// Leave NaNs out of every statistic (numpy's nansum, nanmean, nanvar…).
@@ -163,6 +163,20 @@ struct MergeArgs {
     /// Also write the merged partial to FILE (for a merge of merges).
     #[arg(long, value_name = "FILE")]
     partial: Option<PathBuf>,
+
+    /// Delta degrees of freedom for the merged variance (any integer ≥ 0). Default: the one the
+    /// shards were run with (an error if they differ).
+    #[arg(long)]
+    ddof: Option<u32>,
+
+    /// Leave NaNs out of the merged statistics. Default: as the shards were run (an error if
+    /// they differ).
+    #[arg(long, conflicts_with = "keep_nan")]
+    skip_nan: bool,
+
+    /// Keep NaNs in the merged statistics (numpy's rule: any NaN makes them NaN).
+    #[arg(long)]
+    keep_nan: bool,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -457,8 +471,18 @@ fn merge(args: MergeArgs) -> Result<()> {
             shards.push((name.clone(), PartialFile::from_json(&v, &name)?));
         }
     }
-    let merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
-    let stats: Stats = merged.partial.finish(merged.ddof, merged.skip_nan);
+    let mut merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    let explicit_nan = (args.skip_nan || args.keep_nan).then_some(args.skip_nan);
+    let (ddof, skip_nan) = match (args.ddof, explicit_nan) {
+        (Some(d), Some(k)) => (d, k),
+        _ => {
+            let (d, k) = PartialFile::common_options(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+            (args.ddof.unwrap_or(d), explicit_nan.unwrap_or(k))
+        }
+    };
+    merged.ddof = ddof;
+    merged.skip_nan = skip_nan;
+    let stats: Stats = merged.partial.finish(ddof, skip_nan);
     if let Some(path) = &args.partial {
         write_json_file(path, &merged.to_json())?;
     }

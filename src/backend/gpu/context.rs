@@ -33,6 +33,8 @@ pub struct AdapterReport {
     pub subgroups: bool,
     /// Whether timestamp queries are available (GPU compute time instead of wall time).
     pub timestamps: bool,
+    /// Whether shaders can use f64 (`SHADER_F64`), which the reduction kernel needs.
+    pub f64: bool,
     /// Whether this is a software rasterizer running on the CPU (only used when asked for).
     pub software: bool,
 }
@@ -58,6 +60,7 @@ impl AdapterReport {
             subgroup_max_size: info.subgroup_max_size,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            f64: features.contains(wgpu::Features::SHADER_F64),
             software: info.device_type == wgpu::DeviceType::Cpu,
         }
     }
@@ -201,6 +204,9 @@ impl GpuContext {
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
         if subgroups {
             required_features |= wgpu::Features::SUBGROUP;
+        }
+        if report.f64 {
+            required_features |= wgpu::Features::SHADER_F64;
         }
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {

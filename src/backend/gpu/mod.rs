@@ -16,8 +16,8 @@ use bytemuck::{Pod, Zeroable};
 
 pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 
-use super::cpu::{Shift, ShiftedMoments, choose_shift};
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
+use crate::numerics::from_order_key;
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -43,6 +43,9 @@ pub fn reduce_wgsl(subgroups: bool) -> String {
 /// subgroup size in use and needs 8 KiB of workgroup memory, half the WebGPU minimum.
 pub const WORKGROUP_SIZE: u32 = 256;
 
+/// Largest `VEC_PER_THREAD` the kernel's register tile holds (`MAX_VPT` in the shader).
+pub const MAX_VEC_PER_THREAD: u32 = 16;
+
 /// Input buffers in the ring: while the device reduces one, the host fills the next.
 const RING: usize = 3;
 
@@ -52,18 +55,18 @@ pub const MAX_DISPATCHES_PER_READBACK: usize = 1024;
 /// Size of one [`GpuPartial`] in bytes.
 const PARTIAL_BYTES: u64 = std::mem::size_of::<GpuPartial>() as u64;
 
-/// Per-dispatch parameters. Kept in sync with `struct Params` in shaders/reduce.wgsl.
+/// Per-dispatch parameters. Kept in sync with `struct Params` in shaders/reduce_common.wgsl.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct GpuParams {
     len: u32,
-    /// k·scale of the dispatch's [`Shift`]: the shader computes d = fma(x, scale, −k·scale).
-    k_scaled: f32,
     out_base: u32,
-    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
-/// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce.wgsl.
+/// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce_common.wgsl
+/// (six u32, then three f64 at offsets 24, 32, 40: no padding on either side).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct GpuPartial {
@@ -73,22 +76,28 @@ struct GpuPartial {
     neg_inf: u32,
     min_key: u32,
     max_key: u32,
-    s1: f32,
-    s2: f32,
+    sum_hi: f64,
+    sum_lo: f64,
+    m2: f64,
 }
 
 impl GpuPartial {
-    fn to_moments(self) -> ShiftedMoments {
-        ShiftedMoments {
+    fn to_partial(self) -> Partial {
+        let mut p = Partial {
             count: u64::from(self.count),
             nan_count: u64::from(self.nan_count),
-            pos_inf: u64::from(self.pos_inf),
-            neg_inf: u64::from(self.neg_inf),
-            min_key: self.min_key,
-            max_key: self.max_key,
-            s1: f64::from(self.s1),
-            s2: f64::from(self.s2),
+            pos_inf_count: u64::from(self.pos_inf),
+            neg_inf_count: u64::from(self.neg_inf),
+            ..Partial::EMPTY
+        };
+        if self.count > 0 {
+            p.sum = self.sum_hi;
+            p.sum_err = self.sum_lo;
+            p.m2 = self.m2;
+            p.min = f64::from(from_order_key(self.min_key));
+            p.max = f64::from(from_order_key(self.max_key));
         }
+        p
     }
 }
 
@@ -169,12 +178,13 @@ impl std::fmt::Display for KernelShape {
     }
 }
 
-/// Default vec4 loads per thread per iteration: eight 16-byte loads in flight per thread were the
-/// fastest of 1, 2, 4, 8 and 16 on an H200 (BENCHMARKS.md); a software adapter gains nothing
-/// from more than one.
+/// Default vec4 loads per thread per tile: eight 16-byte loads in flight per thread were the
+/// fastest of 1, 2, 4, 8 and 16 on an H200 (BENCHMARKS.md, issue 4); a software adapter runs
+/// the largest tile, over which the per-tile merge (one f64 division) is spread thinnest
+/// (lavapipe: 16 halves the time of 1, BENCHMARKS.md, issue 10).
 pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
     match report.device_type.as_str() {
-        "Cpu" => 1,
+        "Cpu" => MAX_VEC_PER_THREAD,
         _ => 8,
     }
 }
@@ -206,11 +216,10 @@ struct RingSlot {
     in_flight: Option<wgpu::SubmissionIndex>,
 }
 
-/// Where one dispatch's partials sit in the partials buffer, and the shift they are relative to.
+/// Where one dispatch's partials sit in the partials buffer.
 struct DispatchRecord {
     first: u32,
     workgroups: u32,
-    shift: Shift,
     /// Whose batch this was ([`BatchReducer::push_tagged`]).
     tag: u64,
 }
@@ -220,7 +229,6 @@ struct ResidentChunk {
     params: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
     len: usize,
-    shift: Shift,
 }
 
 /// Data uploaded once with [`GpuReducer::upload`], reducible any number of times with
@@ -306,10 +314,16 @@ impl GpuReducer {
         let vec_per_thread = config
             .vec_per_thread
             .unwrap_or_else(|| default_vec_per_thread(&ctx.report));
-        if !(1..=64).contains(&vec_per_thread) {
+        if !(1..=MAX_VEC_PER_THREAD).contains(&vec_per_thread) {
             return Err(Error::InvalidConfig(format!(
-                "vec4 loads per thread must be between 1 and 64, got {vec_per_thread}"
+                "vec4 loads per thread must be between 1 and {MAX_VEC_PER_THREAD}, got {vec_per_thread}"
             )));
+        }
+        if !ctx.report.f64 {
+            return Err(Error::GpuUnsupported {
+                adapter: ctx.report.name.clone(),
+                missing: "SHADER_F64 (f64 arithmetic in shaders)".to_string(),
+            });
         }
         let subgroups = match config.subgroups {
             None => ctx.subgroups,
@@ -327,7 +341,8 @@ impl GpuReducer {
             subgroups,
             subgroup_sizes: (ctx.report.subgroup_min_size, ctx.report.subgroup_max_size),
         };
-        let wg_storage = 8 * 4 * WORKGROUP_SIZE;
+        // Per invocation: a u32 count, a vec2<f64> sum, an f64 M2 and five u32.
+        let wg_storage = 48 * WORKGROUP_SIZE;
         if WORKGROUP_SIZE > limits.max_compute_invocations_per_workgroup
             || WORKGROUP_SIZE > limits.max_compute_workgroup_size_x
             || wg_storage > limits.max_compute_workgroup_storage_size
@@ -524,7 +539,6 @@ impl GpuReducer {
         encoder: &mut wgpu::CommandEncoder,
         bind_group: &wgpu::BindGroup,
         workgroups: u32,
-        shift: Shift,
         tag: u64,
     ) {
         let q = self.window.len() as u32 * 2;
@@ -547,18 +561,17 @@ impl GpuReducer {
         self.window.push(DispatchRecord {
             first: self.partials_used,
             workgroups,
-            shift,
             tag,
         });
         self.partials_used += workgroups;
     }
 
-    fn params_for(&self, len: usize, shift: Shift) -> GpuParams {
+    fn params_for(&self, len: usize) -> GpuParams {
         GpuParams {
             len: len as u32,
-            k_scaled: shift.k_scaled(),
             out_base: self.partials_used,
-            scale: shift.scale,
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 
@@ -589,8 +602,7 @@ impl GpuReducer {
                 self.ring[slot_index] = self.new_slot(slot_index, grown)?;
             }
         }
-        let shift = choose_shift(chunk);
-        let params = self.params_for(chunk.len(), shift);
+        let params = self.params_for(chunk.len());
         let slot = &self.ring[slot_index];
         let bytes = (chunk.len() as u64 * 4).next_multiple_of(4);
         {
@@ -613,7 +625,7 @@ impl GpuReducer {
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
         encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
-        self.encode(&mut encoder, &bind_group, workgroups, shift, tag);
+        self.encode(&mut encoder, &bind_group, workgroups, tag);
         let index = self.ctx.queue.submit([encoder.finish()]);
         // Map the staging buffer again: the callback fires once the device has copied it out,
         // and the slot is free for the batch after next.
@@ -728,7 +740,6 @@ impl GpuReducer {
                     params,
                     bind_group,
                     len: chunk.len(),
-                    shift: choose_shift(chunk),
                 }
             })
             .collect();
@@ -760,11 +771,11 @@ impl GpuReducer {
                 encoder = self.new_encoder("microbatch.resident.encoder");
                 self.read_back()?;
             }
-            let params = self.params_for(chunk.len, chunk.shift);
+            let params = self.params_for(chunk.len);
             self.ctx
                 .queue
                 .write_buffer(&chunk.params, 0, bytemuck::bytes_of(&params));
-            self.encode(&mut encoder, &chunk.bind_group, workgroups, chunk.shift, 0);
+            self.encode(&mut encoder, &chunk.bind_group, workgroups, 0);
         }
         self.ctx.queue.submit([encoder.finish()]);
         self.wall_compute_start.get_or_insert(start);
@@ -865,13 +876,13 @@ impl GpuReducer {
         self.wall_compute_start = None;
 
         for d in self.window.drain(..) {
-            // A dispatch's partials share one shift, so their shifted sums add up directly in
-            // f64; only the dispatch's total goes through the (dearer) Chan merge.
+            // Workgroup order: the result does not depend on which workgroup finished first.
             let range = d.first as usize..(d.first + d.workgroups) as usize;
-            let total = partials[range]
-                .iter()
-                .fold(ShiftedMoments::EMPTY, |acc, p| acc.add(&p.to_moments()));
-            self.acc.merge(d.tag, &total.into_partial(d.shift));
+            let mut total = Partial::EMPTY;
+            for p in &partials[range] {
+                total.merge(&p.to_partial());
+            }
+            self.acc.merge(d.tag, &total);
         }
         self.partials_used = 0;
         self.times.merge += readback_done.elapsed();

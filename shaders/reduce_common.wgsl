@@ -10,8 +10,14 @@
 //   t = Σ(x − p) and q = Σ(x − p)² in f64, where x − p is exact. The tile's sum is n·p + t and its
 //   M2 = q − t²/n. No shift is sampled, nothing is scaled: the error is relative to the tile's own
 //   spread, wherever the data sit.
-// - Tiles, threads and subgroups merge with Chan's formula, the sums kept as double-doubles
-//   (hi, lo) so that the difference of means is exact to the spread, not to the magnitude.
+// - Tiles, threads and subgroups merge with Chan's formula in a pivot frame: a state holds n, a
+//   pivot P (an f32, the first tile's), T = Σ(x − P) and M2, so that the difference of two means
+//   is formed from exact pivot differences plus small terms: its error is relative to the spread,
+//   not to the magnitude. The host turns n·P + T into a double-double sum exactly.
+// - Nothing here relies on exact rounding tricks (TwoSum and the like): drivers may rewrite float
+//   expressions algebraically (Mesa does, for SPIR-V without NoContraction), so every formula
+//   is one whose error bound survives reordering. An f32 pivot sum that overflows is caught from
+//   its bits and sends the thread to the classified path, which sums in f64.
 // - WGSL lets an implementation assume floats are finite and may flush f32 subnormals, so NaN,
 //   ±inf and subnormals are recognised from the bits. The fast path only tracks the key range
 //   (an order-preserving u32 key: exact min/max) and whether a subnormal was seen; a thread that
@@ -38,8 +44,9 @@ struct Partial {
     neg_inf: u32,
     min_key: u32,    // order-preserving key of the smallest finite value (0xffffffff: none)
     max_key: u32,    // order-preserving key of the largest finite value (0: none)
-    sum_hi: f64,     // Σx over finite values, as a double-double hi + lo
-    sum_lo: f64,
+    pivot: f32,      // P, the workgroup's pivot
+    _pad: u32,
+    t: f64,          // Σ(x − P) over finite values: the sum is count·P + t
     m2: f64,         // Σ(x − mean)² over finite values
 }
 
@@ -62,40 +69,22 @@ fn order_key(b: vec4<u32>) -> vec4<u32> {
     return b ^ (neg | vec4<u32>(0x80000000u));
 }
 
-// ---- double-double helpers (src/numerics.rs) ----
+// ---- moments in a pivot frame (src/numerics.rs) ----
 
-fn two_sum(a: f64, b: f64) -> vec2<f64> {
-    let s = a + b;
-    let bb = s - a;
-    return vec2<f64>(s, (a - (s - bb)) + (b - bb));
-}
-
-fn dd_add(a: vec2<f64>, b: vec2<f64>) -> vec2<f64> {
-    let s = two_sum(a.x, b.x);
-    let e = s.y + (a.y + b.y);
-    let hi = s.x + e;
-    return vec2<f64>(hi, e - (hi - s.x));
-}
-
-// (hi + lo) / n: the quotient and the correction from its exact residual.
-fn dd_div(s: vec2<f64>, n: f64) -> vec2<f64> {
-    let q = s.x / n;
-    let r = fma(-q, n, s.x) + s.y;
-    return vec2<f64>(q, r / n);
-}
-
-// n finite values, their sum as a double-double, and Σ(x − mean)².
+// n finite values, a pivot P (an f32 value, held in f64), T = Σ(x − P), M2 = Σ(x − mean)².
 struct Moments {
     n: u32,
-    sum: vec2<f64>,
+    p: f64,
+    t: f64,
     m2: f64,
 }
 
 fn moments_empty() -> Moments {
-    return Moments(0u, vec2<f64>(0.0), 0.0);
+    return Moments(0u, 0.0, 0.0, 0.0);
 }
 
-// Chan, Golub and LeVeque's merge with δ formed from the double-double means.
+// Chan, Golub and LeVeque's merge, kept in a's frame: P_b − P_a is exact (two f32 values in f64),
+// so δ = (P_b − P_a) + T_b/n_b − T_a/n_a carries an error relative to the spread.
 fn merge(a: Moments, b: Moments) -> Moments {
     if (b.n == 0u) {
         return a;
@@ -105,18 +94,15 @@ fn merge(a: Moments, b: Moments) -> Moments {
     }
     let na = f64(a.n);
     let nb = f64(b.n);
-    let ma = dd_div(a.sum, na);
-    let mb = dd_div(b.sum, nb);
-    let delta = (mb.x - ma.x) + (mb.y - ma.y);
+    let off = b.p - a.p;
+    let delta = off + (b.t / nb - a.t / na);
     let m2 = a.m2 + b.m2 + delta * delta * (na / (na + nb) * nb);
-    return Moments(a.n + b.n, dd_add(a.sum, b.sum), m2);
+    return Moments(a.n + b.n, a.p, a.t + (b.t + nb * off), m2);
 }
 
-// A tile's moments from its pivot sums: sum = n·p + t (n·p is exact: p is an f32 and n < 2^29),
-// M2 = q − t²/n.
+// A tile's moments from its pivot sums: M2 = q − t²/n.
 fn tile_moments(n: u32, p: f64, t: f64, q: f64) -> Moments {
-    let nf = f64(n);
-    return Moments(n, two_sum(nf * p, t), max(q - t * (t / nf), 0.0));
+    return Moments(n, p, t, max(q - t * (t / f64(n)), 0.0));
 }
 
 // ---- per-thread reduction ----
@@ -218,6 +204,8 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     var kmax = 0u;
     // Smallest (|bits| − 1) seen: below MANTISSA exactly when a subnormal was met.
     var sub = 0xffffffffu;
+    // Largest |bits| of a tile pivot: INF_BITS or more when a pivot sum overflowed.
+    var big = 0u;
     var v: array<vec4<f32>, MAX_VPT>;
     var i = first;
     // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all issued before any is used.
@@ -235,7 +223,11 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
             let a = (bits & vec4<u32>(ABS_MASK)) - vec4<u32>(1u);
             sub = min(sub, min(min(a.x, a.y), min(a.z, a.w)));
         }
-        let p = f64((s4.x + s4.y) + (s4.z + s4.w));
+        let pf = (s4.x + s4.y) + (s4.z + s4.w);
+        // A compiler may factor the 1/n out of the sum (Mesa does), which can overflow for
+        // values near f32::MAX: an infinite or NaN pivot marks the thread for the slow path.
+        big = max(big, bitcast<u32>(pf) & ABS_MASK);
+        let p = f64(pf);
         var t = vec4<f64>(0.0);
         var q = vec4<f64>(0.0);
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
@@ -249,7 +241,8 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
 
     let tail = len % 4u != 0u && lid == 0u && wid == 0u;
     var s = Thread(m, 0u, 0u, 0u, kmin, kmax);
-    let clean = kmin >= MIN_FINITE_KEY && kmax <= MAX_FINITE_KEY && sub >= MANTISSA;
+    let clean = kmin >= MIN_FINITE_KEY && kmax <= MAX_FINITE_KEY && sub >= MANTISSA
+        && big < INF_BITS;
     if (!clean) {
         // Rare: a NaN, an infinity or a subnormal among this thread's whole tiles: redo them
         // with every value classified.
@@ -277,7 +270,8 @@ fn combine(a: Thread, b: Thread) -> Thread {
 // Workgroup memory for combining the threads' (or subgroups') results; WG_SIZE entries cover
 // either entry point.
 var<workgroup> wg_n: array<u32, WG_SIZE>;
-var<workgroup> wg_sum: array<vec2<f64>, WG_SIZE>;
+var<workgroup> wg_p: array<f64, WG_SIZE>;
+var<workgroup> wg_t: array<f64, WG_SIZE>;
 var<workgroup> wg_m2: array<f64, WG_SIZE>;
 var<workgroup> wg_nan: array<u32, WG_SIZE>;
 var<workgroup> wg_pos_inf: array<u32, WG_SIZE>;
@@ -287,7 +281,8 @@ var<workgroup> wg_max: array<u32, WG_SIZE>;
 
 fn wg_store(i: u32, t: Thread) {
     wg_n[i] = t.m.n;
-    wg_sum[i] = t.m.sum;
+    wg_p[i] = t.m.p;
+    wg_t[i] = t.m.t;
     wg_m2[i] = t.m.m2;
     wg_nan[i] = t.nan;
     wg_pos_inf[i] = t.pos_inf;
@@ -297,12 +292,12 @@ fn wg_store(i: u32, t: Thread) {
 }
 
 fn wg_load(i: u32) -> Thread {
-    return Thread(Moments(wg_n[i], wg_sum[i], wg_m2[i]), wg_nan[i], wg_pos_inf[i],
+    return Thread(Moments(wg_n[i], wg_p[i], wg_t[i], wg_m2[i]), wg_nan[i], wg_pos_inf[i],
                   wg_neg_inf[i], wg_min[i], wg_max[i]);
 }
 
 fn write_partial(wid: u32, t: Thread) {
     partials[params.out_base + wid] = Partial(
-        t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, t.m.sum.x, t.m.sum.y, t.m.m2,
+        t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, f32(t.m.p), 0u, t.m.t, t.m.m2,
     );
 }

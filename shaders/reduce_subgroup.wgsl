@@ -5,7 +5,8 @@
 fn shuffle_xor(t: Thread, mask: u32) -> Thread {
     let m = Moments(
         subgroupShuffleXor(t.m.n, mask),
-        vec2<f64>(subgroupShuffleXor(t.m.sum.x, mask), subgroupShuffleXor(t.m.sum.y, mask)),
+        subgroupShuffleXor(t.m.p, mask),
+        subgroupShuffleXor(t.m.t, mask),
         subgroupShuffleXor(t.m.m2, mask),
     );
     return Thread(m, subgroupShuffleXor(t.nan, mask), subgroupShuffleXor(t.pos_inf, mask),

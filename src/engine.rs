@@ -68,6 +68,7 @@ pub struct Engine {
     ddof: u32,
     skip_nan: bool,
     buf: Vec<f32>,
+    notice: Option<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -87,6 +88,18 @@ impl Engine {
             let ctx = GpuContext::new(&selector)?;
             Ok(Box::new(GpuReducer::new(&ctx, gpu_config(config))?))
         };
+        let mut notice = None;
+        // An adapter that cannot run the kernel (no SHADER_F64) hands the work to the CPU
+        // backend, with a notice saying why, rather than to a kernel that would lose precision.
+        let mut or_cpu = |r: Result<Box<dyn BatchReducer + Send>>| match r {
+            Err(Error::GpuUnsupported { adapter, missing }) => {
+                notice = Some(format!(
+                    "{adapter} lacks {missing}; reducing on the CPU backend instead"
+                ));
+                Ok(Box::new(CpuReducer::new()) as Box<dyn BatchReducer + Send>)
+            }
+            other => other,
+        };
         let reducer: Box<dyn BatchReducer + Send> = match (config.backend, &config.adapter) {
             (BackendChoice::Cpu, Some(_)) => {
                 return Err(Error::InvalidConfig(
@@ -95,15 +108,17 @@ impl Engine {
                 ));
             }
             (BackendChoice::Cpu, None) => Box::new(CpuReducer::new()),
-            (_, Some(name)) => gpu(AdapterSelector::named(name.clone()))?,
-            (BackendChoice::Gpu, None) => gpu(AdapterSelector::any())?,
-            (BackendChoice::Auto, None) => match gpu(AdapterSelector::hardware()) {
+            (_, Some(name)) => or_cpu(gpu(AdapterSelector::named(name.clone())))?,
+            (BackendChoice::Gpu, None) => or_cpu(gpu(AdapterSelector::any()))?,
+            (BackendChoice::Auto, None) => match or_cpu(gpu(AdapterSelector::hardware())) {
                 Ok(r) => r,
                 Err(Error::AdapterNotFound { .. }) => Box::new(CpuReducer::new()),
                 Err(e) => return Err(e),
             },
         };
-        Ok(Self::with_reducer(reducer, config))
+        let mut engine = Self::with_reducer(reducer, config);
+        engine.notice = notice;
+        Ok(engine)
     }
 
     /// An engine over a reducer you built yourself (e.g. a [`GpuReducer`] on your own context).
@@ -114,7 +129,14 @@ impl Engine {
             ddof: config.ddof,
             skip_nan: config.skip_nan,
             buf: Vec::new(),
+            notice: None,
         }
+    }
+
+    /// Why the engine runs on another backend than the one asked for (a GPU adapter without
+    /// `SHADER_F64` hands its work to the CPU backend), for the caller to show.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
     }
 
     /// Reduces independent inputs together, pipelined through the backend as one stream (on the

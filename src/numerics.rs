@@ -19,16 +19,26 @@
 //! step scales the data, so nothing overflows or underflows where the result is finite.
 //!
 //! Blocks merge into [`Partial`]s with Chan, Golub and LeVeque's formula, carried out in
-//! double-double arithmetic ([`two_sum`]): the sum and `M2` are each kept as an unevaluated pair
-//! `hi + lo`, and the difference of means `δ` is formed from the pairs, so that merging
-//! millions of partials (tiny batches, many threads, many shards) adds only O(ε²) per merge.
+//! double-double arithmetic ([`two_sum`]) on the host: the sum and `M2` are each kept as an
+//! unevaluated pair `hi + lo`, and the difference of means `δ` is formed from the pairs, so that
+//! merging millions of partials (tiny batches, many threads, many shards) adds only O(ε²) per
+//! merge.
+//!
+//! The GPU cannot use such tricks (a driver may rewrite float expressions algebraically, and
+//! TwoSum is the first thing such a rewrite destroys), so inside the shader tiles merge in a
+//! *pivot frame*: a thread keeps its first tile's f32 pivot P, T = Σ(x − P) and M2, and forms δ
+//! from the exact difference of two f32 pivots plus small terms. Each workgroup's (n, P, T, M2)
+//! becomes a double-double on the host ([`PivotMoments::to_partial_with_m2`]).
 //!
 //! # Bounds (ε = 2⁻⁵³, m = values per f64 accumulator lane in a block)
 //!
-//! - sum: |error| ≤ 2·γₘ₊₄·Σ|x| + O(ε²)·Σ|x|, with γₖ = kε/(1 − kε). For the CPU's blocks
-//!   m = 256 (γ ≈ 2.9e-14); for the GPU's tiles m ≤ 4·VEC_PER_THREAD·(tiles per thread), bounded
-//!   by the thread's share. Both are under the promised 1e-12·Σ|x| by more than an order of
-//!   magnitude.
+//! - sum: |error| ≤ 2·γₘ₊₁·Σ|x| + O(ε²)·Σ|x|, with γₖ = kε/(1 − kε). For the CPU's blocks
+//!   m = 256 + 5 (2γ ≈ 5.8e-14). On the GPU, a tile's lanes add VEC_PER_THREAD values (≤ 16)
+//!   and a thread's T adds at most k = 64 tile sums (the GPU backend picks enough workgroups:
+//!   `MAX_THREAD_TILES`) around a pivot P, the mean of its first tile, so |P|·n ≤ k·Σ|x|: its
+//!   error stays under k·(k + 1)·ε·Σ|x| ≈ 4.6e-13·Σ|x| in the worst case (random rounding
+//!   gives far less), plus log₂(256) levels of the workgroup tree. Both are under the promised
+//!   1e-12·Σ|x|.
 //! - M2 (and so the variance): relative error ≤ 3γₘ₊₄·(1 + n·e²/M2) per block, where e is the
 //!   pivot's distance from the block mean (an f32 rounding: e²/σ² ≲ 1e-11·(1 + μ²/σ²)), plus
 //!   O(ε) per merge level. Within 1e-12 relative while μ²/σ² ≤ 1e12; beyond, within
@@ -113,6 +123,17 @@ impl PivotMoments {
     /// with an FMA), M2 = q − t²/n (the corrected two-pass formula).
     #[inline]
     pub fn to_partial(&self) -> Partial {
+        let m2 = if self.count > 0 {
+            (self.q - self.t * (self.t / self.count as f64)).max(0.0)
+        } else {
+            0.0
+        };
+        self.to_partial_with_m2(m2)
+    }
+
+    /// [`PivotMoments::to_partial`] with M2 already formed (the GPU forms it; `q` is ignored).
+    #[inline]
+    pub fn to_partial_with_m2(&self, m2: f64) -> Partial {
         let mut p = Partial {
             count: self.count,
             nan_count: self.nan_count,
@@ -127,7 +148,7 @@ impl PivotMoments {
             let (hi, lo) = dd_add(np, np_err, self.t, 0.0);
             p.sum = hi;
             p.sum_err = lo;
-            p.m2 = (self.q - self.t * (self.t / n)).max(0.0);
+            p.m2 = m2;
             p.min = self.min;
             p.max = self.max;
         }

@@ -268,6 +268,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     let mut engine = Engine::new(&config)?;
+    if let Some(notice) = engine.notice() {
+        eprintln!("microbatch: {notice}");
+    }
     let progress = Progress::new(total_bytes, args.quiet);
     let mut reports = Vec::new();
     let mut described = Vec::new();

@@ -165,6 +165,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         skip_nan: false,
     };
     let mut engine = Engine::new(&config)?;
+    if let Some(notice) = engine.notice() {
+        eprintln!("microbatch: {notice}");
+    }
     let backend_info = engine.backend().clone();
     let backend = {
         let b = &backend_info;

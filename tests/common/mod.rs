@@ -104,11 +104,13 @@ impl Reference {
 /// pairwise fold of the 32 lanes (src/backend/cpu.rs).
 pub const CPU_DEPTH: f64 = (8192 / 32 + 5) as f64;
 
-/// f64 additions on an element's path inside a GPU tile for kernel `shape`: the fast path adds
-/// `vec_per_thread` values per vec4 lane and folds the lanes (2); the path for tiles with NaN,
-/// ±inf or subnormals adds a tile's 4·vec_per_thread values in sequence.
+/// The GPU's bound in the same terms (src/numerics.rs): a tile adds at most its
+/// 4·vec_per_thread values in sequence (the path for tiles with NaN, ±inf or subnormals), and a
+/// thread's pivot-frame sum over at most k = 64 tiles contributes k(k + 1)/2 more (its worst
+/// case is k(k + 1)·ε·Σ|x|, and the tolerance is 2γ_depth·Σ|x|).
 pub fn shape_depth(_len: usize, _p: u32, shape: &KernelShape) -> f64 {
-    (4 * shape.vec_per_thread) as f64
+    let k = microbatch::backend::gpu::MAX_THREAD_TILES as f64;
+    (4 * shape.vec_per_thread) as f64 + k * (k + 1.0) / 2.0
 }
 
 /// [`shape_depth`] for the kernel the adapter gets by default (what `GpuConfig::new` builds).

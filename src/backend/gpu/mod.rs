@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
-use crate::numerics::from_order_key;
+use crate::numerics::{PivotMoments, from_order_key};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -46,6 +46,12 @@ pub const WORKGROUP_SIZE: u32 = 256;
 /// Largest `VEC_PER_THREAD` the kernel's register tile holds (`MAX_VPT` in the shader).
 pub const MAX_VEC_PER_THREAD: u32 = 16;
 
+/// Most tiles one thread reduces per dispatch. A thread's T = Σ(x − P) is one f64 running sum
+/// around its first tile's pivot, whose rounding error grows with the number of tiles k and
+/// with |P| against the data's mean magnitude, as k·(k + 1)·ε·Σ|x| in the worst case: at 64
+/// tiles under 5e-13·Σ|x| (src/numerics.rs). A batch gets enough workgroups for that.
+pub const MAX_THREAD_TILES: u64 = 64;
+
 /// Input buffers in the ring: while the device reduces one, the host fills the next.
 const RING: usize = 3;
 
@@ -66,7 +72,7 @@ struct GpuParams {
 }
 
 /// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce_common.wgsl
-/// (six u32, then three f64 at offsets 24, 32, 40: no padding on either side).
+/// (six u32, the f32 pivot and a named pad, then two f64 at offsets 32 and 40).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct GpuPartial {
@@ -76,28 +82,30 @@ struct GpuPartial {
     neg_inf: u32,
     min_key: u32,
     max_key: u32,
-    sum_hi: f64,
-    sum_lo: f64,
+    pivot: f32,
+    _pad: u32,
+    /// Σ(x − pivot) over the finite values.
+    t: f64,
     m2: f64,
 }
 
 impl GpuPartial {
     fn to_partial(self) -> Partial {
-        let mut p = Partial {
+        // The shader's M2 is already formed; q = M2 + t²/n hands it back through the same
+        // conversion as a CPU block (sum = n·pivot + t as a double-double).
+        let n = f64::from(self.count);
+        PivotMoments {
             count: u64::from(self.count),
             nan_count: u64::from(self.nan_count),
-            pos_inf_count: u64::from(self.pos_inf),
-            neg_inf_count: u64::from(self.neg_inf),
-            ..Partial::EMPTY
-        };
-        if self.count > 0 {
-            p.sum = self.sum_hi;
-            p.sum_err = self.sum_lo;
-            p.m2 = self.m2;
-            p.min = f64::from(from_order_key(self.min_key));
-            p.max = f64::from(from_order_key(self.max_key));
+            pos_inf: u64::from(self.pos_inf),
+            neg_inf: u64::from(self.neg_inf),
+            pivot: f64::from(self.pivot),
+            t: self.t,
+            q: 0.0,
+            min: f64::from(from_order_key(self.min_key)),
+            max: f64::from(from_order_key(self.max_key)),
         }
-        p
+        .to_partial_with_m2(if n > 0.0 { self.m2 } else { 0.0 })
     }
 }
 
@@ -519,11 +527,17 @@ impl GpuReducer {
     }
 
     /// Workgroups for a dispatch over `len` elements: P, but never more than one per tile of
-    /// `WORKGROUP_SIZE × vec_per_thread` vec4s (an idle workgroup only adds a partial to merge).
+    /// `WORKGROUP_SIZE × vec_per_thread` vec4s (an idle workgroup only adds a partial to merge),
+    /// and never so few that a thread sums more than [`MAX_THREAD_TILES`] tiles in one frame.
     fn workgroups_for(&self, len: usize) -> u32 {
         let n_vec = len.div_ceil(4) as u32;
         let tile = WORKGROUP_SIZE * self.shape.vec_per_thread;
-        self.info.workgroups.min(n_vec.div_ceil(tile)).max(1)
+        let fewest = u64::from(n_vec).div_ceil(u64::from(tile) * MAX_THREAD_TILES) as u32;
+        self.info
+            .workgroups
+            .min(n_vec.div_ceil(tile))
+            .max(fewest)
+            .max(1)
     }
 
     /// Whether the readback window has no room for one more dispatch of `workgroups` partials.

@@ -10,10 +10,11 @@
 //   t = Σ(x − p) and q = Σ(x − p)² in f64, where x − p is exact. The tile's sum is n·p + t and its
 //   M2 = q − t²/n. No shift is sampled, nothing is scaled: the error is relative to the tile's own
 //   spread, wherever the data sit.
-// - Tiles, threads and subgroups merge with Chan's formula in a pivot frame: a state holds n, a
-//   pivot P (an f32, the first tile's), T = Σ(x − P) and M2, so that the difference of two means
-//   is formed from exact pivot differences plus small terms: its error is relative to the spread,
-//   not to the magnitude. The host turns n·P + T into a double-double sum exactly.
+// - A thread moves each tile's sums to one pivot P (its first tile's): T = Σ(x − P),
+//   Q = Σ(x − P)², no division per tile. Threads and subgroups then merge with Chan's formula in
+//   a pivot frame: a state holds n, a pivot P (an f32 value), T and M2, so that the difference
+//   of two means is formed from exact pivot differences plus small terms: its error is relative
+//   to the spread, not to the magnitude. The host turns n·P + T into a double-double exactly.
 // - Nothing here relies on exact rounding tricks (TwoSum and the like): drivers may rewrite float
 //   expressions algebraically (Mesa does, for SPIR-V without NoContraction), so every formula
 //   is one whose error bound survives reordering. An f32 pivot sum that overflows is caught from
@@ -199,7 +200,14 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     let inv_n = 1.0 / f32(4u * VEC_PER_THREAD);
     let tile_n = 4u * VEC_PER_THREAD;
 
-    var m = moments_empty();
+    // The thread's tiles in one frame around its first tile's pivot P: T = Σ(x − P) and
+    // Q = Σ(x − P)², each tile's sums moved to P exactly in exact arithmetic (no division on the
+    // hot path). Since P is a tile mean, n(mean − P)² ≤ (tiles)·M2, which bounds Q against M2
+    // (the host caps a thread at MAX_THREAD_TILES tiles: src/numerics.rs).
+    var tiles = 0u;
+    var pivot = 0.0lf;
+    var big_t = 0.0lf;
+    var big_q = 0.0lf;
     var kmin = 0xffffffffu;
     var kmax = 0u;
     // Smallest (|bits| − 1) seen: below MANTISSA exactly when a subnormal was met.
@@ -235,8 +243,20 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
             t += d;
             q = fma(d, d, q);
         }
-        m = merge(m, tile_moments(tile_n, p, (t.x + t.y) + (t.z + t.w),
-                                  (q.x + q.y) + (q.z + q.w)));
+        if (tiles == 0u) {
+            pivot = p;
+        }
+        let off = p - pivot;
+        let tt = (t.x + t.y) + (t.z + t.w);
+        let qq = (q.x + q.y) + (q.z + q.w);
+        let nt = f64(tile_n);
+        big_t += tt + nt * off;
+        big_q += qq + off * (2.0 * tt + nt * off);
+        tiles += 1u;
+    }
+    var m = moments_empty();
+    if (tiles > 0u) {
+        m = tile_moments(tiles * tile_n, pivot, big_t, big_q);
     }
 
     let tail = len % 4u != 0u && lid == 0u && wid == 0u;

@@ -25,23 +25,27 @@
 //! merge.
 //!
 //! The GPU cannot use such tricks (a driver may rewrite float expressions algebraically, and
-//! TwoSum is the first thing such a rewrite destroys), so inside the shader tiles merge in a
-//! *pivot frame*: a thread keeps its first tile's f32 pivot P, T = Σ(x − P) and M2, and forms δ
-//! from the exact difference of two f32 pivots plus small terms. Each workgroup's (n, P, T, M2)
-//! becomes a double-double on the host ([`PivotMoments::to_partial_with_m2`]).
+//! TwoSum is the first thing such a rewrite destroys), so the shader works in a *pivot frame*:
+//! a thread moves each tile's sums to its first tile's f32 pivot P (T = Σ(x − P),
+//! Q = Σ(x − P)², exact shifts in exact arithmetic, no division), and threads merge by Chan's
+//! formula with δ formed from the exact difference of two f32 pivots plus small terms. Each
+//! workgroup's (n, P, T, M2) becomes a double-double on the host
+//! ([`PivotMoments::to_partial_with_m2`]).
 //!
 //! # Bounds (ε = 2⁻⁵³, m = values per f64 accumulator lane in a block)
 //!
 //! - sum: |error| ≤ 2·γₘ₊₁·Σ|x| + O(ε²)·Σ|x|, with γₖ = kε/(1 − kε). For the CPU's blocks
 //!   m = 256 + 5 (2γ ≈ 5.8e-14). On the GPU, a tile's lanes add VEC_PER_THREAD values (≤ 16)
-//!   and a thread's T adds at most k = 64 tile sums (the GPU backend picks enough workgroups:
+//!   and a thread's T adds at most k = 32 tile sums (the GPU backend picks enough workgroups:
 //!   `MAX_THREAD_TILES`) around a pivot P, the mean of its first tile, so |P|·n ≤ k·Σ|x|: its
-//!   error stays under k·(k + 1)·ε·Σ|x| ≈ 4.6e-13·Σ|x| in the worst case (random rounding
+//!   error stays under k·(k + 1)·ε·Σ|x| ≈ 1.2e-13·Σ|x| in the worst case (random rounding
 //!   gives far less), plus log₂(256) levels of the workgroup tree. Both are under the promised
 //!   1e-12·Σ|x|.
 //! - M2 (and so the variance): relative error ≤ 3γₘ₊₄·(1 + n·e²/M2) per block, where e is the
 //!   pivot's distance from the block mean (an f32 rounding: e²/σ² ≲ 1e-11·(1 + μ²/σ²)), plus
-//!   O(ε) per merge level. Within 1e-12 relative while μ²/σ² ≤ 1e12; beyond, within
+//!   O(ε) per merge level. On the GPU a thread's Q = Σ(x − P)² over its k ≤ 32 tiles is at
+//!   most (k + 1)·M2 (P is a tile mean), so its (k + VEC_PER_THREAD + 4) additions cost at
+//!   most ≈ 2e-13 relative. Within 1e-12 relative while μ²/σ² ≤ 1e12; beyond, within
 //!   1e-12·μ² absolute.
 //! - count, NaN and infinity counts, min and max: exact.
 

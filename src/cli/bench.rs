@@ -54,7 +54,8 @@ pub struct BenchArgs {
     /// GPU kernel: vec4 loads per thread per iteration (default: chosen per adapter)
     #[arg(long, value_name = "N")]
     vec_per_thread: Option<u32>,
-    /// GPU kernel: combine workgroups with subgroup operations: auto (where available), on, off
+    /// GPU kernel: combine workgroups with subgroup operations: auto (the workgroup-memory tree,
+    /// measured as fast or faster), on, off
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     subgroups: String,
 

@@ -106,7 +106,7 @@ pub const CPU_DEPTH: f64 = (8192 / 32 + 5) as f64;
 
 /// The GPU's bound in the same terms (src/numerics.rs): a tile adds at most its
 /// 4·vec_per_thread values in sequence (the path for tiles with NaN, ±inf or subnormals), and a
-/// thread's pivot-frame sum over at most k = 64 tiles contributes k(k + 1)/2 more (its worst
+/// thread's pivot-frame sum over at most k = MAX_THREAD_TILES tiles contributes k(k + 1)/2 more (its worst
 /// case is k(k + 1)·ε·Σ|x|, and the tolerance is 2γ_depth·Σ|x|).
 pub fn shape_depth(_len: usize, _p: u32, shape: &KernelShape) -> f64 {
     let k = microbatch::backend::gpu::MAX_THREAD_TILES as f64;

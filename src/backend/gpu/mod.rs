@@ -46,11 +46,11 @@ pub const WORKGROUP_SIZE: u32 = 256;
 /// Largest `VEC_PER_THREAD` the kernel's register tile holds (`MAX_VPT` in the shader).
 pub const MAX_VEC_PER_THREAD: u32 = 16;
 
-/// Most tiles one thread reduces per dispatch. A thread's T = Σ(x − P) is one f64 running sum
-/// around its first tile's pivot, whose rounding error grows with the number of tiles k and
-/// with |P| against the data's mean magnitude, as k·(k + 1)·ε·Σ|x| in the worst case: at 64
-/// tiles under 5e-13·Σ|x| (src/numerics.rs). A batch gets enough workgroups for that.
-pub const MAX_THREAD_TILES: u64 = 64;
+/// Most tiles one thread reduces per dispatch. A thread's T = Σ(x − P) and Q = Σ(x − P)² are
+/// f64 running sums around its first tile's pivot, whose rounding errors grow with the number
+/// of tiles k: the sum's as k·(k + 1)·ε·Σ|x|, M2's as (k + 20)·(k + 1)·ε·M2 in the worst case,
+/// at 32 tiles 1.2e-13 and 2e-13 (src/numerics.rs). A batch gets enough workgroups for that.
+pub const MAX_THREAD_TILES: u64 = 32;
 
 /// Input buffers in the ring: while the device reduces one, the host fills the next.
 const RING: usize = 3;
@@ -124,8 +124,8 @@ pub struct GpuConfig {
     /// vec4 loads each thread issues per loop iteration (the shader's `VEC_PER_THREAD`).
     /// `None`: [`default_vec_per_thread`] for the adapter.
     pub vec_per_thread: Option<u32>,
-    /// Whether workgroups combine with subgroup operations. `None`: wherever the adapter has
-    /// them; `Some(false)`: the workgroup-memory tree; `Some(true)`: an error without them.
+    /// Whether workgroups combine with subgroup operations. `None`: the tree (measured as fast
+    /// or faster); `Some(false)`: the workgroup-memory tree; `Some(true)`: an error without them.
     pub subgroups: Option<bool>,
 }
 
@@ -155,21 +155,6 @@ pub struct KernelShape {
     pub subgroup_sizes: (u32, u32),
 }
 
-impl KernelShape {
-    /// f32 additions on an element's path through the workgroup combine, in the worst order the
-    /// implementation may choose: log2(workgroup size) for the tree; for subgroups, a subgroup
-    /// add (whose order WGSL leaves open, so up to the subgroup size) and then a sequential sum
-    /// over the workgroup's subgroups. Tests derive their tolerances from it.
-    pub fn combine_depth(&self) -> u32 {
-        if self.subgroups {
-            let (min, max) = self.subgroup_sizes;
-            max + self.workgroup_size / min.max(1)
-        } else {
-            self.workgroup_size.ilog2()
-        }
-    }
-}
-
 impl std::fmt::Display for KernelShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -197,13 +182,14 @@ pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
     }
 }
 
-/// Default P for an adapter: on a discrete GPU 4096 workgroups of 256, the fastest of 1024 to
-/// 65535 on an H200 (132 SMs; more workgroups than fit at once balance the SMs' finishing times,
-/// while many more only add partials to merge; BENCHMARKS.md); fewer on integrated parts, and few
-/// on a software adapter, whose workgroups run on the host's threads.
+/// Default P for an adapter: on a discrete GPU 1024 workgroups of 256, the fastest of 1024, 4096
+/// and 16384 on an H100 with the f64 kernel of issue 10 (132 SMs; each workgroup's tree merge
+/// costs f64 divisions, so fewer, longer workgroups win; BENCHMARKS.md). A dispatch still gets
+/// at least enough workgroups for [`MAX_THREAD_TILES`]. Fewer on integrated parts, and few on a
+/// software adapter, whose workgroups run on the host's threads.
 pub fn default_workgroups(report: &AdapterReport) -> u32 {
     match report.device_type.as_str() {
-        "DiscreteGpu" => 4096,
+        "DiscreteGpu" => 1024,
         "IntegratedGpu" => 256,
         "Cpu" => 16,
         _ => 512,
@@ -334,7 +320,9 @@ impl GpuReducer {
             });
         }
         let subgroups = match config.subgroups {
-            None => ctx.subgroups,
+            // The tree was as fast or faster in every shape measured on an H100 (BENCHMARKS.md,
+            // issue 10): subgroup shuffles of f64 state are no cheaper than workgroup memory.
+            None => false,
             Some(true) if !ctx.subgroups => {
                 return Err(Error::InvalidConfig(format!(
                     "{} has no subgroup operations",

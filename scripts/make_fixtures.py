@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the small input files under tests/data/ with numpy itself (so the .npy headers and text
 layouts are numpy's, not ours) and the statistics numpy computes for them, in f64, on the values
-as microbatch reduces them (converted to float32), into tests/data/expected.json.
+at the precision microbatch reduces them in (float32 for f4 and integers of up to 16 bits, which
+it holds exactly; float64 for everything else, text included), into tests/data/expected.json.
 
 Run from the repository root: python3 scripts/make_fixtures.py   (needs numpy)
 The outputs are committed; tests/formats.rs checks both backends against them.
@@ -16,7 +17,9 @@ expected = {}
 
 
 def record(name, values):
-    x = np.asarray(values).astype(np.float32).astype(np.float64).ravel()
+    a = np.asarray(values)
+    narrow = a.dtype.kind == "f" and a.dtype.itemsize == 4
+    x = (a.astype(np.float32) if narrow else a).astype(np.float64).ravel()
     expected[name] = {
         "count": int(x.size),
         "sum": float(x.sum()),

@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuReducer;
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
-use crate::backend::{BackendInfo, BatchReducer, ComputeClock, StageTimes};
+use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
 use crate::report::{BatchCounts, Report, Timings};
-use crate::source::BatchSource;
+use crate::source::{BatchBuf, BatchSource, Element, read_batch};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -67,7 +67,7 @@ pub struct Engine {
     batch_size: usize,
     ddof: u32,
     skip_nan: bool,
-    buf: Vec<f32>,
+    buf: BatchBuf,
     notice: Option<String>,
 }
 
@@ -128,7 +128,7 @@ impl Engine {
             batch_size: config.batch_size.max(1),
             ddof: config.ddof,
             skip_nan: config.skip_nan,
-            buf: Vec::new(),
+            buf: BatchBuf::default(),
             notice: None,
         }
     }
@@ -142,13 +142,11 @@ impl Engine {
     /// Reduces independent inputs together, pipelined through the backend as one stream (on the
     /// GPU: one readback for all of them), and returns each input's own partial, in order, with
     /// the stage times of the whole pass. No input's values reach another's partial.
-    pub fn reduce_each(&mut self, inputs: &[&[f32]]) -> Result<(Vec<Partial>, StageTimes)> {
+    pub fn reduce_each(&mut self, inputs: &[BatchRef<'_>]) -> Result<(Vec<Partial>, StageTimes)> {
         for (i, data) in inputs.iter().enumerate() {
-            for batch in data.chunks(self.batch_size) {
-                if let Err(e) = self.reducer.push_tagged(i as u64, batch) {
-                    let _ = self.reducer.finish_tagged();
-                    return Err(e);
-                }
+            if let Err(e) = data.push_to(&mut *self.reducer, i as u64, self.batch_size) {
+                let _ = self.reducer.finish_tagged();
+                return Err(e);
             }
         }
         let (parts, times) = self.reducer.finish_tagged()?;
@@ -183,12 +181,18 @@ impl Engine {
         let result = (|| {
             loop {
                 let t = Instant::now();
-                let n = source.next_batch(&mut buf, self.batch_size)?;
+                let (n, element) = read_batch(&mut *source, &mut buf, self.batch_size)?;
                 read += t.elapsed();
                 if n == 0 {
                     return Ok(());
                 }
-                self.reducer.push(&buf)?;
+                match element {
+                    Element::F32 => self.reducer.push(&buf.f32)?,
+                    Element::F64 => {
+                        self.note_host_f64();
+                        self.reducer.push_f64(&buf.f64)?;
+                    }
+                }
                 batches += 1;
                 observe(&*source);
             }
@@ -200,6 +204,31 @@ impl Engine {
             return Err(e);
         }
         self.finish(start, read, batches)
+    }
+
+    /// Reduces f64 values in micro-batches, in f64, without copying them.
+    pub fn reduce_f64(&mut self, data: &[f64]) -> Result<Report> {
+        self.note_host_f64();
+        let start = Instant::now();
+        let mut count = 0u64;
+        for batch in data.chunks(self.batch_size) {
+            if let Err(e) = self.reducer.push_f64(batch) {
+                let _ = self.reducer.finish();
+                return Err(e);
+            }
+            count += 1;
+        }
+        self.finish(start, Duration::ZERO, count)
+    }
+
+    /// The GPU backend reduces f64 batches with the CPU's f64 kernel: say so once.
+    fn note_host_f64(&mut self) {
+        if self.reducer.info().kind == BackendKind::Gpu && self.notice.is_none() {
+            self.notice = Some(
+                "f64 values are reduced in f64 by the CPU backend's kernel (the GPU kernel reads f32)"
+                    .to_string(),
+            );
+        }
     }
 
     /// Reduces a slice in micro-batches, without copying it.

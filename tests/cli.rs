@@ -80,7 +80,7 @@ fn json_has_exactly_the_documented_schema() {
     assert_eq!(keys(&v["input"]), ["skipped_invalid", "sources"]);
     assert_eq!(
         keys(&v["input"]["sources"][0]),
-        ["name", "shape", "skipped_invalid"]
+        ["dtype", "name", "precision", "shape", "skipped_invalid"]
     );
     assert_eq!(
         keys(&v["stats"]),
@@ -387,4 +387,71 @@ fn gpu_backend_through_the_binary() {
     ] {
         assert!(!first[k].is_null(), "devices --json lacks {k}: {first}");
     }
+}
+
+/// Each input is reduced at its own precision, and the report says which (issue 10: a CSV value
+/// 7.8026 printed as 7.802599906921387; i64 2^40 + 0..999 gave var 0; big-endian i64 around
+/// ±4.6e18 was off 2.2e-6 in the sum).
+#[test]
+fn inputs_keep_their_precision_and_say_so() {
+    let csv = tmp("prices.csv", b"price\n7.8026\n");
+    let v = json(&run(&[
+        "run",
+        csv.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    assert_eq!(v["stats"]["sum"].as_f64(), Some(7.8026));
+    assert_eq!(v["stats"]["max"].as_f64(), Some(7.8026));
+    assert_eq!(v["input"]["sources"][0]["precision"], "f64");
+    assert_eq!(v["input"]["sources"][0]["dtype"], "text");
+
+    let ints: Vec<u8> = (0..1000i64)
+        .flat_map(|i| ((1i64 << 40) + i).to_le_bytes())
+        .collect();
+    let path = tmp("ints.i64", &ints);
+    let v = json(&run(&[
+        "run",
+        path.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    // var of 0..999 = (1000² − 1)/12, exact in f64.
+    assert_eq!(v["stats"]["var"].as_f64(), Some(83_333.25));
+    assert_eq!(v["stats"]["min"].as_f64(), Some(2f64.powi(40)));
+    assert_eq!(v["input"]["sources"][0]["dtype"], "i64");
+    assert_eq!(v["input"]["sources"][0]["precision"], "f64");
+
+    let big: Vec<i64> = (0..2000i64)
+        .map(|i| {
+            if i % 2 == 0 {
+                4_600_000_000_000_000_000 + i
+            } else {
+                -4_600_000_000_000_000_000 - 3 * i
+            }
+        })
+        .collect();
+    let bytes: Vec<u8> = big.iter().flat_map(|x| x.to_be_bytes()).collect();
+    let path = tmp("big.bin", &bytes);
+    let v = json(&run(&[
+        "run",
+        path.to_str().unwrap(),
+        "--dtype",
+        "i64",
+        "--endian",
+        "big",
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    let exact: i128 = big.iter().map(|&x| i128::from(x)).sum();
+    let sum = v["stats"]["sum"].as_f64().unwrap();
+    let abs: f64 = big.iter().map(|&x| (x as f64).abs()).sum();
+    // Each value rounds to f64 (±4.6e18 is past 2^53: ≤ 512 off), inside 1e-12·Σ|x|.
+    assert!(
+        (sum - exact as f64).abs() <= 1e-12 * abs,
+        "{sum} vs {exact}"
+    );
 }

@@ -304,3 +304,71 @@ fn same_input_same_bits_every_run() {
         }
     }
 }
+
+/// f64 inputs are reduced in f64 (issue 10: 1e8 + U[0,1) once gave var 0.0, i64 2^40 + 0..999
+/// likewise), on every backend.
+#[test]
+fn f64_values_keep_their_precision() {
+    let mut rng = fresh_rng("f64");
+    let offset: Vec<f64> = (0..200_001).map(|_| 1e8 + rng.random::<f64>()).collect();
+    let ints: Vec<f64> = (0..100_000)
+        .map(|i| (2f64.powi(40) + (i % 1000) as f64))
+        .collect();
+    let normal: Vec<f64> = (0..300_000)
+        .map(|_| {
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            1e6 + 1e3 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        })
+        .collect();
+    // Values past f32's range, and tiny ones.
+    let wide: Vec<f64> = (0..50_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                1e150 * (1.0 + i as f64 * 1e-6)
+            } else {
+                1e-200
+            }
+        })
+        .collect();
+    // i64 around ±4.6e18 (once off 2.2e-6 in the sum).
+    let big_ints: Vec<f64> = (0..20_000)
+        .map(|i| (if i % 2 == 0 { 4.6e18 } else { -4.6e18 }) + (i * 1_000_003) as f64)
+        .collect();
+    for (what, data) in [
+        ("1e8 + U[0,1)", &offset),
+        ("2^40 + 0..999", &ints),
+        ("N(1e6, 1e3) f64", &normal),
+        ("1e150 and 1e-200", &wide),
+        ("±4.6e18", &big_ints),
+    ] {
+        let r = reference_f64(data.iter().copied());
+        assert!(r.m2 > 0.0, "{what}: the reference has a spread");
+        for be in backends() {
+            for b in [4096usize, 100_000, 1 << 20] {
+                let s = (be.make)(b).reduce_f64(data).unwrap().stats;
+                let name = format!("{what} [{} B={b}]", be.name);
+                assert_eq!(s.count as usize, r.n, "{name}: count");
+                assert_eq!(
+                    (s.min, s.max),
+                    (Some(r.min), Some(r.max)),
+                    "{name}: min/max"
+                );
+                // f64 blocks: 4096/16 values per lane and a 4-level fold (src/backend/cpu.rs).
+                assert_close(
+                    &format!("{name}: sum"),
+                    s.sum.unwrap(),
+                    r.sum,
+                    r.sum_tolerance(260.0),
+                );
+                let var = r.m2 / r.n as f64;
+                assert_close(
+                    &format!("{name}: var"),
+                    s.var.unwrap(),
+                    var,
+                    r.var_rel_tolerance() * var,
+                );
+            }
+        }
+    }
+}

@@ -220,7 +220,7 @@ pub fn prefetch(p: *const f32) {
 
 /// Asks for the cache line holding `p` to be brought into L2 (a hint, like [`prefetch`]).
 #[inline(always)]
-fn prefetch_l2(p: *const f32) {
+fn prefetch_l2<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT1 only hints the cache; it has no architectural effect and cannot fault.
     unsafe {
@@ -249,6 +249,203 @@ fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
         acc.merge(&reduce_block_slow(rest).to_partial());
     }
     acc
+}
+
+/// Values per f64 block (32 KiB, in L1): both passes run over it there.
+pub const BLOCK_F64: usize = 4096;
+/// f64 lanes of both passes (two AVX-512 registers).
+const LANES_F64: usize = 16;
+/// 1/BLOCK_F64: each value enters the first pass's sum scaled by it (exact, a power of two), so
+/// that the sum cannot overflow whatever the values' magnitude.
+const INV_BLOCK_F64: f64 = 1.0 / BLOCK_F64 as f64;
+
+/// The f64 fast path for one whole block: `None` when the first pass's sum is not finite (a NaN
+/// or an infinity), and the block must go through [`reduce_block_slow_f64`]. The pivot is the
+/// block's mean itself (an f64: x − p is not exact, but its rounding is relative to x − p).
+#[inline(always)]
+fn reduce_block_fast_f64<const FMA: bool>(
+    block: &[f64; BLOCK_F64],
+    range: &mut LaneRangeF64,
+) -> Option<PivotMoments> {
+    let mut s = [0.0f64; LANES_F64];
+    let mut lo = range.lo;
+    let mut hi = range.hi;
+    let next = block.as_ptr().wrapping_add(BLOCK_F64);
+    for (i, c) in block.chunks_exact(LANES_F64).enumerate() {
+        // Two 64-byte lines per iteration: the first pass asks for the first half of the next
+        // block, the second pass for the rest (as the f32 kernel does).
+        prefetch_l2(next.wrapping_add(i * 8));
+        for j in 0..LANES_F64 {
+            let x = c[j];
+            s[j] += x * INV_BLOCK_F64;
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+            hi[j] = if x > hi[j] { x } else { hi[j] };
+        }
+    }
+    let pivot = pairwise(s);
+    if !pivot.is_finite() {
+        return None;
+    }
+    let mut t = [0.0f64; LANES_F64];
+    let mut q = [0.0f64; LANES_F64];
+    for (i, c) in block.chunks_exact(LANES_F64).enumerate() {
+        prefetch_l2(next.wrapping_add(BLOCK_F64 / 2 + i * 8));
+        for j in 0..LANES_F64 {
+            let d = c[j] - pivot;
+            t[j] += d;
+            q[j] = if FMA {
+                d.mul_add(d, q[j])
+            } else {
+                q[j] + d * d
+            };
+        }
+    }
+    range.lo = lo;
+    range.hi = hi;
+    Some(PivotMoments {
+        count: BLOCK_F64 as u64,
+        nan_count: 0,
+        pos_inf: 0,
+        neg_inf: 0,
+        pivot,
+        t: pairwise(t),
+        q: pairwise(q),
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    })
+}
+
+/// [`LaneRange`] for the f64 kernel.
+struct LaneRangeF64 {
+    lo: [f64; LANES_F64],
+    hi: [f64; LANES_F64],
+}
+
+impl LaneRangeF64 {
+    const EMPTY: Self = Self {
+        lo: [f64::INFINITY; LANES_F64],
+        hi: [f64::NEG_INFINITY; LANES_F64],
+    };
+
+    fn fold_into(&self, p: &mut Partial) {
+        for j in 0..LANES_F64 {
+            p.min = p.min.min(self.lo[j]);
+            p.max = p.max.max(self.hi[j]);
+        }
+    }
+}
+
+/// Reduces a block of at most [`BLOCK_F64`] f64 values with every value classified.
+fn reduce_block_slow_f64(block: &[f64]) -> PivotMoments {
+    debug_assert!(block.len() <= BLOCK_F64);
+    let mut pm = PivotMoments {
+        count: 0,
+        nan_count: 0,
+        pos_inf: 0,
+        neg_inf: 0,
+        pivot: 0.0,
+        t: 0.0,
+        q: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+    let mut s = [0.0f64; SLOW_LANES];
+    for (i, &x) in block.iter().enumerate() {
+        if x.is_finite() {
+            pm.count += 1;
+            s[i % SLOW_LANES] += x * INV_BLOCK_F64;
+            pm.min = pm.min.min(x);
+            pm.max = pm.max.max(x);
+        } else if x.is_nan() {
+            pm.nan_count += 1;
+        } else if x > 0.0 {
+            pm.pos_inf += 1;
+        } else {
+            pm.neg_inf += 1;
+        }
+    }
+    if pm.count == 0 {
+        return pm;
+    }
+    pm.pivot = s.iter().sum::<f64>() * (BLOCK_F64 as f64 / pm.count as f64);
+    let mut t = [0.0f64; SLOW_LANES];
+    let mut q = [0.0f64; SLOW_LANES];
+    for (i, &x) in block.iter().enumerate() {
+        if x.is_finite() {
+            let d = x - pm.pivot;
+            t[i % SLOW_LANES] += d;
+            q[i % SLOW_LANES] += d * d;
+        }
+    }
+    pm.t = t.iter().sum();
+    pm.q = q.iter().sum();
+    pm
+}
+
+#[inline(always)]
+fn reduce_serial_f64_impl<const FMA: bool>(data: &[f64]) -> Partial {
+    let mut acc = Partial::EMPTY;
+    let mut range = LaneRangeF64::EMPTY;
+    let mut blocks = data.chunks_exact(BLOCK_F64);
+    for block in &mut blocks {
+        let block: &[f64; BLOCK_F64] = block.try_into().expect("chunks_exact gives whole blocks");
+        let pm = reduce_block_fast_f64::<FMA>(block, &mut range)
+            .unwrap_or_else(|| reduce_block_slow_f64(block));
+        acc.merge(&pm.to_partial());
+    }
+    if acc.count > 0 {
+        range.fold_into(&mut acc);
+    }
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        acc.merge(&reduce_block_slow_f64(rest).to_partial());
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn reduce_serial_f64_avx512(data: &[f64]) -> Partial {
+    reduce_serial_f64_impl::<true>(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_serial_f64_avx2(data: &[f64]) -> Partial {
+    reduce_serial_f64_impl::<true>(data)
+}
+
+/// [`reduce_serial_with`] for f64 values.
+pub(crate) fn reduce_serial_f64_with(level: SimdLevel, data: &[f64]) -> Partial {
+    ensure_supported(level);
+    match level {
+        // SAFETY: the processor has the features these functions are compiled for (checked above).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { reduce_serial_f64_avx512(data) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { reduce_serial_f64_avx2(data) },
+        _ => reduce_serial_f64_impl::<false>(data),
+    }
+}
+
+/// Reduces f64 values to a [`Partial`] on all cores, in f64 throughout.
+pub fn reduce_slice_f64(data: &[f64]) -> Partial {
+    reduce_slice_f64_with(simd_level(), data)
+}
+
+/// [`reduce_slice_f64`] with the kernel compiled for `level`.
+pub fn reduce_slice_f64_with(level: SimdLevel, data: &[f64]) -> Partial {
+    // Pieces of the same bytes as the f32 path's, in whole f64 blocks.
+    let piece =
+        (piece_len(data.len() * 2, rayon::current_num_threads()) / 2).next_multiple_of(BLOCK_F64);
+    let mut total = Partial::EMPTY;
+    for_each_piece(
+        data,
+        piece,
+        |piece| reduce_serial_f64_with(level, piece),
+        |p| total.merge(&p),
+    );
+    total
 }
 
 /// The instruction sets the CPU kernel is compiled for; the best one the processor has is chosen
@@ -435,10 +632,10 @@ pub fn read_slice(data: &[f32]) -> f32 {
 /// threads take pieces from the same counter as they wake up. Handing the whole slice to the
 /// pool instead (par_chunks) leaves the caller idle and every thread waiting on the last to
 /// wake, which on a small VM costs tens of microseconds per batch (BENCHMARKS.md).
-fn for_each_piece<T: Send>(
-    data: &[f32],
+fn for_each_piece<E: Sync, T: Send>(
+    data: &[E],
     piece: usize,
-    each: impl Fn(&[f32]) -> T + Sync,
+    each: impl Fn(&[E]) -> T + Sync,
     mut done: impl FnMut(T),
 ) {
     if data.len() <= piece {
@@ -532,6 +729,16 @@ impl BatchReducer for CpuReducer {
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {
         let start = Instant::now();
         let p = reduce_slice(batch);
+        let mid = Instant::now();
+        self.acc.merge(tag, &p);
+        self.times.compute += mid - start;
+        self.times.merge += mid.elapsed();
+        Ok(())
+    }
+
+    fn push_f64_tagged(&mut self, tag: u64, batch: &[f64]) -> Result<()> {
+        let start = Instant::now();
+        let p = reduce_slice_f64(batch);
         let mid = Instant::now();
         self.acc.merge(tag, &p);
         self.times.compute += mid - start;

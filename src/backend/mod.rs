@@ -90,6 +90,45 @@ impl Tagged {
     }
 }
 
+/// A borrowed micro-batch at either precision (see [`crate::source::Element`]).
+#[derive(Debug, Clone, Copy)]
+pub enum BatchRef<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// f64 values, reduced in f64.
+    F64(&'a [f64]),
+}
+
+impl BatchRef<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            BatchRef::F32(v) => v.len(),
+            BatchRef::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pushes the batch to `reducer` under `tag`, in pieces of at most `max` values.
+    pub fn push_to(
+        &self,
+        reducer: &mut (impl BatchReducer + ?Sized),
+        tag: u64,
+        max: usize,
+    ) -> Result<()> {
+        match self {
+            BatchRef::F32(v) => v.chunks(max).try_for_each(|c| reducer.push_tagged(tag, c)),
+            BatchRef::F64(v) => v
+                .chunks(max)
+                .try_for_each(|c| reducer.push_f64_tagged(tag, c)),
+        }
+    }
+}
+
 /// A backend that reduces a stream of micro-batches.
 ///
 /// `push` may return before the batch is reduced (the GPU pipelines its work); `finish` waits for
@@ -103,12 +142,18 @@ pub trait BatchReducer {
     /// Reduces (or enqueues) one micro-batch whose partial is kept under `tag`. The slice is not
     /// kept past the call.
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()>;
+    /// Reduces (or enqueues) one micro-batch of f64 values, in f64, kept under `tag`.
+    fn push_f64_tagged(&mut self, tag: u64, batch: &[f64]) -> Result<()>;
     /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
     /// the stage times.
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)>;
     /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
     fn push(&mut self, batch: &[f32]) -> Result<()> {
         self.push_tagged(0, batch)
+    }
+    /// Reduces (or enqueues) one micro-batch of f64 values, in f64.
+    fn push_f64(&mut self, batch: &[f64]) -> Result<()> {
+        self.push_f64_tagged(0, batch)
     }
     /// Waits for all pushed batches and returns their merged partial and stage times.
     fn finish(&mut self) -> Result<(Partial, StageTimes)> {

@@ -268,7 +268,8 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     let mut engine = Engine::new(&config)?;
-    if let Some(notice) = engine.notice() {
+    let mut noticed = engine.notice().map(str::to_string);
+    if let Some(notice) = &noticed {
         eprintln!("microbatch: {notice}");
     }
     let progress = Progress::new(total_bytes, args.quiet);
@@ -281,11 +282,19 @@ fn run(args: RunArgs) -> Result<()> {
                 progress.update(done_bytes + s.bytes_read())
             })
             .with_context(|| format!("reducing {}", source.describe()))?;
+        if engine.notice() != noticed.as_deref() {
+            noticed = engine.notice().map(str::to_string);
+            if let Some(notice) = &noticed {
+                eprintln!("microbatch: {notice}");
+            }
+        }
         done_bytes += source.bytes_read();
         described.push(Described {
             name: source.describe(),
             shape: source.shape().map(<[u64]>::to_vec),
             skipped: source.skipped(),
+            dtype: source.dtype_name(),
+            precision: source.element().name(),
         });
         reports.push(report);
         Ok(())
@@ -367,6 +376,10 @@ fn run(args: RunArgs) -> Result<()> {
 struct Described {
     name: String,
     shape: Option<Vec<u64>>,
+    /// The element type as read (`f32`, `i64`, `text`, …).
+    dtype: String,
+    /// The precision it was reduced in.
+    precision: &'static str,
     skipped: u64,
 }
 
@@ -375,6 +388,8 @@ impl Described {
         serde_json::json!({
             "name": self.name,
             "shape": self.shape,
+            "dtype": self.dtype,
+            "precision": self.precision,
             "skipped_invalid": self.skipped,
         })
     }

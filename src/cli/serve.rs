@@ -92,8 +92,23 @@ pub(crate) struct ServeArgs {
 
 /// One batch for the engine thread, and where its result goes.
 struct Job {
-    batch: Vec<f32>,
+    batch: JobBatch,
     reply: mpsc::SyncSender<Result<Done, String>>,
+}
+
+/// A batch's values at the precision its body holds.
+enum JobBatch {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl JobBatch {
+    fn as_ref(&self) -> microbatch::backend::BatchRef<'_> {
+        match self {
+            JobBatch::F32(v) => microbatch::backend::BatchRef::F32(v),
+            JobBatch::F64(v) => microbatch::backend::BatchRef::F64(v),
+        }
+    }
 }
 
 /// A reduced batch: its own partial, and its share of the engine's stage times (batches of
@@ -211,13 +226,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                 engine_metrics
                     .queue_depth
                     .fetch_sub(group.len(), Ordering::Relaxed);
-                let inputs: Vec<&[f32]> = group.iter().map(|j| j.batch.as_slice()).collect();
+                let inputs: Vec<_> = group.iter().map(|j| j.batch.as_ref()).collect();
                 match engine.reduce_each(&inputs) {
                     Ok((parts, times)) => {
                         engine_metrics.observe(&times, group.len());
                         let total = inputs.iter().map(|b| b.len()).sum::<usize>().max(1) as f64;
                         for (job, partial) in group.iter().zip(parts) {
-                            let share = job.batch.len() as f64 / total;
+                            let share = job.batch.as_ref().len() as f64 / total;
                             let times = StageTimes {
                                 upload: times.upload.mul_f64(share),
                                 compute: times.compute.mul_f64(share),
@@ -515,13 +530,17 @@ fn reduce_body(
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
     };
     loop {
-        let mut buf = Vec::new();
-        let n = source
-            .next_batch(&mut buf, state.limits.batch)
-            .map_err(api_error)?;
+        let mut buf = microbatch::source::BatchBuf::default();
+        let (n, element) =
+            microbatch::source::read_batch(&mut *source, &mut buf, state.limits.batch)
+                .map_err(api_error)?;
         if n == 0 {
             break;
         }
+        let buf = match element {
+            microbatch::source::Element::F32 => JobBatch::F32(buf.f32),
+            microbatch::source::Element::F64 => JobBatch::F64(buf.f64),
+        };
         elements += n;
         if let Some(max) = max_elements
             && elements > max

@@ -1,19 +1,20 @@
 //! Binary inputs: raw files of one element type and byte order (`.f32`, `.f64`, `--dtype`), and
-//! the data part of a `.npy` file. Read batch by batch; converted to f32 on the host.
+//! the data part of a `.npy` file. Read batch by batch, at the element type's own precision
+//! ([`Dtype::element`]): f32, or f64 for f64 and 32/64-bit integers.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::BatchSource;
 use super::dtype::{Dtype, Endian};
+use super::{BatchSource, Element};
 use crate::{Error, Location, Result};
 
 /// Elements a stream of unknown length is first read into; the buffer doubles from there up to
 /// the batch size while data keeps coming.
 const FIRST_READ: usize = 1 << 14;
 
-/// Elements of one [`Dtype`] in one byte order from a reader, converted to f32 batch by batch.
+/// Elements of one [`Dtype`] in one byte order from a reader, decoded batch by batch.
 #[derive(Debug)]
 pub struct BinarySource<R> {
     reader: R,
@@ -180,8 +181,16 @@ impl<R: Read> BinarySource<R> {
     }
 }
 
-impl<R: Read> BatchSource for BinarySource<R> {
-    fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
+impl<R: Read> BinarySource<R> {
+    /// Reads up to `max` elements into `buf`, straight into it when the input's bytes are
+    /// already `T`s (`native`), else through the scratch buffer and `decode`.
+    fn read_into<T: bytemuck::Pod>(
+        &mut self,
+        buf: &mut Vec<T>,
+        max: usize,
+        native: bool,
+        decode: impl Fn(&[u8], &mut [T]),
+    ) -> Result<usize> {
         let width = self.dtype.size();
         let done = self.consumed / width as u64;
         // Never ask for more than the input can hold: a small file needs no whole batch of
@@ -202,9 +211,7 @@ impl<R: Read> BatchSource for BinarySource<R> {
         } else {
             max.min(FIRST_READ)
         };
-        let native_f32 = self.dtype == Dtype::F32
-            && (self.endian == Endian::Little) == cfg!(target_endian = "little");
-        let filled = if native_f32 {
+        let filled = if native {
             // The common case reads straight into the batch.
             self.fill_growing(buf, max, first)?
         } else {
@@ -218,9 +225,8 @@ impl<R: Read> BatchSource for BinarySource<R> {
                 }
             };
             let whole = filled / width;
-            buf.resize(whole, 0.0);
-            self.dtype
-                .decode(self.endian, &scratch[..whole * width], &mut buf[..whole]);
+            buf.resize(whole, T::zeroed());
+            decode(&scratch[..whole * width], &mut buf[..whole]);
             self.scratch = scratch;
             filled
         };
@@ -264,6 +270,36 @@ impl<R: Read> BatchSource for BinarySource<R> {
         }
         Ok(n)
     }
+}
+
+impl<R: Read> BatchSource for BinarySource<R> {
+    fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
+        if self.dtype.element() == Element::F64 {
+            return Err(Error::InvalidConfig(format!(
+                "{} holds {} values, reduced in f64: read it with next_batch_f64",
+                self.label, self.dtype
+            )));
+        }
+        let native = self.dtype == Dtype::F32
+            && (self.endian == Endian::Little) == cfg!(target_endian = "little");
+        let (dtype, endian) = (self.dtype, self.endian);
+        self.read_into(buf, max, native, |b, o| dtype.decode(endian, b, o))
+    }
+
+    fn element(&self) -> Element {
+        self.dtype.element()
+    }
+
+    fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
+        let native = self.dtype == Dtype::F64
+            && (self.endian == Endian::Little) == cfg!(target_endian = "little");
+        let (dtype, endian) = (self.dtype, self.endian);
+        self.read_into(buf, max, native, |b, o| dtype.decode_f64(endian, b, o))
+    }
+
+    fn dtype_name(&self) -> String {
+        self.dtype.name().to_string()
+    }
 
     fn len_hint(&self) -> Option<u64> {
         self.expected
@@ -295,10 +331,11 @@ impl<R: Read> BatchSource for BinarySource<R> {
 mod tests {
     use super::*;
 
-    fn drain<S: BatchSource>(s: &mut S, max: usize) -> Result<Vec<f32>> {
+    /// Every value, widened to f64 (exact for f32 sources).
+    fn drain<S: BatchSource>(s: &mut S, max: usize) -> Result<Vec<f64>> {
         let mut buf = Vec::new();
         let mut got = Vec::new();
-        while s.next_batch(&mut buf, max)? > 0 {
+        while s.next_batch_f64(&mut buf, max)? > 0 {
             got.extend_from_slice(&buf);
         }
         Ok(got)
@@ -309,7 +346,8 @@ mod tests {
         let values = [1.5f32, -2.0, f32::INFINITY, 3.25, 0.1];
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut s = BinarySource::from_reader(&bytes[..], "<mem>", Dtype::F32, Endian::Little);
-        assert_eq!(drain(&mut s, 2).unwrap(), values);
+        let want: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+        assert_eq!(drain(&mut s, 2).unwrap(), want);
     }
 
     #[test]
@@ -317,8 +355,16 @@ mod tests {
         let values = [1.0e300f64, -2.5, 0.1, 7.0, -0.0];
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
         let mut s = BinarySource::from_reader(&bytes[..], "<mem>", Dtype::F64, Endian::Big);
-        let want: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-        assert_eq!(drain(&mut s, 3).unwrap(), want);
+        assert_eq!(s.element(), Element::F64);
+        // Kept in f64, bit for bit (the sign of -0 too).
+        let got = drain(&mut s, 3).unwrap();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // Reading it as f32 would narrow it: refused.
+        let mut s = BinarySource::from_reader(&bytes[..], "<mem>", Dtype::F64, Endian::Big);
+        assert!(s.next_batch(&mut Vec::new(), 3).is_err());
     }
 
     #[test]

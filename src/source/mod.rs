@@ -16,11 +16,77 @@ pub use text::{Column, Delimiter, TextOptions, TextSource};
 
 use crate::Result;
 
-/// A stream of f32 values delivered in micro-batches.
+/// The precision a source's values are reduced in: their own, never narrower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Element {
+    /// f32 values (f32 inputs, and integers of at most 16 bits, which f32 holds exactly).
+    #[default]
+    F32,
+    /// f64 values (f64 inputs, 32- and 64-bit integers, text).
+    F64,
+}
+
+impl Element {
+    /// `f32` or `f64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Element::F32 => "f32",
+            Element::F64 => "f64",
+        }
+    }
+}
+
+/// A micro-batch's buffer at either precision ([`read_batch`] fills the one the source needs).
+#[derive(Debug, Clone, Default)]
+pub struct BatchBuf {
+    /// Filled for sources of [`Element::F32`].
+    pub f32: Vec<f32>,
+    /// Filled for sources of [`Element::F64`].
+    pub f64: Vec<f64>,
+}
+
+/// Reads the next batch of up to `max` values of `source` into the part of `buf` its precision
+/// needs; returns the count and the precision.
+pub fn read_batch(
+    source: &mut (impl BatchSource + ?Sized),
+    buf: &mut BatchBuf,
+    max: usize,
+) -> Result<(usize, Element)> {
+    let element = source.element();
+    let n = match element {
+        Element::F32 => source.next_batch(&mut buf.f32, max)?,
+        Element::F64 => source.next_batch_f64(&mut buf.f64, max)?,
+    };
+    Ok((n, element))
+}
+
+/// A stream of values delivered in micro-batches, f32 or f64 ([`BatchSource::element`]).
 pub trait BatchSource {
     /// Replaces the contents of `buf` with up to `max` next values and returns how many there
-    /// are; 0 means the stream has ended. `buf` keeps its capacity from call to call.
+    /// are; 0 means the stream has ended. `buf` keeps its capacity from call to call. A source
+    /// of [`Element::F64`] refuses this (it would narrow its values): use
+    /// [`BatchSource::next_batch_f64`] or [`read_batch`].
     fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize>;
+
+    /// The precision this source's values have (and are reduced in).
+    fn element(&self) -> Element {
+        Element::F32
+    }
+
+    /// [`BatchSource::next_batch`] in f64. Sources of [`Element::F32`] widen their values
+    /// (exactly); sources of [`Element::F64`] implement it.
+    fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
+        let mut narrow = Vec::with_capacity(buf.capacity().min(max));
+        let n = self.next_batch(&mut narrow, max)?;
+        buf.clear();
+        buf.extend(narrow.iter().map(|&x| f64::from(x)));
+        Ok(n)
+    }
+
+    /// The element type as read (`f32`, `i64`, `text`, …), for reports.
+    fn dtype_name(&self) -> String {
+        self.element().name().to_string()
+    }
 
     /// Total number of values, when known in advance.
     fn len_hint(&self) -> Option<u64> {

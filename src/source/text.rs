@@ -1,11 +1,11 @@
 //! Delimited text: CSV, TSV and other single-character delimiters (parsed with the `csv` crate),
-//! and whitespace-separated columns. One column is reduced; every value is parsed as f32
+//! and whitespace-separated columns. One column is reduced; every value is parsed as f64
 //! (correctly rounded from its decimal text; `nan`, `inf`, `-inf` are accepted).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 
-use super::BatchSource;
+use super::{BatchSource, Element};
 use crate::{Error, Location, Result};
 
 /// Which column to reduce.
@@ -84,7 +84,7 @@ enum Inner {
     },
 }
 
-/// One column of a delimited text input, as f32 values in batches.
+/// One column of a delimited text input, as f64 values in batches.
 pub struct TextSource {
     inner: Inner,
     path: PathBuf,
@@ -237,7 +237,7 @@ impl TextSource {
     }
 
     /// The value of one field, or what is wrong with it.
-    fn parse(field: Option<&[u8]>) -> std::result::Result<f32, String> {
+    fn parse(field: Option<&[u8]>) -> std::result::Result<f64, String> {
         let Some(field) = field else {
             return Err("the line has no such column".to_string());
         };
@@ -247,7 +247,7 @@ impl TextSource {
         if text.is_empty() {
             return Err("empty field".to_string());
         }
-        text.parse::<f32>()
+        text.parse::<f64>()
             .map_err(|_| format!("{text:?} is not a number"))
     }
 }
@@ -287,7 +287,22 @@ fn detect(r: &mut BufReader<Box<dyn Read>>) -> std::io::Result<Delimiter> {
 }
 
 impl BatchSource for TextSource {
-    fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
+    fn next_batch(&mut self, _buf: &mut Vec<f32>, _max: usize) -> Result<usize> {
+        Err(Error::InvalidConfig(format!(
+            "{}: text is parsed to f64: read it with next_batch_f64",
+            self.label
+        )))
+    }
+
+    fn element(&self) -> Element {
+        Element::F64
+    }
+
+    fn dtype_name(&self) -> String {
+        "text".to_string()
+    }
+
+    fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         buf.clear();
         while buf.len() < max {
             let (line, value) = match &mut self.inner {
@@ -366,12 +381,12 @@ impl BatchSource for TextSource {
 mod tests {
     use super::*;
 
-    fn read(text: &str, options: &TextOptions) -> Result<(Vec<f32>, u64)> {
+    fn read(text: &str, options: &TextOptions) -> Result<(Vec<f64>, u64)> {
         let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
         let mut s = TextSource::new(reader, "t.csv", None, options)?;
         let mut buf = Vec::new();
         let mut got = Vec::new();
-        while s.next_batch(&mut buf, 2)? > 0 {
+        while s.next_batch_f64(&mut buf, 2)? > 0 {
             got.extend_from_slice(&buf);
         }
         Ok((got, s.skipped()))
@@ -390,7 +405,7 @@ mod tests {
             "a;\"b\";c\n1;\"2.5\";3\n4;-5e3;6\n7;inf;9\n",
         ] {
             let (got, skipped) = read(text, &by_name).unwrap();
-            assert_eq!(got, [2.5, -5000.0, f32::INFINITY], "{text:?}");
+            assert_eq!(got, [2.5, -5000.0, f64::INFINITY], "{text:?}");
             assert_eq!(skipped, 0);
         }
         let no_header = TextOptions {

@@ -274,6 +274,8 @@ pub struct GpuReducer {
     partials_used: u32,
     acc: Tagged,
     times: StageTimes,
+    /// Host time spent on f64 batches ([`BatchReducer::push_f64_tagged`]), added at finish.
+    host_f64: StageTimes,
     wall_compute_start: Option<Instant>,
 }
 
@@ -499,6 +501,7 @@ impl GpuReducer {
                 compute_clock,
                 ..StageTimes::default()
             },
+            host_f64: StageTimes::default(),
             wall_compute_start: None,
         })
     }
@@ -1013,16 +1016,32 @@ impl BatchReducer for GpuReducer {
         Ok(())
     }
 
+    /// f64 batches are reduced by the CPU backend's f64 kernel on the host, in f64 (the shader
+    /// reads f32; an f64 kernel is issue 13's work): the statistics keep their precision, and
+    /// the engine says so ([`crate::Engine::notice`]).
+    fn push_f64_tagged(&mut self, tag: u64, batch: &[f64]) -> Result<()> {
+        let start = Instant::now();
+        let p = super::cpu::reduce_slice_f64(batch);
+        let mid = Instant::now();
+        self.acc.merge(tag, &p);
+        self.host_f64.compute += mid - start;
+        self.host_f64.merge += mid.elapsed();
+        Ok(())
+    }
+
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
         self.read_back()?;
         let clock = self.times.compute_clock;
-        let times = std::mem::replace(
+        let mut times = std::mem::replace(
             &mut self.times,
             StageTimes {
                 compute_clock: clock,
                 ..StageTimes::default()
             },
         );
+        let host = std::mem::take(&mut self.host_f64);
+        times.compute += host.compute;
+        times.merge += host.merge;
         Ok((self.acc.take(), times))
     }
 }

@@ -439,6 +439,7 @@ fn reduce_each_keeps_inputs_apart_on_both_backends() {
         uniform(&mut rng, 3, 10.0, 20.0),
         normal(&mut rng, 40_000, -50.0, 0.5),
     ];
+    inputs[4][123] = f32::NAN;
     let slices: Vec<BatchRef> = inputs.iter().map(|v| BatchRef::F32(v)).collect();
     let mut engines = vec![(
         "cpu",

@@ -312,7 +312,7 @@ fn f64_values_keep_their_precision() {
     let mut rng = fresh_rng("f64");
     let offset: Vec<f64> = (0..200_001).map(|_| 1e8 + rng.random::<f64>()).collect();
     let ints: Vec<f64> = (0..100_000)
-        .map(|i| (2f64.powi(40) + (i % 1000) as f64))
+        .map(|i| 2f64.powi(40) + (i % 1000) as f64)
         .collect();
     let normal: Vec<f64> = (0..300_000)
         .map(|_| {

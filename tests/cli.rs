@@ -80,7 +80,14 @@ fn json_has_exactly_the_documented_schema() {
     assert_eq!(keys(&v["input"]), ["skipped_invalid", "sources"]);
     assert_eq!(
         keys(&v["input"]["sources"][0]),
-        ["dtype", "name", "precision", "shape", "skipped_invalid"]
+        [
+            "dtype",
+            "name",
+            "nulls",
+            "precision",
+            "shape",
+            "skipped_invalid"
+        ]
     );
     assert_eq!(
         keys(&v["stats"]),
@@ -133,7 +140,17 @@ fn file_and_stdin_give_the_f64_reference() {
         "--json",
     ]));
     let mut child = bin()
-        .args(["run", "-", "--backend", "cpu", "-b", "999", "--json"])
+        .args([
+            "run",
+            "-",
+            "--format",
+            "raw",
+            "--backend",
+            "cpu",
+            "-b",
+            "999",
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -240,7 +257,17 @@ fn truncated_file_names_path_and_offset() {
 #[test]
 fn truncated_stdin_names_offset_and_prints_nothing() {
     let mut child = bin()
-        .args(["run", "-", "--backend", "cpu", "-b", "2", "--json"])
+        .args([
+            "run",
+            "-",
+            "--dtype",
+            "f32",
+            "--backend",
+            "cpu",
+            "-b",
+            "2",
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -646,3 +646,144 @@ fn bad_inputs_are_named_errors_with_nothing_printed() {
     assert_eq!(v["stats"]["count"], 2);
     assert_eq!(v["input"]["skipped_invalid"], 2);
 }
+
+/// Input detection never guesses wrong silently (issue 10): each case either reads right or is
+/// an error that says what to pass, with nothing on stdout.
+#[test]
+fn detection_reads_right_or_says_what_to_pass() {
+    let stats = |v: &Value| {
+        (
+            v["stats"]["count"].as_u64().unwrap(),
+            v["stats"]["sum"].as_f64().unwrap(),
+        )
+    };
+    // Single-column CSVs in every shape people write them.
+    for (name, text) in [
+        ("one.csv", &b"price\n7.8026\n1.5\n"[..]),
+        ("cr.csv", b"price\r7.8026\r1.5\r"),
+        ("crlf.csv", b"price\r\n7.8026\r\n1.5\r\n"),
+        ("bom.csv", b"\xEF\xBB\xBFprice\n7.8026\n1.5\n"),
+        ("quoted.csv", b"\"price\"\n\"7.8026\"\n\"1.5\"\n"),
+        ("blank.csv", b"\n\nunit price\n7.8026\n\n1.5\n"),
+    ] {
+        let path = tmp(name, text);
+        let v = json(&run(&[
+            "run",
+            path.to_str().unwrap(),
+            "--json",
+            "--backend",
+            "cpu",
+        ]));
+        assert_eq!(stats(&v), (2, 7.8026 + 1.5), "{name}");
+    }
+    // Compressed files are unpacked, by name or by content, and read by the inner extension.
+    let csv = b"a,b\n1,2.5\n2,3.5\n3,4.5\n".to_vec();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&csv).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&csv[..], 3).unwrap();
+    for (name, bytes) in [("table.csv.gz", &gz), ("table.csv.zst", &zst)] {
+        let path = tmp(name, bytes);
+        for backend in backends() {
+            let v = json(&run(&[
+                "run",
+                path.to_str().unwrap(),
+                "--column",
+                "b",
+                "--json",
+                "--backend",
+                backend,
+            ]));
+            assert_eq!(stats(&v), (3, 10.5), "{name} on {backend}");
+        }
+    }
+    let v = json(&run_stdin(
+        &["run", "-", "--format", "csv", "--column", "b", "--json"],
+        &gz,
+    ));
+    assert_eq!(stats(&v), (3, 10.5), "gzip on stdin");
+    // .npy through gzip on stdin: found by its magic after unpacking.
+    let npy_bytes = std::fs::read(data("f64_2d.npy")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&npy_bytes).unwrap();
+    let v = json(&run_stdin(
+        &["run", "-", "--json", "--backend", "cpu"],
+        &gz.finish().unwrap(),
+    ));
+    assert_eq!(v["stats"]["count"], 1000);
+    // What cannot be read right is a named error, exit 1, nothing on stdout.
+    let zip = tmp("arrays.npz", b"PK\x03\x04\x14\x00\x00\x00rest of a zip");
+    let text_bin = tmp("values.data", b"1.5\n2.5\n");
+    for (args, input, says) in [
+        (vec!["run", zip.to_str().unwrap()], &b""[..], "zip"),
+        (vec!["run", text_bin.to_str().unwrap()], b"", "--format csv"),
+        (vec!["run", "-"], b"1\n2\n3\n4\n", "--format csv"),
+        (
+            vec!["run", "-"],
+            b"\x00\x01\x02\x03\xff\xfe\x80\x81",
+            "--dtype",
+        ),
+        (
+            vec!["run", tmp("bad.csv.gz", b"not gzip").to_str().unwrap()],
+            b"",
+            "gzip",
+        ),
+    ] {
+        let o = run_stdin(&args, input);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // seq 1 10 | microbatch run - --format txt: all ten values (no header taken).
+    let seq: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    let v = json(&run_stdin(
+        &["run", "-", "--format", "txt", "--json"],
+        seq.as_bytes(),
+    ));
+    assert_eq!(stats(&v), (10, 55.0));
+    // /dev/stdin and a named pipe are read as streams.
+    let v = json(&run_stdin(
+        &["run", "/dev/stdin", "--format", "txt", "--json"],
+        seq.as_bytes(),
+    ));
+    assert_eq!(stats(&v), (10, 55.0));
+    let fifo = std::env::temp_dir().join(format!("microbatch-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let fifo = fifo.clone();
+        let seq = seq.clone();
+        std::thread::spawn(move || std::fs::write(fifo, seq).unwrap())
+    };
+    let v = json(&run(&[
+        "run",
+        fifo.to_str().unwrap(),
+        "--format",
+        "txt",
+        "--json",
+    ]));
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    assert_eq!(stats(&v), (10, 55.0));
+    // Null tokens are counted apart from invalid fields.
+    let path = tmp("nulls.csv", b"k,v\na,1\nb,NA\nc,\nd,null\ne,2\n");
+    let v = json(&run(&[
+        "run",
+        path.to_str().unwrap(),
+        "--column",
+        "v",
+        "--null",
+        "NA,null,",
+        "--json",
+    ]));
+    assert_eq!(stats(&v), (2, 3.0));
+    assert_eq!(v["input"]["sources"][0]["nulls"], 3);
+    assert_eq!(v["input"]["sources"][0]["skipped_invalid"], 0);
+}

@@ -90,7 +90,8 @@ proptest! {
     #[test]
     fn text_of_arbitrary_bytes(
         bytes in prop::collection::vec(any::<u8>(), 0..400),
-        header in any::<bool>(),
+        header in prop::option::of(any::<bool>()),
+        nulls in prop::collection::vec("[A-Za-z]{0,3}", 0..3),
         column in 0usize..4,
         delimiter in prop::option::of(prop::sample::select(vec![b',', b'\t', b';', b' '])),
         skip_invalid in any::<bool>(),
@@ -98,6 +99,7 @@ proptest! {
         let options = TextOptions {
             column: Column::Index(column),
             header,
+            nulls,
             delimiter: delimiter.map(|d| if d == b' ' { Delimiter::Whitespace } else { Delimiter::Byte(d) }),
             skip_invalid,
         };
@@ -126,14 +128,17 @@ proptest! {
             text.push_str(&format!("{}{sep}{}{sep}{}\n", r[0], r[1], r[2]));
             want.push(r[column]);
         }
-        let delimiter = if detect {
+        // `detect`: leave the delimiter and the header to the defaults (a comma; a header
+        // because "a", "b", "c" are not numbers).
+        let delimiter = if detect && delim == b',' {
             None
         } else if delim == b' ' {
             Some(Delimiter::Whitespace)
         } else {
             Some(Delimiter::Byte(delim))
         };
-        let options = TextOptions { column: Column::Index(column), header: true, delimiter, skip_invalid: false };
+        let header = if detect { None } else { Some(true) };
+        let options = TextOptions { column: Column::Index(column), header, delimiter, skip_invalid: false, nulls: vec![] };
         let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(text.into_bytes()));
         let mut s = TextSource::new(reader, "<gen>", None, &options).unwrap();
         let got = drain(&mut s).unwrap();

@@ -17,6 +17,8 @@ fn peak_rss(backend: &str, bytes: u64) -> (u64, String) {
         .args([
             "run",
             "-",
+            "--format",
+            "raw",
             "--backend",
             backend,
             "--batch-size",

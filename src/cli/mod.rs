@@ -91,12 +91,22 @@ struct RunArgs {
     #[arg(long, value_name = "NAME|INDEX", default_value = "0")]
     column: Column,
 
-    /// Text inputs: the first line is data, not column names.
+    /// Text inputs: the first row names the columns (default: it does exactly when its selected
+    /// field is not a number, or when --column is a name).
+    #[arg(long, conflicts_with = "no_header")]
+    header: bool,
+
+    /// Text inputs: the first row is data, not column names.
     #[arg(long)]
     no_header: bool,
 
+    /// Text inputs: fields meaning "no value", comma-separated (e.g. `NA,null,` — a trailing
+    /// comma adds the empty field). Counted as nulls, apart from invalid fields.
+    #[arg(long, value_name = "TOKENS", allow_hyphen_values = true)]
+    null: Option<String>,
+
     /// Text inputs: the field delimiter (one character; `tab` or `\t` for tabs, `space` for runs
-    /// of whitespace). Default: detected from the first line.
+    /// of whitespace). Default: the format's (`,` for .csv, tab for .tsv, whitespace for .txt).
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     delimiter: Option<Delimiter>,
 
@@ -245,9 +255,20 @@ fn run(args: RunArgs) -> Result<()> {
         endian: args.endian,
         text: TextOptions {
             column: args.column.clone(),
-            header: !args.no_header,
+            header: if args.header {
+                Some(true)
+            } else if args.no_header {
+                Some(false)
+            } else {
+                None
+            },
             delimiter: args.delimiter,
             skip_invalid: args.skip_invalid,
+            nulls: args
+                .null
+                .as_deref()
+                .map(|t| t.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         },
     };
     if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
@@ -257,8 +278,8 @@ fn run(args: RunArgs) -> Result<()> {
     // or a directory is reported first. Headers are read as each input is opened.
     let mut total_bytes = Some(0u64);
     for p in args.inputs.iter().filter(|p| p.as_os_str() != "-") {
-        let len = microbatch::source::file_len(p)?;
-        total_bytes = total_bytes.map(|t| t + len);
+        let len = microbatch::source::input_len(p)?;
+        total_bytes = total_bytes.zip(len).map(|(t, l)| t + l);
     }
     if args.inputs.iter().any(|p| p.as_os_str() == "-") {
         total_bytes = None;
@@ -293,6 +314,7 @@ fn run(args: RunArgs) -> Result<()> {
             name: source.describe(),
             shape: source.shape().map(<[u64]>::to_vec),
             skipped: source.skipped(),
+            nulls: source.nulls(),
             dtype: source.dtype_name(),
             precision: source.element().name(),
         });
@@ -381,6 +403,7 @@ struct Described {
     /// The precision it was reduced in.
     precision: &'static str,
     skipped: u64,
+    nulls: u64,
 }
 
 impl Described {
@@ -391,6 +414,7 @@ impl Described {
             "dtype": self.dtype,
             "precision": self.precision,
             "skipped_invalid": self.skipped,
+            "nulls": self.nulls,
         })
     }
 }

@@ -453,7 +453,7 @@ fn input_options(
         text.column = c.parse::<Column>().expect("infallible");
     }
     if let Some(h) = query.get("header") {
-        text.header = h != "false" && h != "0";
+        text.header = Some(h != "false" && h != "0");
     }
     if let Some(d) = query.get("delimiter") {
         text.delimiter = Some(super::parse_delimiter(d).map_err(bad)?);

@@ -60,18 +60,34 @@ impl BinarySource<File> {
 }
 
 /// The length of the regular file at `path`; a missing path or a directory is the error that
-/// names it. The CLI checks every input this way before it brings up a GPU.
+/// names it.
 pub fn file_len(path: &Path) -> Result<u64> {
+    match input_len(path)? {
+        Some(len) => Ok(len),
+        None => Err(Error::NotAFile {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Checks that `path` can be read as an input: the length of a regular file, `None` for a
+/// stream (a named pipe, a character device such as `/dev/stdin`, a socket); a missing path or
+/// a directory is the error that names it. The CLI checks every input this way before it
+/// brings up a GPU.
+pub fn input_len(path: &Path) -> Result<Option<u64>> {
     let meta = std::fs::metadata(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
         error,
     })?;
-    if !meta.is_file() {
-        return Err(Error::NotAFile {
+    if meta.is_file() {
+        Ok(Some(meta.len()))
+    } else if meta.is_dir() {
+        Err(Error::NotAFile {
             path: path.to_path_buf(),
-        });
+        })
+    } else {
+        Ok(None)
     }
-    Ok(meta.len())
 }
 
 /// Opens `path` as a regular file and returns it with its length.

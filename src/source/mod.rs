@@ -8,7 +8,7 @@ mod open;
 mod random;
 mod text;
 
-pub use binary::{BinarySource, file_len};
+pub use binary::{BinarySource, file_len, input_len};
 pub use dtype::{Dtype, Endian};
 pub use open::{Format, InputOptions, open, open_reader};
 pub use random::RandomSource;
@@ -110,6 +110,12 @@ pub trait BatchSource {
 
     /// Fields skipped as invalid so far (text inputs with `skip_invalid`).
     fn skipped(&self) -> u64 {
+        0
+    }
+
+    /// Fields that held a null token so far (text inputs with `nulls`), left out of the
+    /// statistics and counted apart from invalid fields.
+    fn nulls(&self) -> u64 {
         0
     }
 

@@ -18,7 +18,7 @@ pub enum Format {
     Raw,
     /// NumPy `.npy` (versions 1–3): the header gives type, byte order and shape.
     Npy,
-    /// Comma-separated (or the delimiter detected from the first line).
+    /// Comma-separated (or `--delimiter`).
     Csv,
     /// Tab-separated.
     Tsv,
@@ -42,91 +42,298 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// How to read inputs: the format (or `None` to go by extension), raw binary's type and byte
-/// order, and the text options.
+/// How to read inputs: the format (or `None` to go by extension and content), raw binary's type
+/// and byte order, and the text options.
 #[derive(Debug, Clone, Default)]
 pub struct InputOptions {
-    /// `None`: from the extension (`.npy`, `.csv`, `.tsv`, `.txt`, and `.f32`, `.f64`, `.i16`, …
-    /// for raw binary of that type); anything else, and stdin, is raw binary.
+    /// `None`: from the extension (`.npy`, `.csv`, `.tsv`, `.txt`/`.dat`, and `.f32`, `.f64`,
+    /// `.i16`, …, `.raw`, `.bin` for raw binary), else from the content (`.npy` magic; gzip and
+    /// zstd are decompressed and looked at again). Text and unknown binary content without a
+    /// format is an error that says what to pass, never a guess.
     pub format: Option<Format>,
-    /// Raw binary's element type. `None`: from the extension, else f32.
+    /// Raw binary's element type (implies raw binary). `None`: from the extension, else f32.
     pub dtype: Option<Dtype>,
     /// Raw binary's byte order.
     pub endian: Endian,
-    /// Text formats: column, header, delimiter, invalid fields.
+    /// Text formats: column, header, delimiter, nulls, invalid fields.
     pub text: TextOptions,
 }
 
-impl InputOptions {
-    /// The format and raw element type for `path` (None for stdin).
-    fn resolve(&self, path: Option<&Path>) -> Result<(Format, Dtype)> {
-        let ext = path
-            .and_then(|p| p.extension())
+/// What the first bytes of an input say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Npy,
+    Gzip,
+    Zstd,
+    Zip,
+    Text,
+    Binary,
+    Empty,
+}
+
+/// How many bytes are looked at to tell text from binary.
+const SNIFF: usize = 4096;
+
+fn sniff(head: &[u8]) -> Content {
+    if head.is_empty() {
+        return Content::Empty;
+    }
+    if head.starts_with(&npy::MAGIC[..]) {
+        return Content::Npy;
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Content::Gzip;
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Content::Zstd;
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Content::Zip;
+    }
+    // Text: UTF-8 (a character cut at the end of the sample is fine) with no control bytes
+    // other than whitespace.
+    let valid = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && e.valid_up_to() + 4 > head.len(),
+    };
+    let printable = head
+        .iter()
+        .all(|&b| b >= 0x20 && b != 0x7f || matches!(b, b'\n' | b'\r' | b'\t' | 0x0c));
+    if valid && printable {
+        Content::Text
+    } else {
+        Content::Binary
+    }
+}
+
+/// The format an extension names, if any (compression extensions are stripped first).
+fn format_of_extension(ext: &str) -> Option<(Format, Option<Dtype>)> {
+    match ext {
+        "npy" => Some((Format::Npy, None)),
+        "csv" => Some((Format::Csv, None)),
+        "tsv" | "tab" => Some((Format::Tsv, None)),
+        "txt" | "dat" => Some((Format::Txt, None)),
+        "raw" | "bin" => Some((Format::Raw, None)),
+        _ => ext.parse::<Dtype>().ok().map(|d| (Format::Raw, Some(d))),
+    }
+}
+
+/// A path's extensions, lower case: (the format's, the compression's) for `table.csv.gz`.
+fn extensions(path: &Path) -> (Option<String>, Option<Content>) {
+    let ext = |p: &Path| {
+        p.extension()
             .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let ext_dtype = ext.as_deref().and_then(|e| e.parse::<Dtype>().ok());
-        let format = self.format.unwrap_or(match ext.as_deref() {
-            Some("npy") => Format::Npy,
-            Some("csv") => Format::Csv,
-            Some("tsv") | Some("tab") => Format::Tsv,
-            Some("txt") | Some("dat") => Format::Txt,
-            _ => Format::Raw,
-        });
-        if self.dtype.is_some() && format != Format::Raw {
-            return Err(Error::InvalidConfig(
-                "--dtype applies to raw binary input only (a .npy header gives its own type)"
-                    .to_string(),
-            ));
-        }
-        let dtype = self.dtype.or(ext_dtype).unwrap_or(Dtype::F32);
-        Ok((format, dtype))
+            .map(str::to_ascii_lowercase)
+    };
+    match ext(path).as_deref() {
+        Some("gz") | Some("gzip") => (
+            path.file_stem().and_then(|s| ext(Path::new(s))),
+            Some(Content::Gzip),
+        ),
+        Some("zst") | Some("zstd") => (
+            path.file_stem().and_then(|s| ext(Path::new(s))),
+            Some(Content::Zstd),
+        ),
+        other => (other.map(str::to_string), None),
     }
 }
 
-/// Opens the file at `path` as the source `options` describe. Header problems (a `.npy` whose
-/// header is corrupt or promises more than the file holds) are found here, before anything is
-/// reduced.
+/// Reads up to [`SNIFF`] bytes and hands back a reader that still yields them.
+fn peek(mut reader: Box<dyn Read>, name: &Path) -> Result<(Vec<u8>, Box<dyn Read>)> {
+    let mut head = vec![0u8; SNIFF];
+    let mut n = 0;
+    while n < SNIFF {
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                return Err(Error::Io {
+                    path: name.to_path_buf(),
+                    error,
+                });
+            }
+        }
+    }
+    head.truncate(n);
+    let rest: Box<dyn Read> = Box::new(std::io::Cursor::new(head.clone()).chain(reader));
+    Ok((head, rest))
+}
+
+/// Opens the file at `path` as the source `options` describe. A regular file's header problems
+/// (a `.npy` whose header is corrupt or promises more than the file holds) are found here, before
+/// anything is reduced. Named pipes, character devices (`/dev/stdin`) and `<(…)` are read as
+/// streams.
 pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>> {
-    let (format, dtype) = options.resolve(Some(path))?;
-    match format {
-        Format::Raw => Ok(Box::new(BinarySource::open(path, dtype, options.endian)?)),
-        Format::Npy => {
-            let (file, len) = open_file(path)?;
-            Ok(Box::new(npy_source(file, path, Some(len))?))
-        }
-        Format::Csv | Format::Tsv | Format::Txt => {
-            let (file, len) = open_file(path)?;
-            Ok(Box::new(TextSource::new(
-                Box::new(file),
-                path,
-                Some(len),
-                &text_options(format, &options.text),
-            )?))
+    let meta = std::fs::metadata(path).map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    if meta.is_dir() {
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let (ext, compressed) = extensions(path);
+    if meta.is_file() && compressed.is_none() {
+        // A regular file keeps its length (progress, exact size checks).
+        let by_ext = ext.as_deref().and_then(format_of_extension);
+        let format = options
+            .format
+            .or(by_ext.map(|f| f.0))
+            .or(options.dtype.map(|_| Format::Raw));
+        match format {
+            Some(Format::Raw) => {
+                let dtype = options
+                    .dtype
+                    .or(by_ext.and_then(|f| f.1))
+                    .unwrap_or(Dtype::F32);
+                check_dtype_format(options, Format::Raw)?;
+                return Ok(Box::new(BinarySource::open(path, dtype, options.endian)?));
+            }
+            Some(Format::Npy) => {
+                check_dtype_format(options, Format::Npy)?;
+                let (file, len) = open_file(path)?;
+                return Ok(Box::new(npy_source(file, path, Some(len))?));
+            }
+            Some(f) => {
+                check_dtype_format(options, f)?;
+                let (file, len) = open_file(path)?;
+                return Ok(Box::new(TextSource::new(
+                    Box::new(file),
+                    path,
+                    Some(len),
+                    &text_options(f, &options.text),
+                )?));
+            }
+            None => {}
         }
     }
+    let file = std::fs::File::open(path).map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    open_stream(Box::new(file), path, ext.as_deref(), compressed, options, 0)
 }
 
-/// Opens a reader (stdin) named `name` as the source `options` describe; without a format it is
-/// raw binary.
+/// Opens a reader (stdin) named `name` as the source `options` describe: the format as given,
+/// else from the content.
 pub fn open_reader(
     reader: Box<dyn Read>,
     name: &str,
     options: &InputOptions,
 ) -> Result<Box<dyn BatchSource>> {
-    let (format, dtype) = options.resolve(None)?;
+    open_stream(reader, Path::new(name), None, None, options, 0)
+}
+
+fn check_dtype_format(options: &InputOptions, format: Format) -> Result<()> {
+    if options.dtype.is_some() && format != Format::Raw {
+        return Err(Error::InvalidConfig(
+            "--dtype applies to raw binary input only (a .npy header gives its own type; text is parsed to f64)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A stream: the format from the options, the extension or the content; compressed content is
+/// decompressed on the fly and looked at again.
+fn open_stream(
+    reader: Box<dyn Read>,
+    name: &Path,
+    ext: Option<&str>,
+    compressed: Option<Content>,
+    options: &InputOptions,
+    depth: u32,
+) -> Result<Box<dyn BatchSource>> {
+    let (head, reader) = peek(reader, name)?;
+    let content = sniff(&head);
+    let explicit_raw = options.format == Some(Format::Raw) || options.dtype.is_some();
+    // Compressed content is unpacked unless raw bytes were asked for; a `.gz`/`.zst` name
+    // whose content is not compressed is an error, not raw data.
+    let unpack = match (content, compressed) {
+        (Content::Gzip | Content::Zstd, _) if !explicit_raw && depth < 2 => Some(content),
+        (c, Some(want)) if c != want && depth == 0 => {
+            return Err(Error::InvalidInput {
+                path: name.to_path_buf(),
+                at: Location::Offset(0),
+                message: format!(
+                    "the name says {} but the content is not",
+                    if want == Content::Gzip {
+                        "gzip"
+                    } else {
+                        "zstd"
+                    }
+                ),
+            });
+        }
+        _ => None,
+    };
+    if let Some(kind) = unpack {
+        let inner: Box<dyn Read> = match kind {
+            Content::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            _ => Box::new(
+                zstd::stream::read::Decoder::new(reader).map_err(|error| Error::Io {
+                    path: name.to_path_buf(),
+                    error,
+                })?,
+            ),
+        };
+        return open_stream(inner, name, ext, None, options, depth + 1);
+    }
+    let by_ext = ext.and_then(format_of_extension);
+    let format = match options
+        .format
+        .or(by_ext.map(|f| f.0))
+        .or(options.dtype.map(|_| Format::Raw))
+    {
+        Some(f) => f,
+        None => match content {
+            Content::Npy => Format::Npy,
+            Content::Empty => Format::Raw,
+            Content::Zip => {
+                return Err(Error::InvalidInput {
+                    path: name.to_path_buf(),
+                    at: Location::Offset(0),
+                    message: "a zip archive (.npz?) cannot be streamed: unpack it (unzip) and pass the .npy arrays".into(),
+                });
+            }
+            Content::Text => {
+                return Err(Error::InvalidInput {
+                    path: name.to_path_buf(),
+                    at: Location::Offset(0),
+                    message: "this looks like text: pass --format csv (comma-separated) or --format txt (whitespace-separated)".into(),
+                });
+            }
+            _ => {
+                return Err(Error::InvalidInput {
+                    path: name.to_path_buf(),
+                    at: Location::Offset(0),
+                    message: "unknown binary format: pass --format raw with --dtype (f32, f64, i16, …) for raw values, or name the file .f32/.f64/…".into(),
+                });
+            }
+        },
+    };
+    check_dtype_format(options, format)?;
     match format {
-        Format::Raw => Ok(Box::new(BinarySource::from_reader(
-            reader,
-            name,
-            dtype,
-            options.endian,
-        ))),
-        Format::Npy => Ok(Box::new(npy_source(reader, Path::new(name), None)?)),
-        Format::Csv | Format::Tsv | Format::Txt => Ok(Box::new(TextSource::new(
+        Format::Raw => {
+            let dtype = options
+                .dtype
+                .or(by_ext.and_then(|f| f.1))
+                .unwrap_or(Dtype::F32);
+            Ok(Box::new(BinarySource::from_reader(
+                reader,
+                name,
+                dtype,
+                options.endian,
+            )))
+        }
+        Format::Npy => Ok(Box::new(npy_source(reader, name, None)?)),
+        f => Ok(Box::new(TextSource::new(
             reader,
             name,
             None,
-            &text_options(format, &options.text),
+            &text_options(f, &options.text),
         )?)),
     }
 }
@@ -134,11 +341,11 @@ pub fn open_reader(
 fn text_options(format: Format, given: &TextOptions) -> TextOptions {
     let mut o = given.clone();
     if o.delimiter.is_none() {
-        o.delimiter = match format {
-            Format::Tsv => Some(Delimiter::Byte(b'\t')),
-            Format::Txt => Some(Delimiter::Whitespace),
-            _ => None,
-        };
+        o.delimiter = Some(match format {
+            Format::Tsv => Delimiter::Byte(b'\t'),
+            Format::Txt => Delimiter::Whitespace,
+            _ => Delimiter::Byte(b','),
+        });
     }
     o
 }

@@ -1,6 +1,12 @@
-//! Delimited text: CSV, TSV and other single-character delimiters (parsed with the `csv` crate),
-//! and whitespace-separated columns. One column is reduced; every value is parsed as f64
-//! (correctly rounded from its decimal text; `nan`, `inf`, `-inf` are accepted).
+//! Delimited text: CSV, TSV and other single-character delimiters (parsed with the `csv` crate:
+//! quoting, CRLF), and whitespace-separated columns. One column is reduced; every value is parsed
+//! as f64 (correctly rounded from its decimal text; `nan`, `inf`, `-inf` are accepted).
+//!
+//! Nothing is guessed silently: the delimiter is the format's (`,` for CSV, tab for TSV, runs of
+//! whitespace for `.txt`) unless given; a leading UTF-8 byte-order mark and blank lines are
+//! skipped; `\n`, `\r\n` and a lone `\r` all end a line; the first row is a header only when its
+//! selected field is not a number (or the column is chosen by name, or `header` says so); fields
+//! equal to a null token (`nulls`) are counted as nulls, apart from invalid fields.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -42,27 +48,32 @@ impl std::str::FromStr for Column {
 pub struct TextOptions {
     /// The column to reduce.
     pub column: Column,
-    /// Whether the first line names the columns.
-    pub header: bool,
-    /// The field delimiter; `None`: detect it from the first line (`,`, tab, `;` or `|`, else
-    /// runs of whitespace).
+    /// Whether the first row names the columns: `None` decides from the row itself (a header
+    /// exactly when the selected field is not a number or a null token; always when the column
+    /// is chosen by name).
+    pub header: Option<bool>,
+    /// The field delimiter; `None`: a comma.
     pub delimiter: Option<Delimiter>,
     /// Count empty fields, non-numbers and missing columns instead of failing on them.
     pub skip_invalid: bool,
+    /// Fields (trimmed) that mean "no value" (`NA`, `null`, or `""` for empty fields): counted
+    /// as nulls and left out of the statistics.
+    pub nulls: Vec<String>,
 }
 
 impl Default for TextOptions {
     fn default() -> Self {
         Self {
             column: Column::Index(0),
-            header: true,
+            header: None,
             delimiter: None,
             skip_invalid: false,
+            nulls: Vec::new(),
         }
     }
 }
 
-/// A field separator.
+/// A field delimiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delimiter {
     /// One byte (`,`, tab, `;`, …), with CSV quoting rules.
@@ -77,11 +88,54 @@ enum Inner {
         record: csv::ByteRecord,
     },
     Whitespace {
-        reader: BufReader<Box<dyn Read>>,
-        line: String,
-        line_no: u64,
-        bytes: u64,
+        lines: Lines,
+        line: Vec<u8>,
     },
+}
+
+/// Lines of a byte stream, ended by `\n`, `\r\n` or a lone `\r`, counted from 1.
+struct Lines {
+    reader: BufReader<Box<dyn Read>>,
+    number: u64,
+    bytes: u64,
+}
+
+impl Lines {
+    /// The next line (without its ending) into `line`; false at the end of the input.
+    fn next(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
+        line.clear();
+        let mut any = false;
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                if any {
+                    self.number += 1;
+                }
+                return Ok(any);
+            }
+            any = true;
+            match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    let cr = buf[i] == b'\r';
+                    line.extend_from_slice(&buf[..i]);
+                    self.reader.consume(i + 1);
+                    self.bytes += i as u64 + 1;
+                    if cr && self.reader.fill_buf()?.first() == Some(&b'\n') {
+                        self.reader.consume(1);
+                        self.bytes += 1;
+                    }
+                    self.number += 1;
+                    return Ok(true);
+                }
+                None => {
+                    let n = buf.len();
+                    line.extend_from_slice(buf);
+                    self.reader.consume(n);
+                    self.bytes += n as u64;
+                }
+            }
+        }
+    }
 }
 
 /// One column of a delimited text input, as f64 values in batches.
@@ -91,7 +145,11 @@ pub struct TextSource {
     column: usize,
     column_label: String,
     skip_invalid: bool,
+    nulls: Vec<Vec<u8>>,
     skipped: u64,
+    null_count: u64,
+    /// A first row that turned out to be data, served before the rest.
+    pending: Option<(u64, Vec<Vec<u8>>)>,
     len_bytes: Option<u64>,
     label: String,
 }
@@ -105,6 +163,13 @@ impl std::fmt::Debug for TextSource {
     }
 }
 
+/// What one field holds.
+enum Field {
+    Value(f64),
+    Null,
+    Invalid(String),
+}
+
 impl TextSource {
     /// Reads `reader` (named `name` in reports and errors; `len_bytes` its length if known).
     pub fn new(
@@ -114,100 +179,78 @@ impl TextSource {
         options: &TextOptions,
     ) -> Result<Self> {
         let path = name.into();
+        let io = |error| Error::Io {
+            path: path.clone(),
+            error,
+        };
         let mut buffered = BufReader::with_capacity(1 << 16, reader);
-        let delimiter = match options.delimiter {
-            Some(d) => d,
-            None => detect(&mut buffered).map_err(|error| Error::Io {
-                path: path.clone(),
-                error,
-            })?,
+        if buffered
+            .fill_buf()
+            .map_err(io)?
+            .starts_with(b"\xEF\xBB\xBF")
+        {
+            buffered.consume(3);
+        }
+        let delimiter = options.delimiter.unwrap_or(Delimiter::Byte(b','));
+        let nulls: Vec<Vec<u8>> = options
+            .nulls
+            .iter()
+            .map(|t| t.trim().as_bytes().to_vec())
+            .collect();
+        let mut inner = match delimiter {
+            Delimiter::Byte(b) => Inner::Csv {
+                reader: csv::ReaderBuilder::new()
+                    .delimiter(b)
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(Box::new(buffered) as Box<dyn Read>),
+                record: csv::ByteRecord::new(),
+            },
+            Delimiter::Whitespace => Inner::Whitespace {
+                lines: Lines {
+                    reader: buffered,
+                    number: 0,
+                    bytes: 0,
+                },
+                line: Vec::new(),
+            },
         };
         let invalid = |line: u64, column: Option<String>, message: String| Error::InvalidInput {
             path: path.clone(),
             at: Location::Line { line, column },
             message,
         };
-        let (inner, header) = match delimiter {
-            Delimiter::Byte(b) => {
-                let reader: Box<dyn Read> = Box::new(buffered);
-                let mut reader = csv::ReaderBuilder::new()
-                    .delimiter(b)
-                    .has_headers(options.header)
-                    .flexible(true)
-                    .from_reader(reader);
-                let header = if options.header {
-                    let h = reader.byte_headers().map_err(|e| csv_error(&path, e))?;
-                    if h.is_empty() {
-                        return Err(invalid(
-                            1,
-                            None,
-                            "the input is empty: no header line".into(),
-                        ));
-                    }
-                    Some(
-                        h.iter()
-                            .map(|f| String::from_utf8_lossy(f).trim().to_string())
-                            .collect::<Vec<_>>(),
-                    )
-                } else {
-                    None
-                };
-                (
-                    Inner::Csv {
-                        reader,
-                        record: csv::ByteRecord::new(),
-                    },
-                    header,
-                )
-            }
-            Delimiter::Whitespace => {
-                let mut line = String::new();
-                let mut line_no = 0;
-                let mut bytes = 0;
-                let header = if options.header {
-                    loop {
-                        line.clear();
-                        let n = buffered.read_line(&mut line).map_err(|error| Error::Io {
-                            path: path.clone(),
-                            error,
-                        })?;
-                        bytes += n as u64;
-                        line_no += 1;
-                        if n == 0 {
-                            return Err(invalid(
-                                1,
-                                None,
-                                "the input is empty: no header line".into(),
-                            ));
-                        }
-                        if !line.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    Some(line.split_whitespace().map(str::to_string).collect())
-                } else {
-                    None
-                };
-                (
-                    Inner::Whitespace {
-                        reader: buffered,
-                        line,
-                        line_no,
-                        bytes,
-                    },
-                    header,
-                )
-            }
+        let Some((first_line, first)) = Self::read_row(&mut inner, &path)? else {
+            return Err(invalid(1, None, "the input is empty: no rows".into()));
+        };
+        let is_header = match (options.header, &options.column) {
+            (Some(h), _) => h,
+            (None, Column::Name(_)) => true,
+            (None, Column::Index(i)) => match first.get(*i) {
+                Some(f) => matches!(Self::field(Some(f), &nulls), Field::Invalid(_)),
+                None => false,
+            },
+        };
+        let (header, pending) = if is_header {
+            let names: Vec<String> = first
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).trim().to_string())
+                .collect();
+            (Some(names), None)
+        } else {
+            (None, Some((first_line, first)))
         };
         let column = match (&options.column, &header) {
             (Column::Index(i), _) => *i,
-            (Column::Name(n), Some(h)) => h.iter().position(|c| c == n).ok_or_else(|| {
-                invalid(
-                    1,
-                    Some(format!("{n:?}")),
-                    format!("no such column; the header has: {}", h.join(", ")),
-                )
-            })?,
+            (Column::Name(n), Some(h)) => {
+                h.iter().position(|c| c == n.trim()).ok_or_else(|| {
+                    invalid(
+                        first_line,
+                        Some(format!("{n:?}")),
+                        format!("no such column; the header has: {}", h.join(", ")),
+                    )
+                })?
+            }
             (Column::Name(n), None) => {
                 return Err(Error::InvalidConfig(format!(
                     "column {n:?} is a name, but the input has no header (--no-header): give a 0-based index"
@@ -223,32 +266,90 @@ impl TextSource {
             Delimiter::Byte(b) => format!("{:?}-separated", b as char),
             Delimiter::Whitespace => "whitespace-separated".to_string(),
         };
-        let label = format!("{} ({kind} text, column {column_label})", path.display());
+        let header_note = if header.is_some() { "" } else { ", no header" };
+        let label = format!(
+            "{} ({kind} text, column {column_label}{header_note})",
+            path.display()
+        );
         Ok(Self {
             inner,
             path,
             column,
             column_label,
             skip_invalid: options.skip_invalid,
+            nulls,
             skipped: 0,
+            null_count: 0,
+            pending,
             len_bytes,
             label,
         })
     }
 
-    /// The value of one field, or what is wrong with it.
-    fn parse(field: Option<&[u8]>) -> std::result::Result<f64, String> {
-        let Some(field) = field else {
-            return Err("the line has no such column".to_string());
-        };
-        let text = std::str::from_utf8(field)
-            .map_err(|_| "the field is not UTF-8".to_string())?
-            .trim();
-        if text.is_empty() {
-            return Err("empty field".to_string());
+    /// The next non-blank row as its fields, with its line number; `None` at the end.
+    fn read_row(inner: &mut Inner, path: &std::path::Path) -> Result<Option<(u64, Vec<Vec<u8>>)>> {
+        loop {
+            match inner {
+                Inner::Csv { reader, record } => {
+                    if !reader
+                        .read_byte_record(record)
+                        .map_err(|e| csv_error(path, e))?
+                    {
+                        return Ok(None);
+                    }
+                    // The csv crate skips blank lines; a row of one empty field is a blank line
+                    // with spaces or a lone delimiter-less "" — skip it too.
+                    if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let line = record.position().map_or(0, |p| p.line());
+                    return Ok(Some((line, record.iter().map(<[u8]>::to_vec).collect())));
+                }
+                Inner::Whitespace { lines, line } => {
+                    if !lines.next(line).map_err(|error| Error::Io {
+                        path: path.to_path_buf(),
+                        error,
+                    })? {
+                        return Ok(None);
+                    }
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let fields = line
+                        .split(|b| b.is_ascii_whitespace())
+                        .filter(|f| !f.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect();
+                    return Ok(Some((lines.number, fields)));
+                }
+            }
         }
-        text.parse::<f64>()
-            .map_err(|_| format!("{text:?} is not a number"))
+    }
+
+    /// What one field holds.
+    fn field(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
+        let Some(field) = field else {
+            return Field::Invalid("the line has no such column".to_string());
+        };
+        let Ok(text) = std::str::from_utf8(field) else {
+            return Field::Invalid("the field is not UTF-8".to_string());
+        };
+        let text = text.trim();
+        if nulls.iter().any(|n| n == text.as_bytes()) {
+            return Field::Null;
+        }
+        if text.is_empty() {
+            return Field::Invalid("empty field (--null '' counts empty fields as nulls)".into());
+        }
+        match text.parse::<f64>() {
+            Ok(v) => Field::Value(v),
+            Err(_) => Field::Invalid(format!("{text:?} is not a number")),
+        }
+    }
+
+    /// Fields equal to a null token, so far.
+    pub fn null_count(&self) -> u64 {
+        self.null_count
     }
 }
 
@@ -270,22 +371,6 @@ fn csv_error(path: &std::path::Path, e: csv::Error) -> Error {
     }
 }
 
-/// Looks at the first line: the most frequent of `,`, tab, `;`, `|` is the delimiter; a line
-/// with none of them is whitespace-separated (which also reads one value per line).
-fn detect(r: &mut BufReader<Box<dyn Read>>) -> std::io::Result<Delimiter> {
-    let head = r.fill_buf()?;
-    let first = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let best = [b',', b'\t', b';', b'|']
-        .into_iter()
-        .map(|d| (first.iter().filter(|&&b| b == d).count(), d))
-        .max_by_key(|&(n, _)| n)
-        .filter(|&(n, _)| n > 0);
-    Ok(match best {
-        Some((_, d)) => Delimiter::Byte(d),
-        None => Delimiter::Whitespace,
-    })
-}
-
 impl BatchSource for TextSource {
     fn next_batch(&mut self, _buf: &mut Vec<f32>, _max: usize) -> Result<usize> {
         Err(Error::InvalidConfig(format!(
@@ -305,44 +390,49 @@ impl BatchSource for TextSource {
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         buf.clear();
         while buf.len() < max {
-            let (line, value) = match &mut self.inner {
-                Inner::Csv { reader, record } => {
-                    let more = reader
-                        .read_byte_record(record)
-                        .map_err(|e| csv_error(&self.path, e))?;
-                    if !more {
-                        break;
-                    }
-                    let line = record.position().map_or(0, |p| p.line());
-                    (line, Self::parse(record.get(self.column)))
-                }
-                Inner::Whitespace {
-                    reader,
+            let value = if let Some((line, fields)) = self.pending.take() {
+                (
                     line,
-                    line_no,
-                    bytes,
-                } => {
-                    line.clear();
-                    let n = reader.read_line(line).map_err(|error| Error::Io {
-                        path: self.path.clone(),
-                        error,
-                    })?;
-                    if n == 0 {
-                        break;
+                    Self::field(fields.get(self.column).map(Vec::as_slice), &self.nulls),
+                )
+            } else {
+                match &mut self.inner {
+                    Inner::Csv { reader, record } => {
+                        if !reader
+                            .read_byte_record(record)
+                            .map_err(|e| csv_error(&self.path, e))?
+                        {
+                            break;
+                        }
+                        if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let line = record.position().map_or(0, |p| p.line());
+                        (line, Self::field(record.get(self.column), &self.nulls))
                     }
-                    *bytes += n as u64;
-                    *line_no += 1;
-                    if line.trim().is_empty() {
-                        continue;
+                    Inner::Whitespace { lines, line } => {
+                        if !lines.next(line).map_err(|error| Error::Io {
+                            path: self.path.clone(),
+                            error,
+                        })? {
+                            break;
+                        }
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let field = line
+                            .split(|b| b.is_ascii_whitespace())
+                            .filter(|f| !f.is_empty())
+                            .nth(self.column);
+                        (lines.number, Self::field(field, &self.nulls))
                     }
-                    let field = line.split_whitespace().nth(self.column);
-                    (*line_no, Self::parse(field.map(str::as_bytes)))
                 }
             };
             match value {
-                Ok(v) => buf.push(v),
-                Err(_) if self.skip_invalid => self.skipped += 1,
-                Err(message) => {
+                (_, Field::Value(v)) => buf.push(v),
+                (_, Field::Null) => self.null_count += 1,
+                (_, Field::Invalid(_)) if self.skip_invalid => self.skipped += 1,
+                (line, Field::Invalid(message)) => {
                     return Err(Error::InvalidInput {
                         path: self.path.clone(),
                         at: Location::Line {
@@ -360,7 +450,7 @@ impl BatchSource for TextSource {
     fn bytes_read(&self) -> u64 {
         match &self.inner {
             Inner::Csv { reader, .. } => reader.position().byte(),
-            Inner::Whitespace { bytes, .. } => *bytes,
+            Inner::Whitespace { lines, .. } => lines.bytes,
         }
     }
 
@@ -370,6 +460,10 @@ impl BatchSource for TextSource {
 
     fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    fn nulls(&self) -> u64 {
+        self.null_count
     }
 
     fn describe(&self) -> String {
@@ -382,41 +476,119 @@ mod tests {
     use super::*;
 
     fn read(text: &str, options: &TextOptions) -> Result<(Vec<f64>, u64)> {
-        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        read_bytes(text.as_bytes(), options).map(|(v, s, _)| (v, s))
+    }
+
+    fn read_bytes(bytes: &[u8], options: &TextOptions) -> Result<(Vec<f64>, u64, u64)> {
+        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(bytes.to_vec()));
         let mut s = TextSource::new(reader, "t.csv", None, options)?;
         let mut buf = Vec::new();
         let mut got = Vec::new();
         while s.next_batch_f64(&mut buf, 2)? > 0 {
             got.extend_from_slice(&buf);
         }
-        Ok((got, s.skipped()))
+        Ok((got, s.skipped(), s.nulls()))
     }
 
     #[test]
     fn picks_columns_by_name_and_index_with_any_delimiter() {
-        let by_name = TextOptions {
+        let with = |d: Delimiter| TextOptions {
             column: Column::Name("b".into()),
+            delimiter: Some(d),
             ..TextOptions::default()
         };
-        for text in [
-            "a,b,c\n1,2.5,3\n4,-5e3,6\n\n7,inf,9\n",
-            "a\tb\tc\n1\t2.5\t3\n4\t-5e3\t6\n7\tinf\t9\n",
-            "a b  c\n1 2.5   3\n 4 -5e3 6\n7 inf 9\n",
-            "a;\"b\";c\n1;\"2.5\";3\n4;-5e3;6\n7;inf;9\n",
+        for (text, d) in [
+            (
+                "a,b,c\n1,2.5,3\n4,-5e3,6\n\n7,inf,9\n",
+                Delimiter::Byte(b','),
+            ),
+            (
+                "a\tb\tc\n1\t2.5\t3\n4\t-5e3\t6\n7\tinf\t9\n",
+                Delimiter::Byte(b'\t'),
+            ),
+            (
+                "a b  c\n1 2.5   3\n 4 -5e3 6\n7 inf 9\n",
+                Delimiter::Whitespace,
+            ),
+            (
+                "a;\"b\";c\n1;\"2.5\";3\n4;-5e3;6\n7;inf;9\n",
+                Delimiter::Byte(b';'),
+            ),
         ] {
-            let (got, skipped) = read(text, &by_name).unwrap();
+            let (got, skipped) = read(text, &with(d)).unwrap();
             assert_eq!(got, [2.5, -5000.0, f64::INFINITY], "{text:?}");
             assert_eq!(skipped, 0);
         }
         let no_header = TextOptions {
             column: Column::Index(0),
-            header: false,
+            header: Some(false),
             ..TextOptions::default()
         };
         assert_eq!(
             read("0.1\n0.2\n0.3\n", &no_header).unwrap().0,
             [0.1, 0.2, 0.3]
         );
+    }
+
+    #[test]
+    fn single_column_files_read_right_whatever_their_shape() {
+        let d = TextOptions::default();
+        for text in [
+            "price\n7.8026\n1.5\n",
+            "price\r\n7.8026\r\n1.5\r\n",
+            "price\r7.8026\r1.5\r",
+            "\u{feff}price\n7.8026\n1.5\n",
+            "\"price\"\n\"7.8026\"\n\"1.5\"\n",
+            "\n\nprice\n7.8026\n\n1.5",
+            "unit price\n7.8026\n1.5\n",
+        ] {
+            assert_eq!(read(text, &d).unwrap().0, [7.8026, 1.5], "{text:?}");
+        }
+        // No header: the first row is data (seq 1 10 | … --format txt once lost the 1).
+        let txt = TextOptions {
+            delimiter: Some(Delimiter::Whitespace),
+            ..TextOptions::default()
+        };
+        let got = read("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n", &txt).unwrap().0;
+        assert_eq!(got.len(), 10);
+        assert_eq!(got.iter().sum::<f64>(), 55.0);
+        assert_eq!(read("1\r2\r3", &txt).unwrap().0, [1.0, 2.0, 3.0]);
+        // A name with a space, chosen by name.
+        let by_name = TextOptions {
+            column: Column::Name("unit price".into()),
+            ..TextOptions::default()
+        };
+        assert_eq!(
+            read("id,unit price\n1,2.5\n2,3.5\n", &by_name).unwrap().0,
+            [2.5, 3.5]
+        );
+        // A forced header drops a numeric first row.
+        let forced = TextOptions {
+            header: Some(true),
+            ..TextOptions::default()
+        };
+        assert_eq!(read("1\n2\n3\n", &forced).unwrap().0, [2.0, 3.0]);
+    }
+
+    #[test]
+    fn null_tokens_are_counted_apart_from_invalid_fields() {
+        let opts = TextOptions {
+            column: Column::Index(1),
+            nulls: vec!["NA".into(), "null".into(), "".into()],
+            skip_invalid: true,
+            ..TextOptions::default()
+        };
+        let (got, skipped, nulls) =
+            read_bytes(b"k,v\na,1\nb,NA\nc,\nd,null\ne,oops\nf,2\n", &opts).unwrap();
+        assert_eq!(got, [1.0, 2.0]);
+        assert_eq!((nulls, skipped), (3, 1));
+        // Without the tokens, NA is an invalid field naming its line.
+        let strict = TextOptions {
+            column: Column::Index(1),
+            ..TextOptions::default()
+        };
+        let msg = read("k,v\na,1\nb,NA\n", &strict).unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("\"NA\""), "{msg}");
     }
 
     #[test]

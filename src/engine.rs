@@ -192,6 +192,11 @@ impl Engine {
                         self.note_host_f64();
                         self.reducer.push_f64(&buf.f64)?;
                     }
+                    Element::Int => {
+                        self.note_host_f64();
+                        self.reducer
+                            .push_int_tagged(0, &buf.int, source.int_offset())?;
+                    }
                 }
                 batches += 1;
                 observe(&*source);
@@ -221,11 +226,27 @@ impl Engine {
         self.finish(start, Duration::ZERO, count)
     }
 
+    /// Reduces i64 values in micro-batches exactly (count, sum, min and max; `Stats::exact`),
+    /// without copying them.
+    pub fn reduce_i64(&mut self, data: &[i64]) -> Result<Report> {
+        self.note_host_f64();
+        let start = Instant::now();
+        let mut count = 0u64;
+        for batch in data.chunks(self.batch_size) {
+            if let Err(e) = self.reducer.push_int_tagged(0, batch, 0) {
+                let _ = self.reducer.finish();
+                return Err(e);
+            }
+            count += 1;
+        }
+        self.finish(start, Duration::ZERO, count)
+    }
+
     /// The GPU backend reduces f64 batches with the CPU's f64 kernel: say so once.
     fn note_host_f64(&mut self) {
         if self.reducer.info().kind == BackendKind::Gpu && self.notice.is_none() {
             self.notice = Some(
-                "f64 values are reduced in f64 by the CPU backend's kernel (the GPU kernel reads f32)"
+                "f64 and integer values are reduced at their own precision by the CPU backend's kernels (the GPU kernel reads f32)"
                     .to_string(),
             );
         }

@@ -160,11 +160,27 @@ impl PivotMoments {
     }
 }
 
+/// `x` as a double-double: the nearest f64 and the rest (exact while the rest fits 53 bits, so
+/// for any sum of 64-bit integers of up to 2^106).
+pub fn dd_from_i128(x: i128) -> (f64, f64) {
+    let hi = x as f64;
+    // hi is within half an ulp of x, so x − hi fits an i128 whatever x is.
+    let rest = x.wrapping_sub(hi as i128);
+    (hi, rest as f64)
+}
+
 /// Merges `b` into `a` (Chan, Golub and LeVeque), in double-double arithmetic: δ is the
 /// difference of the two means formed from their double-double sums, so that it carries an
 /// error relative to δ itself, not to the means' magnitude.
 #[inline]
 pub fn merge(a: &mut Partial, b: &Partial) {
+    // The exact integer part survives only while both sides are integer data (or empty).
+    a.int = match (a.int, b.int) {
+        (Some(x), Some(y)) => Some(x.merge(y)),
+        (Some(x), None) if b.total() == 0 => Some(x),
+        (None, Some(y)) if a.total() == 0 => Some(y),
+        _ => None,
+    };
     if b.count > 0 {
         if a.count == 0 {
             a.sum = b.sum;

@@ -87,12 +87,17 @@ impl Report {
     /// The statistics alone as JSON (the `stats` object of [`Report::to_json`]).
     pub fn stats_json(stats: &Stats) -> Value {
         let s = stats;
+        // Integer inputs print their exact sum, min and max as JSON integers.
+        let exact = |f: fn(&crate::stats::IntPart) -> i128, x: Option<f64>| match &s.exact {
+            Some(e) => serde_json::Number::from_i128(f(e)).map_or_else(|| opt(x), Value::Number),
+            None => opt(x),
+        };
         json!({
             "count": s.count,
-            "sum": opt(s.sum),
+            "sum": exact(|e| e.sum, s.sum),
             "mean": opt(s.mean),
-            "min": opt(s.min),
-            "max": opt(s.max),
+            "min": exact(|e| e.min, s.min),
+            "max": exact(|e| e.max, s.max),
             "var": opt(s.var),
             "std": opt(s.std),
             "ddof": s.ddof,
@@ -107,10 +112,10 @@ impl Report {
         format!(
             "statistics\n  count      {}\n  sum        {}\n  mean       {}\n  min        {}\n  max        {}\n  var        {}   (ddof {})\n  std        {}\n  nan_count  {}{nan_note}",
             s.count,
-            show(s.sum),
+            s.exact.map_or_else(|| show(s.sum), |e| e.sum.to_string()),
             show(s.mean),
-            show(s.min),
-            show(s.max),
+            s.exact.map_or_else(|| show(s.min), |e| e.min.to_string()),
+            s.exact.map_or_else(|| show(s.max), |e| e.max.to_string()),
             show(s.var),
             s.ddof,
             show(s.std),

@@ -29,7 +29,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::report::number;
-use crate::stats::Partial;
+use crate::stats::{IntPart, Partial};
 use crate::{Error, Result};
 
 /// The `format` field of a partial file.
@@ -75,6 +75,13 @@ impl PartialFile {
                 "m2_err": number(p.m2_err),
                 "min": extreme(p.min),
                 "max": extreme(p.max),
+                // Exact integers as decimal strings (they may pass what a JSON reader's
+                // numbers hold).
+                "int": p.int.map(|i| json!({
+                    "sum": i.sum.to_string(),
+                    "min": i.min.to_string(),
+                    "max": i.max.to_string(),
+                })),
             },
         })
     }
@@ -147,6 +154,26 @@ impl PartialFile {
             m2_err: low_part("m2_err")?,
             min: float(&p, "min", f64::INFINITY)?,
             max: float(&p, "max", f64::NEG_INFINITY)?,
+            int: match p.get("int") {
+                None | Some(Value::Null) => None,
+                Some(i) => {
+                    let int = |name: &str| -> Result<i128> {
+                        i.get(name)
+                            .and_then(Value::as_str)
+                            .and_then(|t| t.parse::<i128>().ok())
+                            .ok_or_else(|| {
+                                bad(format!(
+                                    "field \"int.{name}\" is not an integer in a string"
+                                ))
+                            })
+                    };
+                    Some(IntPart {
+                        sum: int("sum")?,
+                        min: int("min")?,
+                        max: int("max")?,
+                    })
+                }
+            },
         };
         check_possible(&partial).map_err(bad)?;
         let ddof = uint(&options, "ddof")?;
@@ -286,6 +313,25 @@ fn check_possible(p: &Partial) -> std::result::Result<(), String> {
         ));
     }
     low_ok("m2_err", p.m2, p.m2_err)?;
+    if let Some(i) = p.int {
+        let n = i128::from(p.count);
+        if p.count != p.total() {
+            return Err("field \"int\" is for integer data, which has no NaN or infinities".into());
+        }
+        if i.min > i.max || i.min as f64 != p.min || i.max as f64 != p.max {
+            return Err(format!(
+                "field \"int\" has min {} and max {}, which do not match \"min\" and \"max\"",
+                i.min, i.max
+            ));
+        }
+        let (lo, hi) = (i.min.checked_mul(n), i.max.checked_mul(n));
+        if lo.is_some_and(|lo| i.sum < lo) || hi.is_some_and(|hi| i.sum > hi) {
+            return Err(format!(
+                "field \"int.sum\" ({}) is outside what {} integers within [{}, {}] can add to",
+                i.sum, p.count, i.min, i.max
+            ));
+        }
+    }
     // Popoviciu: the variance is at most (max − min)²/4.
     let spread = p.max - p.min;
     let most = n / 4.0 * spread * spread;
@@ -392,5 +438,40 @@ mod tests {
         v1["partial"].as_object_mut().unwrap().remove("m2_err");
         let p = PartialFile::from_json(&v1, Path::new("v1.json")).unwrap();
         assert_eq!(p.partial.count, 3);
+    }
+
+    #[test]
+    fn integer_partials_round_trip_and_merge_exactly() {
+        let a: Vec<i64> = (0..5000).map(|i| i64::MAX - i).collect();
+        let b: Vec<i64> = (0..3000).map(|i| i64::MIN + 7 * i).collect();
+        let file = |p| PartialFile {
+            partial: p,
+            ddof: 0,
+            skip_nan: false,
+            inputs: vec!["x".into()],
+            skipped_invalid: 0,
+        };
+        let (pa, pb) = (
+            crate::backend::cpu::reduce_slice_int(&a, 0),
+            crate::backend::cpu::reduce_slice_int(&b, 0),
+        );
+        let (fa, fb) = (file(pa), file(pb));
+        let text = serde_json::to_string(&fa.to_json()).unwrap();
+        let back =
+            PartialFile::from_json(&serde_json::from_str(&text).unwrap(), Path::new("a")).unwrap();
+        assert_eq!(back, fa);
+        let m = PartialFile::merge([(Path::new("a"), &back), (Path::new("b"), &fb)]).unwrap();
+        let want: i128 = a.iter().chain(&b).map(|&x| i128::from(x)).sum();
+        let int = m.partial.int.unwrap();
+        assert_eq!(int.sum, want);
+        assert_eq!(
+            (int.min, int.max),
+            (i128::from(i64::MIN), i128::from(i64::MAX))
+        );
+        // A made-up integer sum is refused.
+        let mut v = fa.to_json();
+        v["partial"]["int"]["sum"] = json!("1");
+        let e = PartialFile::from_json(&v, Path::new("bad.json")).unwrap_err();
+        assert!(e.to_string().contains("int.sum"), "{e}");
     }
 }

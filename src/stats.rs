@@ -33,6 +33,31 @@ pub struct Partial {
     pub min: f64,
     /// Largest finite value (`-inf` when there is none).
     pub max: f64,
+    /// For integer inputs: the exact sum, min and max (`None` for floating-point data, or once
+    /// merged with it).
+    pub int: Option<IntPart>,
+}
+
+/// The exact integer part of a [`Partial`] over integer values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntPart {
+    /// Exact sum (i128 holds the sum of 2^64 values of any 64-bit integer type).
+    pub sum: i128,
+    /// Smallest value.
+    pub min: i128,
+    /// Largest value.
+    pub max: i128,
+}
+
+impl IntPart {
+    /// Combines two integer parts.
+    pub fn merge(self, other: IntPart) -> IntPart {
+        IntPart {
+            sum: self.sum + other.sum,
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+        }
+    }
 }
 
 impl Default for Partial {
@@ -54,6 +79,7 @@ impl Partial {
         m2_err: 0.0,
         min: f64::INFINITY,
         max: f64::NEG_INFINITY,
+        int: None,
     };
 
     /// Total number of elements seen, NaN and infinities included.
@@ -111,6 +137,9 @@ impl Partial {
             nan_count: self.nan_count,
             ddof,
             skip_nan,
+            exact: self
+                .int
+                .filter(|_| self.count > 0 && self.count == self.total()),
             sum: None,
             mean: None,
             min: None,
@@ -198,6 +227,9 @@ pub struct Stats {
     pub var: Option<f64>,
     /// Standard deviation, `sqrt(var)`.
     pub std: Option<f64>,
+    /// Integer inputs: the exact sum, min and max (`sum`, `min`, `max` above are their nearest
+    /// f64; reports print these instead).
+    pub exact: Option<IntPart>,
 }
 
 #[cfg(test)]

@@ -449,7 +449,7 @@ fn inputs_keep_their_precision_and_say_so() {
     assert_eq!(v["stats"]["var"].as_f64(), Some(83_333.25));
     assert_eq!(v["stats"]["min"].as_f64(), Some(2f64.powi(40)));
     assert_eq!(v["input"]["sources"][0]["dtype"], "i64");
-    assert_eq!(v["input"]["sources"][0]["precision"], "f64");
+    assert_eq!(v["input"]["sources"][0]["precision"], "exact integer");
 
     let big: Vec<i64> = (0..2000i64)
         .map(|i| {

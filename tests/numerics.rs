@@ -372,3 +372,52 @@ fn f64_values_keep_their_precision() {
         }
     }
 }
+
+/// Integers are reduced exactly: count, sum, min and max (issue 10: 0/1 flags with one sentinel
+/// once gave var inf; i64 2^40 + 0..999 var 0), on every backend.
+#[test]
+fn integers_are_exact() {
+    let mut rng = fresh_rng("integers");
+    let mut flags: Vec<i64> = (0..100_000)
+        .map(|_| i64::from(rng.random::<bool>()))
+        .collect();
+    flags[77] = i64::MAX;
+    let offset: Vec<i64> = (0..200_000).map(|i| (1i64 << 62) + (i % 1000)).collect();
+    let wide: Vec<i64> = (0..100_000).map(|_| rng.random::<i64>()).collect();
+    let neg: Vec<i64> = (0..50_001).map(|i| -(1i64 << 40) - (i % 7)).collect();
+    for (what, data) in [
+        ("flags + i64::MAX", &flags),
+        ("2^62 + 0..999", &offset),
+        ("full-range i64", &wide),
+        ("-2^40 - (0..6)", &neg),
+    ] {
+        let sum: i128 = data.iter().map(|&x| i128::from(x)).sum();
+        let (min, max) = (*data.iter().min().unwrap(), *data.iter().max().unwrap());
+        // Variance from exact integer deviations around the floor of the mean.
+        let n = data.len() as i128;
+        let p = sum.div_euclid(n);
+        let r = reference_f64(data.iter().map(|&x| (i128::from(x) - p) as f64));
+        for be in backends() {
+            for b in [1000usize, 65_536, 1 << 20] {
+                let s = (be.make)(b).reduce_i64(data).unwrap().stats;
+                let name = format!("{what} [{} B={b}]", be.name);
+                let e = s.exact.expect("integer input keeps its exact part");
+                assert_eq!(
+                    (e.sum, e.min, e.max),
+                    (sum, i128::from(min), i128::from(max)),
+                    "{name}"
+                );
+                assert_eq!(s.count as usize, data.len(), "{name}");
+                let var = r.m2 / r.n as f64;
+                assert_close(&format!("{name}: var"), s.var.unwrap(), var, 1e-12 * var);
+                assert!(s.var.unwrap().is_finite(), "{name}");
+            }
+        }
+    }
+    // 0..999 repeated: the variance is exact, (1000² − 1)/12.
+    let steps: Vec<i64> = (0..100_000).map(|i| (1i64 << 40) + i % 1000).collect();
+    for be in backends() {
+        let s = (be.make)(4096).reduce_i64(&steps).unwrap().stats;
+        assert_eq!(s.var, Some(83_333.25), "{}", be.name);
+    }
+}

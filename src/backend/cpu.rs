@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
 use crate::Result;
 use crate::numerics::{PivotMoments, order_key};
-use crate::stats::Partial;
+use crate::stats::{IntPart, Partial};
 
 /// f32 lanes of the first pass (two AVX-512 registers, so that the adds of consecutive
 /// iterations do not wait on each other); the second pass keeps as many f64 lanes.
@@ -448,6 +448,109 @@ pub fn reduce_slice_f64_with(level: SimdLevel, data: &[f64]) -> Partial {
     total
 }
 
+/// Values per integer block (32 KiB of i64, in L1).
+pub const BLOCK_INT: usize = 4096;
+const LANES_INT: usize = 16;
+
+/// One block of integers (each stored as value − `offset`, see
+/// [`crate::source::Element::Int`]): the exact sum (in 32-bit halves, so the adds vectorize and
+/// cannot overflow), exact min and max, and the moments around the integer pivot floor(mean),
+/// taken from exact i64 differences converted to f64 (a block whose range passes i64's takes
+/// i128 differences).
+fn reduce_block_int(block: &[i64], offset: i128) -> Partial {
+    debug_assert!(!block.is_empty() && block.len() <= BLOCK_INT);
+    let mut lo_sum = [0u64; LANES_INT];
+    let mut hi_sum = [0i64; LANES_INT];
+    let mut lo = [i64::MAX; LANES_INT];
+    let mut hi = [i64::MIN; LANES_INT];
+    let mut chunks = block.chunks_exact(LANES_INT);
+    let mut lane = |j: usize, x: i64| {
+        lo_sum[j] += u64::from(x as u32);
+        hi_sum[j] += x >> 32;
+        lo[j] = lo[j].min(x);
+        hi[j] = hi[j].max(x);
+    };
+    for c in &mut chunks {
+        for (j, &x) in c.iter().enumerate() {
+            lane(j, x);
+        }
+    }
+    for (j, &x) in chunks.remainder().iter().enumerate() {
+        lane(j, x);
+    }
+    let sum: i128 = lo_sum.iter().map(|&v| i128::from(v)).sum::<i128>()
+        + (hi_sum.iter().map(|&v| i128::from(v)).sum::<i128>() << 32);
+    let (min, max) = (
+        lo.into_iter().min().unwrap_or(i64::MAX),
+        hi.into_iter().max().unwrap_or(i64::MIN),
+    );
+    let n = block.len();
+    let pivot = sum.div_euclid(n as i128) as i64;
+    let mut t = [0.0f64; LANES_INT];
+    let mut q = [0.0f64; LANES_INT];
+    if i128::from(max) - i128::from(min) <= i128::from(i64::MAX) {
+        // Every |x − pivot| ≤ max − min fits i64: the difference is exact.
+        let mut chunks = block.chunks_exact(LANES_INT);
+        for c in &mut chunks {
+            for j in 0..LANES_INT {
+                let d = c[j].wrapping_sub(pivot) as f64;
+                t[j] += d;
+                q[j] += d * d;
+            }
+        }
+        for (j, &x) in chunks.remainder().iter().enumerate() {
+            let d = x.wrapping_sub(pivot) as f64;
+            t[j] += d;
+            q[j] += d * d;
+        }
+    } else {
+        for (i, &x) in block.iter().enumerate() {
+            let d = (i128::from(x) - i128::from(pivot)) as f64;
+            t[i % LANES_INT] += d;
+            q[i % LANES_INT] += d * d;
+        }
+    }
+    let (t, q) = (pairwise(t), pairwise(q));
+    let nf = n as f64;
+    let int = IntPart {
+        sum: sum + offset * n as i128,
+        min: i128::from(min) + offset,
+        max: i128::from(max) + offset,
+    };
+    let (sum_hi, sum_lo) = crate::numerics::dd_from_i128(int.sum);
+    Partial {
+        count: n as u64,
+        sum: sum_hi,
+        sum_err: sum_lo,
+        m2: (q - t * (t / nf)).max(0.0),
+        min: int.min as f64,
+        max: int.max as f64,
+        int: Some(int),
+        ..Partial::EMPTY
+    }
+}
+
+/// Reduces integers (stored as value − `offset`) to a [`Partial`] on all cores: count, sum, min
+/// and max exact ([`Partial::int`]), mean and variance from exact differences.
+pub fn reduce_slice_int(data: &[i64], offset: i128) -> Partial {
+    let piece =
+        (piece_len(data.len() * 2, rayon::current_num_threads()) / 2).next_multiple_of(BLOCK_INT);
+    let mut total = Partial::EMPTY;
+    for_each_piece(
+        data,
+        piece,
+        |piece| {
+            let mut acc = Partial::EMPTY;
+            for block in piece.chunks(BLOCK_INT) {
+                acc.merge(&reduce_block_int(block, offset));
+            }
+            acc
+        },
+        |p| total.merge(&p),
+    );
+    total
+}
+
 /// The instruction sets the CPU kernel is compiled for; the best one the processor has is chosen
 /// at run time, so a portable x86-64 build still runs AVX-512 or AVX2 code.
 /// Ordered from the least to the most capable: `Baseline < Avx2 < Avx512`.
@@ -729,6 +832,16 @@ impl BatchReducer for CpuReducer {
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {
         let start = Instant::now();
         let p = reduce_slice(batch);
+        let mid = Instant::now();
+        self.acc.merge(tag, &p);
+        self.times.compute += mid - start;
+        self.times.merge += mid.elapsed();
+        Ok(())
+    }
+
+    fn push_int_tagged(&mut self, tag: u64, batch: &[i64], offset: i128) -> Result<()> {
+        let start = Instant::now();
+        let p = reduce_slice_int(batch, offset);
         let mid = Instant::now();
         self.acc.merge(tag, &p);
         self.times.compute += mid - start;

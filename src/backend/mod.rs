@@ -97,6 +97,8 @@ pub enum BatchRef<'a> {
     F32(&'a [f32]),
     /// f64 values, reduced in f64.
     F64(&'a [f64]),
+    /// Integers (each stored as value − the offset), reduced exactly.
+    Int(&'a [i64], i128),
 }
 
 impl BatchRef<'_> {
@@ -105,6 +107,7 @@ impl BatchRef<'_> {
         match self {
             BatchRef::F32(v) => v.len(),
             BatchRef::F64(v) => v.len(),
+            BatchRef::Int(v, _) => v.len(),
         }
     }
 
@@ -125,6 +128,9 @@ impl BatchRef<'_> {
             BatchRef::F64(v) => v
                 .chunks(max)
                 .try_for_each(|c| reducer.push_f64_tagged(tag, c)),
+            BatchRef::Int(v, off) => v
+                .chunks(max)
+                .try_for_each(|c| reducer.push_int_tagged(tag, c, *off)),
         }
     }
 }
@@ -144,6 +150,9 @@ pub trait BatchReducer {
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()>;
     /// Reduces (or enqueues) one micro-batch of f64 values, in f64, kept under `tag`.
     fn push_f64_tagged(&mut self, tag: u64, batch: &[f64]) -> Result<()>;
+    /// Reduces one micro-batch of integers, each stored as value − `offset`, exactly, kept
+    /// under `tag`.
+    fn push_int_tagged(&mut self, tag: u64, batch: &[i64], offset: i128) -> Result<()>;
     /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
     /// the stage times.
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)>;

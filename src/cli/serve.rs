@@ -100,6 +100,7 @@ struct Job {
 enum JobBatch {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    Int(Vec<i64>, i128),
 }
 
 impl JobBatch {
@@ -107,6 +108,7 @@ impl JobBatch {
         match self {
             JobBatch::F32(v) => microbatch::backend::BatchRef::F32(v),
             JobBatch::F64(v) => microbatch::backend::BatchRef::F64(v),
+            JobBatch::Int(v, off) => microbatch::backend::BatchRef::Int(v, *off),
         }
     }
 }
@@ -540,6 +542,7 @@ fn reduce_body(
         let buf = match element {
             microbatch::source::Element::F32 => JobBatch::F32(buf.f32),
             microbatch::source::Element::F64 => JobBatch::F64(buf.f64),
+            microbatch::source::Element::Int => JobBatch::Int(buf.int, source.int_offset()),
         };
         elements += n;
         if let Some(max) = max_elements

@@ -290,9 +290,9 @@ impl<R: Read> BinarySource<R> {
 
 impl<R: Read> BatchSource for BinarySource<R> {
     fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
-        if self.dtype.element() == Element::F64 {
+        if self.dtype.element() != Element::F32 {
             return Err(Error::InvalidConfig(format!(
-                "{} holds {} values, reduced in f64: read it with next_batch_f64",
+                "{} holds {} values, reduced at their own precision: read them with read_batch",
                 self.label, self.dtype
             )));
         }
@@ -306,7 +306,33 @@ impl<R: Read> BatchSource for BinarySource<R> {
         self.dtype.element()
     }
 
+    fn next_batch_int(&mut self, buf: &mut Vec<i64>, max: usize) -> Result<usize> {
+        if self.dtype.element() != Element::Int {
+            return Err(Error::InvalidConfig(format!(
+                "{} holds {} values, not integers",
+                self.label, self.dtype
+            )));
+        }
+        let native = self.dtype == Dtype::I64
+            && (self.endian == Endian::Little) == cfg!(target_endian = "little");
+        let (dtype, endian) = (self.dtype, self.endian);
+        self.read_into(buf, max, native, |b, o| dtype.decode_int(endian, b, o))
+    }
+
+    fn int_offset(&self) -> i128 {
+        self.dtype.int_offset()
+    }
+
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
+        if self.dtype.element() == Element::Int {
+            // Widened exactly up to 2^53 (reading integers as f64 is the caller's choice).
+            let mut ints = Vec::new();
+            let n = self.next_batch_int(&mut ints, max)?;
+            let off = self.dtype.int_offset();
+            buf.clear();
+            buf.extend(ints.iter().map(|&v| (i128::from(v) + off) as f64));
+            return Ok(n);
+        }
         let native = self.dtype == Dtype::F64
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");
         let (dtype, endian) = (self.dtype, self.endian);

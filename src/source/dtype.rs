@@ -34,12 +34,9 @@ impl FromStr for Endian {
     }
 }
 
-/// An element type. Values are reduced at their own precision ([`Dtype::element`]): f32 and the
-/// integers of up to 16 bits in f32 (exactly), f64 and the 32- and 64-bit integers in f64.
-///
-/// What a conversion can lose: nothing for f32, f64 and integers of magnitude up to 2^53; a 64-bit
-/// integer beyond 2^53 = 9,007,199,254,740,992 is rounded to the nearest f64 (a relative change
-/// of at most 1.1e-16, inside the error bound of the sum).
+/// An element type. Values are reduced at their own precision ([`Dtype::element`]): f32 in f32,
+/// f64 in f64, and integers exactly (count, sum, min and max exact; mean and variance from exact
+/// integer differences in f64). Nothing is converted to a narrower type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
     /// 32-bit IEEE float (reduced as is).
@@ -105,12 +102,47 @@ impl Dtype {
         }
     }
 
-    /// The precision values of this type are reduced in: f32 where f32 holds every value
-    /// exactly, f64 otherwise.
+    /// The precision values of this type are reduced in: their own.
     pub fn element(self) -> super::Element {
         match self {
-            Dtype::F32 | Dtype::I8 | Dtype::I16 | Dtype::U8 | Dtype::U16 => super::Element::F32,
-            _ => super::Element::F64,
+            Dtype::F32 => super::Element::F32,
+            Dtype::F64 => super::Element::F64,
+            _ => super::Element::Int,
+        }
+    }
+
+    /// What [`Dtype::decode_int`]'s values are offset by: 2^63 for u64 (stored shifted into
+    /// i64's range), else 0.
+    pub fn int_offset(self) -> i128 {
+        if self == Dtype::U64 { 1 << 63 } else { 0 }
+    }
+
+    /// Decodes integer `bytes` into `out` as i64, minus [`Dtype::int_offset`] (exact).
+    pub fn decode_int(self, endian: Endian, bytes: &[u8], out: &mut [i64]) {
+        let n = self.size();
+        debug_assert_eq!(bytes.len(), out.len() * n);
+        macro_rules! conv {
+            ($t:ty, $f:expr) => {{
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
+                    let a = c.try_into().expect("chunks_exact gives whole elements");
+                    let v = match endian {
+                        Endian::Little => <$t>::from_le_bytes(a),
+                        Endian::Big => <$t>::from_be_bytes(a),
+                    };
+                    *o = $f(v);
+                }
+            }};
+        }
+        match self {
+            Dtype::I8 => conv!(i8, i64::from),
+            Dtype::I16 => conv!(i16, i64::from),
+            Dtype::I32 => conv!(i32, i64::from),
+            Dtype::I64 => conv!(i64, |v| v),
+            Dtype::U8 => conv!(u8, i64::from),
+            Dtype::U16 => conv!(u16, i64::from),
+            Dtype::U32 => conv!(u32, i64::from),
+            Dtype::U64 => conv!(u64, |v: u64| (v ^ (1 << 63)) as i64),
+            Dtype::F32 | Dtype::F64 => unreachable!("decode_int is for integer types"),
         }
     }
 

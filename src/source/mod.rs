@@ -22,8 +22,11 @@ pub enum Element {
     /// f32 values (f32 inputs, and integers of at most 16 bits, which f32 holds exactly).
     #[default]
     F32,
-    /// f64 values (f64 inputs, 32- and 64-bit integers, text).
+    /// f64 values (f64 inputs, text).
     F64,
+    /// Integers, reduced exactly (sum, min and max) as i64 plus a per-source offset
+    /// ([`BatchSource::int_offset`]; 2^63 for u64 inputs, else 0).
+    Int,
 }
 
 impl Element {
@@ -32,6 +35,7 @@ impl Element {
         match self {
             Element::F32 => "f32",
             Element::F64 => "f64",
+            Element::Int => "exact integer",
         }
     }
 }
@@ -43,6 +47,8 @@ pub struct BatchBuf {
     pub f32: Vec<f32>,
     /// Filled for sources of [`Element::F64`].
     pub f64: Vec<f64>,
+    /// Filled for sources of [`Element::Int`] (each value minus the source's offset).
+    pub int: Vec<i64>,
 }
 
 /// Reads the next batch of up to `max` values of `source` into the part of `buf` its precision
@@ -56,6 +62,7 @@ pub fn read_batch(
     let n = match element {
         Element::F32 => source.next_batch(&mut buf.f32, max)?,
         Element::F64 => source.next_batch_f64(&mut buf.f64, max)?,
+        Element::Int => source.next_batch_int(&mut buf.int, max)?,
     };
     Ok((n, element))
 }
@@ -81,6 +88,21 @@ pub trait BatchSource {
         buf.clear();
         buf.extend(narrow.iter().map(|&x| f64::from(x)));
         Ok(n)
+    }
+
+    /// [`BatchSource::next_batch`] for sources of [`Element::Int`]: each value minus
+    /// [`BatchSource::int_offset`]. Other sources refuse it.
+    fn next_batch_int(&mut self, _buf: &mut Vec<i64>, _max: usize) -> Result<usize> {
+        Err(crate::Error::InvalidConfig(format!(
+            "{} does not hold integers",
+            self.describe()
+        )))
+    }
+
+    /// What to add to the values [`BatchSource::next_batch_int`] gives (2^63 for u64 inputs,
+    /// whose values are stored shifted into i64's range).
+    fn int_offset(&self) -> i128 {
+        0
     }
 
     /// The element type as read (`f32`, `i64`, `text`, …), for reports.

@@ -1029,6 +1029,18 @@ impl BatchReducer for GpuReducer {
         Ok(())
     }
 
+    /// Integer batches are reduced exactly by the CPU backend's integer kernel on the host, like
+    /// f64 batches.
+    fn push_int_tagged(&mut self, tag: u64, batch: &[i64], offset: i128) -> Result<()> {
+        let start = Instant::now();
+        let p = super::cpu::reduce_slice_int(batch, offset);
+        let mid = Instant::now();
+        self.acc.merge(tag, &p);
+        self.host_f64.compute += mid - start;
+        self.host_f64.merge += mid.elapsed();
+        Ok(())
+    }
+
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
         self.read_back()?;
         let clock = self.times.compute_clock;

@@ -55,9 +55,11 @@ enum BackendArg {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Inputs to reduce as one stream (`-` for stdin). The format comes from the extension:
-    /// .npy, .csv, .tsv, .txt, or raw binary (.f32, .f64, .i16, … of that type; anything else is
-    /// raw f32 unless --dtype says otherwise).
+    /// Inputs to reduce as one stream (`-` for stdin; named pipes and /dev/stdin work too). The
+    /// format comes from --format, else the extension (.npy, .csv, .tsv, .txt/.dat, raw .f32,
+    /// .f64, .i16, … of that type, .raw/.bin; .gz/.zst unpacked first), else the content (.npy
+    /// and gzip/zstd magic); text or unknown binary without a format is an error saying what to
+    /// pass. Each input is reduced at its own precision: f32, f64 (also text), integers exactly.
     #[arg(
         value_name = "INPUT",
         required_unless_present = "random",
@@ -73,13 +75,14 @@ struct RunArgs {
     #[arg(long, value_name = "S", default_value_t = 0, requires = "random")]
     seed: u64,
 
-    /// Input format, overriding the extension: raw, npy, csv, tsv, txt (whitespace-separated).
+    /// Input format, overriding the extension and the content: raw, npy, csv, tsv, txt
+    /// (whitespace-separated).
     #[arg(long, value_name = "FORMAT")]
     format: Option<Format>,
 
-    /// Raw binary element type: f32, f64, i8, i16, i32, i64, u8, u16, u32, u64. Values are
-    /// converted to f32: f64 rounds to about 7 significant digits (beyond ±3.4e38 it becomes
-    /// ±inf), and integers beyond 2^24 = 16,777,216 in magnitude lose their low bits.
+    /// Raw binary element type (implies --format raw): f32, f64, i8, i16, i32, i64, u8, u16,
+    /// u32, u64. Nothing is narrowed: f32 is reduced in f32, f64 in f64, and integers exactly
+    /// (count, sum, min and max exact; the report says which precision was used).
     #[arg(long, value_name = "TYPE")]
     dtype: Option<Dtype>,
 

@@ -333,7 +333,7 @@ fn f64_values_keep_their_precision() {
         .collect();
     // i64 around ±4.6e18 (once off 2.2e-6 in the sum).
     let big_ints: Vec<f64> = (0..20_000)
-        .map(|i| (if i % 2 == 0 { 4.6e18 } else { -4.6e18 }) + (i * 1_000_003) as f64)
+        .map(|i: i64| (if i % 2 == 0 { 4.6e18 } else { -4.6e18 }) + (i * 1_000_003) as f64)
         .collect();
     for (what, data) in [
         ("1e8 + U[0,1)", &offset),

@@ -787,3 +787,42 @@ fn detection_reads_right_or_says_what_to_pass() {
     assert_eq!(v["input"]["sources"][0]["nulls"], 3);
     assert_eq!(v["input"]["sources"][0]["skipped_invalid"], 0);
 }
+
+/// 0/1 flags with one u64::MAX sentinel in a .u64 file (once var inf): exact on both backends.
+#[test]
+fn u64_flags_with_a_sentinel_are_exact() {
+    let mut rng = fresh_rng("u64_flags");
+    let mut v: Vec<u64> = (0..100_000)
+        .map(|_| u64::from(rng.random::<bool>()))
+        .collect();
+    v[4242] = u64::MAX;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let path = tmp("flags.u64", &bytes);
+    let sum: u128 = v.iter().map(|&x| u128::from(x)).sum();
+    let n = v.len() as f64;
+    let p = (sum / v.len() as u128) as i128;
+    let r = reference_f64(v.iter().map(|&x| (i128::from(x) - p) as f64));
+    for backend in backends() {
+        for b in ["1000", "65536"] {
+            let out = json(&run(&[
+                "run",
+                path.to_str().unwrap(),
+                "--json",
+                "--backend",
+                backend,
+                "--batch-size",
+                b,
+            ]));
+            let s = &out["stats"];
+            assert_eq!(s["sum"].to_string(), sum.to_string(), "{backend} B={b}");
+            assert_eq!(s["max"].to_string(), u64::MAX.to_string());
+            assert_eq!(s["min"].to_string(), "0");
+            let var = s["var"].as_f64().unwrap();
+            let want = r.m2 / n;
+            assert!(
+                var.is_finite() && (var - want).abs() <= 1e-12 * want,
+                "{var} vs {want}"
+            );
+        }
+    }
+}

@@ -89,6 +89,15 @@ fn a_few_huge_values_among_tiny_ones() {
     let mut zeros = vec![0.0f32; 100_000];
     zeros[77_777] = 1e20;
     check_all("zeros + one 1e20", &zeros, BATCHES);
+    // Zeros and one 1e19, and all the magnitudes together.
+    let mut mix = vec![0.0f32; 50_000];
+    mix[9] = 1e19;
+    check_all("zeros + one 1e19", &mix, BATCHES);
+    mix[10_000] = 1e-30;
+    mix[20_000] = 1e9;
+    mix[30_000] = 1e20;
+    mix[40_000] = u64::MAX as f32;
+    check_all("1e-30/1e9/1e19/1e20/u64::MAX", &mix, BATCHES);
     // 0/1 flags and one u64::MAX sentinel (as f32): once var inf.
     let mut rng = fresh_rng("flags");
     let mut flags: Vec<f32> = (0..100_000)

@@ -56,6 +56,7 @@ fn main() {
         let t = Instant::now();
         let r = client
             .post(format!("{base}/v1/reduce"))
+            .header("Content-Type", "application/octet-stream")
             .body(body.clone())
             .send()
             .unwrap();
@@ -114,6 +115,7 @@ fn main() {
                 while Instant::now() < deadline {
                     let r = client
                         .post(format!("{base}/v1/streams/{id}/batches"))
+                        .header("Content-Type", "application/octet-stream")
                         .body(batch.clone())
                         .send()
                         .unwrap();

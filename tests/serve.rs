@@ -83,9 +83,17 @@ impl Drop for Server {
     }
 }
 
+/// A client whose bodies are raw values unless a request says otherwise (an undeclared body is
+/// detected from its content, as the CLI does, and raw bytes are never guessed).
 fn client() -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/octet-stream"),
+    );
     Client::builder()
         .timeout(Duration::from_secs(60))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
@@ -376,27 +384,48 @@ fn limits_answer_413_429_408_and_auth_401() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    // Authentication.
+    // Authentication: every route but /healthz needs the token; the scheme's case is free.
     let token = std::env::temp_dir().join(format!("token-{}", std::process::id()));
-    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&token, "s3cret-s3cret-s3cret\n").unwrap();
     let auth = Server::start(&["--backend", "cpu", "--token-file", token.to_str().unwrap()]);
+    json_ok(c.get(auth.url("/healthz")).send().unwrap());
     error_of(
-        c.get(auth.url("/healthz")).send().unwrap(),
+        c.get(auth.url("/v1/devices")).send().unwrap(),
         StatusCode::UNAUTHORIZED,
     );
     error_of(
-        c.get(auth.url("/healthz"))
+        c.get(auth.url("/v1/devices"))
             .bearer_auth("wrong")
             .send()
             .unwrap(),
         StatusCode::UNAUTHORIZED,
     );
     json_ok(
-        c.get(auth.url("/healthz"))
-            .bearer_auth("s3cret")
+        c.get(auth.url("/v1/devices"))
+            .bearer_auth("s3cret-s3cret-s3cret")
             .send()
             .unwrap(),
     );
+    json_ok(
+        c.get(auth.url("/v1/devices"))
+            .header("Authorization", "bearer s3cret-s3cret-s3cret")
+            .send()
+            .unwrap(),
+    );
+    // A token shorter than 16 bytes is refused at start.
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 16"));
     // Anything but loopback without a token is refused at start.
     let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
         .args(["serve", "--addr", "0.0.0.0:0", "--backend", "cpu"])
@@ -587,7 +616,7 @@ fn shutdown_drains_in_flight_requests_and_idle_streams_expire() {
     let mut s = TcpStream::connect(server.addr()).unwrap();
     write!(
         s,
-        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -602,4 +631,122 @@ fn shutdown_drains_in_flight_requests_and_idle_streams_expire() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"count\":1000"), "{answer}");
     server.wait_for_clean_exit();
+}
+
+/// Careless requests are refused before anything is read or applied, never answered 200 with a
+/// wrong number (issue 11): unknown parameters, loose booleans, a bad ddof on a batch, JSON
+/// bodies, undeclared text, unknown encodings, an over-long declared body; gzip and zstd bodies
+/// are decoded.
+#[test]
+fn careless_requests_are_refused_before_anything_is_applied() {
+    let server = Server::start(&["--backend", "cpu", "--max-body", "100000"]);
+    let c = client();
+    let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let batches = server.url(&format!("/v1/streams/{id}/batches"));
+    let body = f32_bytes(&[1.0, 2.0, 3.0]);
+    json_ok(c.post(&batches).body(body.clone()).send().unwrap());
+    // A batch refused for its query is not applied (a retry after the 400 must not count twice).
+    for (query, says) in [
+        ("?ddof=-1", "ddof"),
+        ("?colum=price", "colum"),
+        ("?skip_invalid=no", "skip_invalid"),
+        ("?header=no", "header"),
+    ] {
+        let e = error_of(
+            c.post(format!("{batches}{query}"))
+                .body(body.clone())
+                .send()
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        );
+        assert!(e.contains(says), "{query}: {e}");
+    }
+    let e = error_of(
+        c.post(server.url("/v1/reduce?colum=1"))
+            .body(body.clone())
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(e.contains("colum") && e.contains("column"), "{e}");
+    let s = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s["stats"]["count"], 3, "{s}");
+    assert_eq!(s["batches"], 1);
+    // Any ddof ≥ 0 is a ddof.
+    let s = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}?ddof=2")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s["stats"]["var"], 2.0);
+    // A JSON body is 415; an undeclared text body is detected and refused, saying what to send.
+    error_of(
+        c.post(server.url("/v1/reduce"))
+            .header("Content-Type", "application/json")
+            .body("[1, 2, 3]")
+            .send()
+            .unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    );
+    let e = error_of(
+        reqwest::blocking::Client::new()
+            .post(server.url("/v1/reduce"))
+            .body("1\n2\n3\n")
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(e.contains("text/csv"), "{e}");
+    // Booleans: exactly true/false/1/0.
+    let csv = "x\n1\n2\nabc\n";
+    let v = json_ok(
+        c.post(server.url("/v1/reduce?skip_invalid=1"))
+            .header("Content-Type", "text/csv")
+            .body(csv)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(v["stats"]["count"], 2);
+    // Compressed bodies are decoded; an unknown encoding is 415.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&body[..], 3).unwrap();
+    for (enc, bytes) in [("gzip", gz), ("zstd", zst)] {
+        let v = json_ok(
+            c.post(server.url("/v1/reduce"))
+                .header("Content-Encoding", enc)
+                .body(bytes)
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(v["stats"]["sum"], 6.0, "{enc}");
+    }
+    error_of(
+        c.post(server.url("/v1/reduce"))
+            .header("Content-Encoding", "br")
+            .body(body.clone())
+            .send()
+            .unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    );
+    // A declared length over --max-body is 413 at once, before any of the body is sent.
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        s,
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4000000\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }

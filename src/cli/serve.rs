@@ -163,7 +163,12 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             let t = std::fs::read_to_string(p)
                 .with_context(|| format!("reading the token file {}", p.display()))?;
             let t = t.trim().as_bytes().to_vec();
-            anyhow::ensure!(!t.is_empty(), "{}: the token file is empty", p.display());
+            anyhow::ensure!(
+                t.len() >= 16,
+                "{}: the token is {} bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
+                p.display(),
+                t.len()
+            );
             Some(t)
         }
         None => None,
@@ -367,13 +372,16 @@ impl IntoResponse for ApiError {
 /// Authentication and per-route request counting.
 async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let route = req.uri().path().to_string();
-    if let Some(token) = &state.token {
+    // /healthz reveals nothing and answers without the token (load balancers probe it).
+    if let Some(token) = state.token.as_ref().filter(|_| route != "/healthz") {
+        // The scheme is case-insensitive (RFC 9110); the token is not.
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::as_bytes)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().as_bytes())
             .unwrap_or(&[]);
         if !constant_time_eq(given, token) {
             let r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
@@ -412,8 +420,62 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// How to read a body: from its Content-Type and the query (`column`, `header`, `delimiter`,
-/// `dtype`, `endian`, `skip_invalid`).
+/// The query parameters a body-reading route accepts.
+const BODY_PARAMS: &[&str] = &[
+    "dtype",
+    "endian",
+    "column",
+    "header",
+    "delimiter",
+    "null",
+    "skip_invalid",
+    "ddof",
+];
+
+/// Refuses any query parameter not in `accepted` (a misspelt `?colum=` must not silently reduce
+/// column 0), naming the accepted ones.
+fn check_params(query: &HashMap<String, String>, accepted: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !accepted.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "unknown query parameter{} {}; this route accepts: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            if accepted.is_empty() {
+                "none".to_string()
+            } else {
+                accepted.join(", ")
+            }
+        ),
+    ))
+}
+
+/// A boolean query parameter: exactly `true`, `false`, `1` or `0`.
+fn flag(query: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name} must be true, false, 1 or 0, got {other:?}"),
+        )),
+    }
+}
+
+/// How to read a body: from its Content-Type and Content-Encoding and the query (`column`,
+/// `header`, `delimiter`, `null`, `dtype`, `endian`, `skip_invalid`). Without a declared type
+/// (none, or the form encoding curl sends by default) the format is detected from the content
+/// as the CLI does; a declared type that is not an input format is 415.
 fn input_options(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -422,15 +484,20 @@ fn input_options(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    let format = match mime {
-        // curl --data-binary sends form-urlencoded unless told otherwise: take it as raw too.
-        "application/octet-stream" | "application/x-www-form-urlencoded" | "" => Format::Raw,
-        "application/x-npy" => Format::Npy,
-        "text/csv" => Format::Csv,
-        "text/tab-separated-values" => Format::Tsv,
-        "text/plain" => Format::Txt,
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match mime.as_str() {
+        "application/x-www-form-urlencoded" | "" => None,
+        "application/octet-stream" => Some(Format::Raw),
+        "application/x-npy" => Some(Format::Npy),
+        "text/csv" => Some(Format::Csv),
+        "text/tab-separated-values" => Some(Format::Tsv),
+        "text/plain" => Some(Format::Txt),
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -441,7 +508,7 @@ fn input_options(
         }
     };
     let mut o = InputOptions {
-        format: Some(format),
+        format,
         ..InputOptions::default()
     };
     if let Some(d) = query.get("dtype") {
@@ -454,17 +521,63 @@ fn input_options(
     if let Some(c) = query.get("column") {
         text.column = c.parse::<Column>().expect("infallible");
     }
-    if let Some(h) = query.get("header") {
-        text.header = Some(h != "false" && h != "0");
-    }
+    text.header = flag(query, "header")?;
     if let Some(d) = query.get("delimiter") {
         text.delimiter = Some(super::parse_delimiter(d).map_err(bad)?);
     }
-    text.skip_invalid = query
-        .get("skip_invalid")
-        .is_some_and(|v| v != "false" && v != "0");
+    if let Some(n) = query.get("null") {
+        text.nulls = n.split(',').map(str::to_string).collect();
+    }
+    text.skip_invalid = flag(query, "skip_invalid")?.unwrap_or(false);
     o.text = text;
     Ok(o)
+}
+
+/// A body's Content-Encoding: decoded on the fly (anything else is 415).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+fn encoding_of(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    match v
+        .to_str()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "zstd" => Ok(Encoding::Zstd),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {other:?}: identity, gzip, zstd"),
+        )),
+    }
+}
+
+/// Refuses at once a body whose declared length passes `--max-body` (not after reading it).
+fn check_length(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.limits.max_body => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body's Content-Length {n} exceeds the limit of {} bytes (--max-body)",
+                state.limits.max_body
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Marks the error a body reader returns past the size limit.
@@ -497,6 +610,7 @@ fn reduce_body(
     state: &AppState,
     body: Body,
     options: &InputOptions,
+    encoding: Encoding,
     max_elements: Option<usize>,
     cancel: Arc<AtomicBool>,
 ) -> Result<Reduced, ApiError> {
@@ -516,8 +630,24 @@ fn reduce_body(
         }
     });
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let mut source = microbatch::source::open_reader(Box::new(reader), "<request body>", options)
-        .map_err(api_error)?;
+    let reader: Box<dyn std::io::Read> = match encoding {
+        Encoding::Identity => Box::new(reader),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Encoding::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(reader)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("zstd body: {e}")))?,
+        ),
+    };
+    let mut source = microbatch::source::open_reader(reader, "<request body>", options)
+        .map_err(|e| {
+            let mut err = api_error(e);
+            if options.format.is_none() && options.dtype.is_none() {
+                err.message.push_str(
+                    " (over HTTP: Content-Type application/octet-stream or ?dtype= for raw values, text/csv or text/plain for text)",
+                );
+            }
+            err
+        })?;
     let mut reports = Vec::new();
     let mut elements = 0usize;
     // Up to IN_FLIGHT batches of this body wait in the engine while the next one is read, so
@@ -594,13 +724,14 @@ async fn reduce_request(
     state: Shared,
     body: Body,
     options: InputOptions,
+    encoding: Encoding,
     max_elements: Option<usize>,
 ) -> Result<Reduced, ApiError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
     let timeout = state.limits.request_timeout;
     let task = tokio::task::spawn_blocking(move || {
-        reduce_body(&state, body, &options, max_elements, flag)
+        reduce_body(&state, body, &options, encoding, max_elements, flag)
     });
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(result)) => result,
@@ -671,26 +802,35 @@ async fn reduce(
     body: Body,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
+    // Everything about the request is checked before any of its body is read.
+    check_params(&query, BODY_PARAMS)?;
+    check_length(&state, &headers)?;
     let options = input_options(&headers, &query)?;
+    let encoding = encoding_of(&headers)?;
     let ddof = ddof_of(&query)?;
-    let (done, shape, skipped) = reduce_request(Arc::clone(&state), body, options, None).await?;
+    let (done, shape, skipped) =
+        reduce_request(Arc::clone(&state), body, options, encoding, None).await?;
     let v = report_json(&state, &done, shape, skipped, ddof, start.elapsed());
     Ok(axum::Json(v).into_response())
 }
 
 fn ddof_of(query: &HashMap<String, String>) -> Result<u32, ApiError> {
-    match query.get("ddof").map(String::as_str) {
+    match query.get("ddof") {
         None => Ok(DEFAULT_DDOF),
-        Some("0") => Ok(0),
-        Some("1") => Ok(1),
-        Some(other) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("ddof must be 0 or 1, got {other:?}"),
-        )),
+        Some(d) => d.parse::<u32>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("ddof must be an integer ≥ 0, got {d:?}"),
+            )
+        }),
     }
 }
 
-async fn create_stream(State(state): State<Shared>) -> Result<Response, ApiError> {
+async fn create_stream(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_params(&query, &[])?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     if streams.len() >= state.limits.max_streams {
         return Err(ApiError::new(
@@ -739,17 +879,22 @@ async fn append_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if !state
-        .streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&id)
-    {
-        return Err(unknown(&id));
-    }
+    // Everything is validated before anything is read or applied: a refused batch is never
+    // merged (a client that retries after a 400 must not count its data twice).
+    check_params(&query, BODY_PARAMS)?;
+    check_length(&state, &headers)?;
     let options = input_options(&headers, &query)?;
+    let encoding = encoding_of(&headers)?;
+    let ddof = ddof_of(&query)?;
+    {
+        let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+        // The upload counts as use: the stream cannot expire while its batch arrives.
+        let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
+        s.last_used = Instant::now();
+    }
     let max = state.limits.max_batch;
-    let (done, _, _) = reduce_request(Arc::clone(&state), body, options, Some(max)).await?;
+    let (done, _, _) =
+        reduce_request(Arc::clone(&state), body, options, encoding, Some(max)).await?;
     // All of the batch is reduced: apply it whole.
     let mut batch = Partial::EMPTY;
     for d in &done {
@@ -761,7 +906,7 @@ async fn append_batch(
     s.batches += 1;
     s.last_used = Instant::now();
     state.metrics.batches.fetch_add(1, Ordering::Relaxed);
-    let v = stream_json(&state, &id, s, ddof_of(&query)?);
+    let v = stream_json(&state, &id, s, ddof);
     Ok(axum::Json(v).into_response())
 }
 
@@ -770,6 +915,7 @@ async fn get_stream(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    check_params(&query, &["ddof"])?;
     let ddof = ddof_of(&query)?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
@@ -780,7 +926,9 @@ async fn get_stream(
 async fn stream_partial(
     State(state): State<Shared>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    check_params(&query, &[])?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
     s.last_used = Instant::now();
@@ -797,7 +945,9 @@ async fn stream_partial(
 async fn delete_stream(
     State(state): State<Shared>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    check_params(&query, &[])?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
     Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())

@@ -21,9 +21,22 @@ struct Server {
 }
 
 impl Server {
+    /// A server on a free port; streams in memory unless `extra` names a --data-dir.
     fn start(extra: &[&str]) -> Server {
+        let memory: &[&str] = if extra.contains(&"--data-dir") {
+            &[]
+        } else {
+            &["--in-memory"]
+        };
+        let addr: &[&str] = if extra.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
-            .args(["serve", "--addr", "127.0.0.1:0"])
+            .arg("serve")
+            .args(addr)
+            .args(memory)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -749,4 +762,123 @@ fn careless_requests_are_refused_before_anything_is_applied() {
     let n = s.read(&mut answer).unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+/// Exactly once through crashes (issue 11): clients append keyed batches and retry every failure
+/// with the same key while the server is killed with SIGKILL and restarted on its store several
+/// times; the stream ends with every batch exactly once, and a replayed key gets the original
+/// answer without being applied again.
+#[test]
+fn keyed_batches_count_exactly_once_through_kill_9() {
+    let dir = std::env::temp_dir().join(format!("microbatch-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.to_str().unwrap().to_string();
+    let first = Server::start(&["--backend", "cpu", "--data-dir", &data_dir]);
+    let addr = first.addr();
+    let base = first.base.clone();
+    let c = client();
+    let id = json_ok(c.post(first.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(id.len() >= 33, "ids carry 128 random bits: {id}");
+    // A replayed key: the same answer, applied once.
+    let url = format!("{base}/v1/streams/{id}/batches");
+    let one = |key: &str| {
+        c.post(&url)
+            .header("Idempotency-Key", key)
+            .body(f32_bytes(&[5.0; 10]))
+            .send()
+            .unwrap()
+    };
+    let a = json_ok(one("warm-up"));
+    let b = one("warm-up");
+    assert_eq!(b.headers()["idempotent-replay"], "true");
+    assert_eq!(json_ok(b), a);
+    assert_eq!(a["stats"]["count"], 10);
+
+    const CLIENTS: usize = 3;
+    const BATCHES: usize = 300;
+    const PER: usize = 500;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let url = url.clone();
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let c = Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let mut retries = 0;
+                for b in 0..BATCHES {
+                    let values: Vec<f32> = (0..PER)
+                        .map(|i| ((w * 7 + b * 3 + i) % 101) as f32)
+                        .collect();
+                    let key = format!("client{w}-batch{b}");
+                    // The client's retry rule: resend the same batch with the same key until a
+                    // 2xx arrives.
+                    loop {
+                        let r = c
+                            .post(&url)
+                            .header("Content-Type", "application/octet-stream")
+                            .header("Idempotency-Key", &key)
+                            .body(f32_bytes(&values))
+                            .send();
+                        match r {
+                            Ok(r) if r.status().is_success() => break,
+                            _ => {
+                                retries += 1;
+                                assert!(retries < 2000, "the server never came back");
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                retries
+            })
+        })
+        .collect();
+    // Kill -9 and restart on the same port and store, a few times, while the clients run.
+    let mut server = first;
+    let mut kills = 0;
+    while kills < 5 {
+        std::thread::sleep(Duration::from_millis(80));
+        if done.load(std::sync::atomic::Ordering::SeqCst) == CLIENTS {
+            break;
+        }
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        kills += 1;
+        server = Server::start(&["--backend", "cpu", "--data-dir", &data_dir, "--addr", &addr]);
+    }
+    let retries: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    eprintln!("chaos: {kills} kills, {retries} retries across {CLIENTS} clients");
+    assert!(
+        kills >= 2,
+        "the clients finished before the server was killed twice"
+    );
+    let s = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    let mut want_sum = 50.0;
+    for w in 0..CLIENTS {
+        for b in 0..BATCHES {
+            want_sum += (0..PER)
+                .map(|i| ((w * 7 + b * 3 + i) % 101) as f64)
+                .sum::<f64>();
+        }
+    }
+    assert_eq!(
+        s["stats"]["count"],
+        (CLIENTS * BATCHES * PER + 10) as u64,
+        "{s}"
+    );
+    assert_eq!(s["stats"]["sum"].as_f64(), Some(want_sum), "{s}");
+    assert_eq!(s["batches"], (CLIENTS * BATCHES + 1) as u64, "{s}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

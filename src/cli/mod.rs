@@ -2,6 +2,7 @@
 
 mod bench;
 mod serve;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -35,7 +35,7 @@ use microbatch::shard::PartialFile;
 use microbatch::source::{Column, Format, InputOptions, TextOptions};
 use microbatch::{BackendInfo, Engine, EngineConfig, Partial, Report, list_adapters};
 
-use super::{BackendArg, parse_batch, parse_count};
+use super::{BackendArg, parse_batch, parse_count, store};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -88,6 +88,15 @@ pub(crate) struct ServeArgs {
     /// required to listen on anything but loopback.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// Directory of the durable stream store (streams and idempotency keys survive restarts
+    /// and crashes). Default: `$XDG_DATA_HOME/microbatch` or `~/.local/share/microbatch`.
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep streams in memory only: they are lost when the server stops (tests, throwaway use).
+    #[arg(long)]
+    in_memory: bool,
 }
 
 /// One batch for the engine thread, and where its result goes.
@@ -128,12 +137,14 @@ struct Stream {
     batches: u64,
     created: Instant,
     last_used: Instant,
+    /// Idempotency keys seen, with the answer each batch got.
+    keys: HashMap<String, String>,
 }
 
 struct AppState {
     jobs: mpsc::SyncSender<Job>,
     streams: Mutex<HashMap<String, Stream>>,
-    next_stream: AtomicU64,
+    store: store::Store,
     backend: Value,
     backend_info: BackendInfo,
     limits: Limits,
@@ -196,11 +207,43 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         json!({"kind": b.kind, "adapter": b.adapter, "api": b.api, "device_type": b.device_type})
     };
     let (jobs, queue) = mpsc::sync_channel::<Job>(args.queue.max(1));
+    let store = if args.in_memory {
+        store::Store::in_memory()
+    } else {
+        let dir = args
+            .data_dir
+            .clone()
+            .or_else(store::default_data_dir)
+            .context("no data directory: pass --data-dir DIR or --in-memory")?;
+        store::Store::open(&dir)?
+    };
+    let now = Instant::now();
+    let streams: HashMap<String, Stream> = store
+        .load()?
+        .into_iter()
+        .map(|(id, l)| {
+            (
+                id,
+                Stream {
+                    partial: l.partial,
+                    batches: l.batches,
+                    created: now,
+                    last_used: now,
+                    keys: l.keys,
+                },
+            )
+        })
+        .collect();
+    eprintln!(
+        "microbatch serve: streams in {} ({} restored)",
+        store.describe(),
+        streams.len()
+    );
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
         jobs,
-        streams: Mutex::new(HashMap::new()),
-        next_stream: AtomicU64::new(1),
+        streams: Mutex::new(streams),
+        store,
         backend,
         backend_info,
         limits: Limits {
@@ -278,7 +321,14 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let idle = sweeper.limits.stream_idle;
                 let mut streams = sweeper.streams.lock().unwrap_or_else(|e| e.into_inner());
-                streams.retain(|_, s| s.last_used.elapsed() < idle);
+                let expired: Vec<String> = streams
+                    .iter()
+                    .filter(|(_, s)| s.last_used.elapsed() >= idle)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !expired.is_empty() && sweeper.store.delete(&expired).is_ok() {
+                    streams.retain(|id, _| !expired.contains(id));
+                }
             }
         });
 
@@ -841,7 +891,12 @@ async fn create_stream(
             ),
         ));
     }
-    let id = format!("s{}", state.next_stream.fetch_add(1, Ordering::Relaxed));
+    // 128 random bits: only whoever was given the id can use the stream.
+    let id = format!("s{:032x}", rand::random::<u128>());
+    state
+        .store
+        .save(&id, &Partial::EMPTY, 0, None)
+        .map_err(store_error)?;
     let now = Instant::now();
     streams.insert(
         id.clone(),
@@ -850,9 +905,32 @@ async fn create_stream(
             batches: 0,
             created: now,
             last_used: now,
+            keys: HashMap::new(),
         },
     );
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
+}
+
+fn store_error(e: anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the stream store failed, nothing was applied: {e:#}"),
+    )
+}
+
+/// The `Idempotency-Key` of a batch: any string of 1 to 128 bytes.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, m.to_string());
+    let k = v
+        .to_str()
+        .map_err(|_| bad("the Idempotency-Key must be visible ASCII"))?;
+    if k.is_empty() || k.len() > 128 {
+        return Err(bad("the Idempotency-Key must be 1 to 128 bytes"));
+    }
+    Ok(Some(k.to_string()))
 }
 
 fn unknown(id: &str) -> ApiError {
@@ -863,11 +941,22 @@ fn unknown(id: &str) -> ApiError {
 }
 
 fn stream_json(state: &AppState, id: &str, s: &Stream, ddof: u32) -> Value {
+    stream_view(state, id, &s.partial, s.batches, s.created, ddof)
+}
+
+fn stream_view(
+    state: &AppState,
+    id: &str,
+    partial: &Partial,
+    batches: u64,
+    created: Instant,
+    ddof: u32,
+) -> Value {
     json!({
         "id": id,
-        "batches": s.batches,
-        "stats": Report::stats_json(&s.partial.finish(ddof, false)),
-        "age_s": s.created.elapsed().as_secs_f64(),
+        "batches": batches,
+        "stats": Report::stats_json(&partial.finish(ddof, false)),
+        "age_s": created.elapsed().as_secs_f64(),
         "backend": state.backend,
     })
 }
@@ -886,28 +975,71 @@ async fn append_batch(
     let options = input_options(&headers, &query)?;
     let encoding = encoding_of(&headers)?;
     let ddof = ddof_of(&query)?;
+    let key = idempotency_key(&headers)?;
+    let replay = |answer: &str| -> Response {
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::HeaderName::from_static("idempotent-replay"), "true"),
+            ],
+            answer.to_string(),
+        )
+            .into_response()
+    };
     {
         let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
         // The upload counts as use: the stream cannot expire while its batch arrives.
         let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
         s.last_used = Instant::now();
+        // A key already applied: the original answer, and nothing applied again.
+        if let Some(answer) = key.as_ref().and_then(|k| s.keys.get(k)) {
+            return Ok(replay(answer));
+        }
     }
     let max = state.limits.max_batch;
     let (done, _, _) =
         reduce_request(Arc::clone(&state), body, options, encoding, Some(max)).await?;
-    // All of the batch is reduced: apply it whole.
+    // All of the batch is reduced: apply it whole, and commit its effect and its key before
+    // answering.
     let mut batch = Partial::EMPTY;
     for d in &done {
         batch.merge(&d.partial);
     }
-    let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
-    let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
-    s.partial.merge(&batch);
-    s.batches += 1;
-    s.last_used = Instant::now();
-    state.metrics.batches.fetch_add(1, Ordering::Relaxed);
-    let v = stream_json(&state, &id, s, ddof);
-    Ok(axum::Json(v).into_response())
+    tokio::task::block_in_place(|| {
+        let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
+        // The same key may have arrived twice at once: only the first applies.
+        if let Some(answer) = key.as_ref().and_then(|k| s.keys.get(k)) {
+            return Ok(replay(answer));
+        }
+        let mut partial = s.partial;
+        partial.merge(&batch);
+        let batches = s.batches + 1;
+        let answer = stream_view(&state, &id, &partial, batches, s.created, ddof).to_string();
+        state
+            .store
+            .save(
+                &id,
+                &partial,
+                batches,
+                key.as_deref().map(|k| (k, answer.as_str())),
+            )
+            .map_err(store_error)?;
+        s.partial = partial;
+        s.batches = batches;
+        s.last_used = Instant::now();
+        if let Some(k) = key {
+            s.keys.insert(k, answer.clone());
+        }
+        state.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            answer,
+        )
+            .into_response())
+    })
 }
 
 async fn get_stream(
@@ -949,6 +1081,13 @@ async fn delete_stream(
 ) -> Result<Response, ApiError> {
     check_params(&query, &[])?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+    if !streams.contains_key(&id) {
+        return Err(unknown(&id));
+    }
+    state
+        .store
+        .delete(std::slice::from_ref(&id))
+        .map_err(store_error)?;
     let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
     Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())
 }

@@ -1,0 +1,227 @@
+//! The service's durable state: every stream's mergeable partial and the answers to the
+//! idempotency keys it has seen, in an embedded redb database. A batch's effect and its key are
+//! committed in one transaction before the client hears 2xx, so after a crash (even `kill -9`)
+//! every acknowledged batch is there and none twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use microbatch::Partial;
+use microbatch::stats::IntPart;
+
+/// stream id → its record (JSON of [`Record`]).
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+/// (stream id, idempotency key) → the answer the batch got.
+const KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("keys");
+
+/// A stream as stored: the partial with every float as its bits (JSON has no NaN or infinity,
+/// and bits round-trip exactly).
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    count: u64,
+    nan_count: u64,
+    pos_inf_count: u64,
+    neg_inf_count: u64,
+    sum: u64,
+    sum_err: u64,
+    m2: u64,
+    m2_err: u64,
+    min: u64,
+    max: u64,
+    /// Exact integer sum, min and max, as decimal strings.
+    int: Option<[String; 3]>,
+    batches: u64,
+}
+
+impl Record {
+    fn of(p: &Partial, batches: u64) -> Self {
+        Self {
+            count: p.count,
+            nan_count: p.nan_count,
+            pos_inf_count: p.pos_inf_count,
+            neg_inf_count: p.neg_inf_count,
+            sum: p.sum.to_bits(),
+            sum_err: p.sum_err.to_bits(),
+            m2: p.m2.to_bits(),
+            m2_err: p.m2_err.to_bits(),
+            min: p.min.to_bits(),
+            max: p.max.to_bits(),
+            int: p
+                .int
+                .map(|i| [i.sum.to_string(), i.min.to_string(), i.max.to_string()]),
+            batches,
+        }
+    }
+
+    fn partial(&self) -> Result<(Partial, u64)> {
+        let int = match &self.int {
+            None => None,
+            Some([s, lo, hi]) => Some(IntPart {
+                sum: s.parse()?,
+                min: lo.parse()?,
+                max: hi.parse()?,
+            }),
+        };
+        Ok((
+            Partial {
+                count: self.count,
+                nan_count: self.nan_count,
+                pos_inf_count: self.pos_inf_count,
+                neg_inf_count: self.neg_inf_count,
+                sum: f64::from_bits(self.sum),
+                sum_err: f64::from_bits(self.sum_err),
+                m2: f64::from_bits(self.m2),
+                m2_err: f64::from_bits(self.m2_err),
+                min: f64::from_bits(self.min),
+                max: f64::from_bits(self.max),
+                int,
+            },
+            self.batches,
+        ))
+    }
+}
+
+/// A stream read back at start-up.
+pub(crate) struct Loaded {
+    pub partial: Partial,
+    pub batches: u64,
+    pub keys: HashMap<String, String>,
+}
+
+/// The database, or nothing for `--in-memory`.
+pub(crate) struct Store {
+    db: Option<Database>,
+    path: Option<PathBuf>,
+}
+
+impl Store {
+    /// State kept in memory only (lost when the process ends).
+    pub fn in_memory() -> Self {
+        Self {
+            db: None,
+            path: None,
+        }
+    }
+
+    /// Opens (or creates) `dir/streams.redb`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("streams.redb");
+        let db = Database::create(&path)
+            .with_context(|| format!("opening the stream store {}", path.display()))?;
+        let w = db.begin_write()?;
+        w.open_table(STREAMS)?;
+        w.open_table(KEYS)?;
+        w.commit()?;
+        Ok(Self {
+            db: Some(db),
+            path: Some(path),
+        })
+    }
+
+    /// Where the state lives, for the start-up line.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => "memory only (--in-memory)".to_string(),
+        }
+    }
+
+    /// Every stored stream with its keys' answers.
+    pub fn load(&self) -> Result<Vec<(String, Loaded)>> {
+        let Some(db) = &self.db else {
+            return Ok(Vec::new());
+        };
+        let r = db.begin_read()?;
+        let streams = r.open_table(STREAMS)?;
+        let keys = r.open_table(KEYS)?;
+        let mut out: HashMap<String, Loaded> = HashMap::new();
+        for entry in streams.iter()? {
+            let (id, bytes) = entry?;
+            let record: Record = serde_json::from_slice(bytes.value())
+                .with_context(|| format!("stream {} in the store", id.value()))?;
+            let (partial, batches) = record.partial()?;
+            out.insert(
+                id.value().to_string(),
+                Loaded {
+                    partial,
+                    batches,
+                    keys: HashMap::new(),
+                },
+            );
+        }
+        for entry in keys.iter()? {
+            let (k, answer) = entry?;
+            let (id, key) = k.value();
+            if let Some(s) = out.get_mut(id) {
+                s.keys.insert(key.to_string(), answer.value().to_string());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Commits a stream's state and, for a keyed batch, the key's answer, in one durable
+    /// transaction.
+    pub fn save(
+        &self,
+        id: &str,
+        partial: &Partial,
+        batches: u64,
+        key: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(&Record::of(partial, batches))?;
+        let w = db.begin_write()?;
+        {
+            let mut streams = w.open_table(STREAMS)?;
+            streams.insert(id, bytes.as_slice())?;
+            if let Some((key, answer)) = key {
+                let mut keys = w.open_table(KEYS)?;
+                keys.insert((id, key), answer)?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Removes streams and their keys.
+    pub fn delete(&self, ids: &[String]) -> Result<()> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let w = db.begin_write()?;
+        {
+            let mut streams = w.open_table(STREAMS)?;
+            for id in ids {
+                streams.remove(id.as_str())?;
+            }
+            let mut keys = w.open_table(KEYS)?;
+            keys.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+}
+
+/// The default place for the store: `$XDG_DATA_HOME/microbatch`, else
+/// `~/.local/share/microbatch` (`~/Library/Application Support/microbatch` on macOS).
+pub(crate) fn default_data_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("microbatch"));
+    }
+    let home = PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?);
+    Some(if cfg!(target_os = "macos") {
+        home.join("Library/Application Support/microbatch")
+    } else {
+        home.join(".local/share/microbatch")
+    })
+}

@@ -137,8 +137,9 @@ struct Stream {
     batches: u64,
     created: Instant,
     last_used: Instant,
-    /// Idempotency keys seen, with the answer each batch got.
-    keys: HashMap<String, String>,
+    /// Idempotency keys seen, with the answer each batch got and the store's ticket for it
+    /// (an answer is given only once its batch is on disk).
+    keys: HashMap<String, (String, u64)>,
 }
 
 struct AppState {
@@ -229,7 +230,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     batches: l.batches,
                     created: now,
                     last_used: now,
-                    keys: l.keys,
+                    keys: l.keys.into_iter().map(|(k, a)| (k, (a, 0))).collect(),
                 },
             )
         })
@@ -326,7 +327,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     .filter(|(_, s)| s.last_used.elapsed() >= idle)
                     .map(|(id, _)| id.clone())
                     .collect();
-                if !expired.is_empty() && sweeper.store.delete(&expired).is_ok() {
+                if !expired.is_empty() {
+                    sweeper.store.delete(&expired);
                     streams.retain(|id, _| !expired.contains(id));
                 }
             }
@@ -893,7 +895,7 @@ async fn create_stream(
     }
     // 128 random bits: only whoever was given the id can use the stream.
     let id = format!("s{:032x}", rand::random::<u128>());
-    state
+    let ticket = state
         .store
         .save(&id, &Partial::EMPTY, 0, None)
         .map_err(store_error)?;
@@ -908,6 +910,8 @@ async fn create_stream(
             keys: HashMap::new(),
         },
     );
+    drop(streams);
+    tokio::task::block_in_place(|| state.store.wait(ticket));
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
 }
 
@@ -987,15 +991,17 @@ async fn append_batch(
         )
             .into_response()
     };
-    {
+    let seen = {
         let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
         // The upload counts as use: the stream cannot expire while its batch arrives.
         let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
         s.last_used = Instant::now();
-        // A key already applied: the original answer, and nothing applied again.
-        if let Some(answer) = key.as_ref().and_then(|k| s.keys.get(k)) {
-            return Ok(replay(answer));
-        }
+        key.as_ref().and_then(|k| s.keys.get(k)).cloned()
+    };
+    // A key already applied: the original answer (once it is on disk), nothing applied again.
+    if let Some((answer, ticket)) = seen {
+        tokio::task::block_in_place(|| state.store.wait(ticket));
+        return Ok(replay(&answer));
     }
     let max = state.limits.max_batch;
     let (done, _, _) =
@@ -1006,40 +1012,48 @@ async fn append_batch(
     for d in &done {
         batch.merge(&d.partial);
     }
-    tokio::task::block_in_place(|| {
+    let (answer, ticket, replayed) = {
         let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
         let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
         // The same key may have arrived twice at once: only the first applies.
-        if let Some(answer) = key.as_ref().and_then(|k| s.keys.get(k)) {
-            return Ok(replay(answer));
+        if let Some((answer, ticket)) = key.as_ref().and_then(|k| s.keys.get(k)) {
+            (answer.clone(), *ticket, true)
+        } else {
+            let mut partial = s.partial;
+            partial.merge(&batch);
+            let batches = s.batches + 1;
+            let answer = stream_view(&state, &id, &partial, batches, s.created, ddof).to_string();
+            // Queued under the lock, so the store sees this stream's states in order.
+            let ticket = state
+                .store
+                .save(
+                    &id,
+                    &partial,
+                    batches,
+                    key.as_deref().map(|k| (k, answer.as_str())),
+                )
+                .map_err(store_error)?;
+            s.partial = partial;
+            s.batches = batches;
+            s.last_used = Instant::now();
+            if let Some(k) = key {
+                s.keys.insert(k, (answer.clone(), ticket));
+            }
+            state.metrics.batches.fetch_add(1, Ordering::Relaxed);
+            (answer, ticket, false)
         }
-        let mut partial = s.partial;
-        partial.merge(&batch);
-        let batches = s.batches + 1;
-        let answer = stream_view(&state, &id, &partial, batches, s.created, ddof).to_string();
-        state
-            .store
-            .save(
-                &id,
-                &partial,
-                batches,
-                key.as_deref().map(|k| (k, answer.as_str())),
-            )
-            .map_err(store_error)?;
-        s.partial = partial;
-        s.batches = batches;
-        s.last_used = Instant::now();
-        if let Some(k) = key {
-            s.keys.insert(k, answer.clone());
-        }
-        state.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            answer,
-        )
-            .into_response())
-    })
+    };
+    // Committed (with everything else waiting, in one transaction) before the answer goes out.
+    tokio::task::block_in_place(|| state.store.wait(ticket));
+    if replayed {
+        return Ok(replay(&answer));
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer,
+    )
+        .into_response())
 }
 
 async fn get_stream(
@@ -1084,11 +1098,10 @@ async fn delete_stream(
     if !streams.contains_key(&id) {
         return Err(unknown(&id));
     }
-    state
-        .store
-        .delete(std::slice::from_ref(&id))
-        .map_err(store_error)?;
+    let ticket = state.store.delete(std::slice::from_ref(&id));
     let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
+    drop(streams);
+    tokio::task::block_in_place(|| state.store.wait(ticket));
     Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())
 }
 

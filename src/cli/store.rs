@@ -1,10 +1,16 @@
 //! The service's durable state: every stream's mergeable partial and the answers to the
 //! idempotency keys it has seen, in an embedded redb database. A batch's effect and its key are
-//! committed in one transaction before the client hears 2xx, so after a crash (even `kill -9`)
-//! every acknowledged batch is there and none twice.
+//! committed together before the client hears 2xx, so after a crash (even `kill -9`) every
+//! acknowledged batch is there and none twice.
+//!
+//! Group commit: writes are queued to one committer thread, which commits everything waiting in
+//! one durable transaction (one fsync for many batches) and then wakes their requests. A failed
+//! commit stops the process: what it acknowledged is on disk, what it did not is retried by its
+//! clients (with their keys) against the restarted server.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -92,9 +98,28 @@ pub(crate) struct Loaded {
     pub keys: HashMap<String, String>,
 }
 
+/// One write for the committer.
+enum Op {
+    Save {
+        id: String,
+        record: Vec<u8>,
+        key: Option<(String, String)>,
+    },
+    Delete(Vec<String>),
+}
+
+/// The committer's side: the queue, and how far it has committed.
+struct Committer {
+    /// Sequence numbers are handed out under this lock, so the queue's order is theirs.
+    queue: Mutex<(u64, mpsc::Sender<(u64, Op)>)>,
+    committed: Mutex<u64>,
+    wake: Condvar,
+}
+
 /// The database, or nothing for `--in-memory`.
 pub(crate) struct Store {
-    db: Option<Database>,
+    db: Option<Arc<Database>>,
+    committer: Option<Arc<Committer>>,
     path: Option<PathBuf>,
 }
 
@@ -103,11 +128,12 @@ impl Store {
     pub fn in_memory() -> Self {
         Self {
             db: None,
+            committer: None,
             path: None,
         }
     }
 
-    /// Opens (or creates) `dir/streams.redb`.
+    /// Opens (or creates) `dir/streams.redb` and starts its committer.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("streams.redb");
@@ -117,8 +143,42 @@ impl Store {
         w.open_table(STREAMS)?;
         w.open_table(KEYS)?;
         w.commit()?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<(u64, Op)>();
+        let committer = Arc::new(Committer {
+            queue: Mutex::new((0, tx)),
+            committed: Mutex::new(0),
+            wake: Condvar::new(),
+        });
+        let (c, d, shown) = (Arc::clone(&committer), Arc::clone(&db), path.clone());
+        std::thread::Builder::new()
+            .name("microbatch-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        group.push(more);
+                        if group.len() == 4096 {
+                            break;
+                        }
+                    }
+                    let last = group.last().map_or(0, |(seq, _)| *seq);
+                    if let Err(e) = commit(&d, group) {
+                        // Nothing after this point may be acknowledged: stop, and let clients
+                        // retry against a restarted server.
+                        eprintln!(
+                            "microbatch serve: committing to {} failed, stopping: {e:#}",
+                            shown.display()
+                        );
+                        std::process::abort();
+                    }
+                    *c.committed.lock().unwrap_or_else(|e| e.into_inner()) = last;
+                    c.wake.notify_all();
+                }
+            })?;
         Ok(Self {
             db: Some(db),
+            committer: Some(committer),
             path: Some(path),
         })
     }
@@ -164,52 +224,84 @@ impl Store {
         Ok(out.into_iter().collect())
     }
 
-    /// Commits a stream's state and, for a keyed batch, the key's answer, in one durable
-    /// transaction.
+    fn submit(&self, op: Op) -> u64 {
+        let Some(c) = &self.committer else {
+            return 0;
+        };
+        let mut q = c.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.0 += 1;
+        let seq = q.0;
+        // The committer lives as long as the store.
+        let _ = q.1.send((seq, op));
+        seq
+    }
+
+    /// Queues a stream's state and, for a keyed batch, the key's answer, to be committed
+    /// together; returns the ticket [`Store::wait`] takes. Call it in the order the states
+    /// were made (under the streams' lock).
     pub fn save(
         &self,
         id: &str,
         partial: &Partial,
         batches: u64,
         key: Option<(&str, &str)>,
-    ) -> Result<()> {
-        let Some(db) = &self.db else {
-            return Ok(());
-        };
-        let bytes = serde_json::to_vec(&Record::of(partial, batches))?;
-        let w = db.begin_write()?;
-        {
-            let mut streams = w.open_table(STREAMS)?;
-            streams.insert(id, bytes.as_slice())?;
-            if let Some((key, answer)) = key {
-                let mut keys = w.open_table(KEYS)?;
-                keys.insert((id, key), answer)?;
-            }
+    ) -> Result<u64> {
+        if self.committer.is_none() {
+            return Ok(0);
         }
-        w.commit()?;
-        Ok(())
+        let record = serde_json::to_vec(&Record::of(partial, batches))?;
+        Ok(self.submit(Op::Save {
+            id: id.to_string(),
+            record,
+            key: key.map(|(k, a)| (k.to_string(), a.to_string())),
+        }))
     }
 
-    /// Removes streams and their keys.
-    pub fn delete(&self, ids: &[String]) -> Result<()> {
-        let Some(db) = &self.db else {
-            return Ok(());
-        };
+    /// Queues the removal of streams and their keys; returns the ticket.
+    pub fn delete(&self, ids: &[String]) -> u64 {
         if ids.is_empty() {
-            return Ok(());
+            return 0;
         }
-        let w = db.begin_write()?;
-        {
-            let mut streams = w.open_table(STREAMS)?;
-            for id in ids {
-                streams.remove(id.as_str())?;
-            }
-            let mut keys = w.open_table(KEYS)?;
-            keys.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
-        }
-        w.commit()?;
-        Ok(())
+        self.submit(Op::Delete(ids.to_vec()))
     }
+
+    /// Blocks until everything up to `ticket` is on disk.
+    pub fn wait(&self, ticket: u64) {
+        let Some(c) = &self.committer else {
+            return;
+        };
+        let mut done = c.committed.lock().unwrap_or_else(|e| e.into_inner());
+        while *done < ticket {
+            done = c.wake.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Applies a group of writes in one durable transaction.
+fn commit(db: &Database, group: Vec<(u64, Op)>) -> Result<()> {
+    let w = db.begin_write()?;
+    {
+        let mut streams = w.open_table(STREAMS)?;
+        let mut keys = w.open_table(KEYS)?;
+        for (_, op) in &group {
+            match op {
+                Op::Save { id, record, key } => {
+                    streams.insert(id.as_str(), record.as_slice())?;
+                    if let Some((k, answer)) = key {
+                        keys.insert((id.as_str(), k.as_str()), answer.as_str())?;
+                    }
+                }
+                Op::Delete(ids) => {
+                    for id in ids {
+                        streams.remove(id.as_str())?;
+                    }
+                    keys.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
+                }
+            }
+        }
+    }
+    w.commit()?;
+    Ok(())
 }
 
 /// The default place for the store: `$XDG_DATA_HOME/microbatch`, else

@@ -123,6 +123,19 @@ pub struct PivotMoments {
 }
 
 impl PivotMoments {
+    /// No values: the start of a block's classified pass.
+    pub const EMPTY: PivotMoments = PivotMoments {
+        count: 0,
+        nan_count: 0,
+        pos_inf: 0,
+        neg_inf: 0,
+        pivot: 0.0,
+        t: 0.0,
+        q: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
     /// The mergeable partial: sum = n·pivot + t (as a double-double; n·pivot is split exactly
     /// with an FMA), M2 = q − t²/n (the corrected two-pass formula).
     #[inline]
@@ -217,17 +230,7 @@ pub fn merge(a: &mut Partial, b: &Partial) {
 /// The exact reference for tests and tiny inputs: a two-pass over f64 values with compensated
 /// sums, every value classified. `data` may hold NaN and infinities.
 pub fn reference_partial(data: impl Iterator<Item = f64> + Clone) -> Partial {
-    let mut pm = PivotMoments {
-        count: 0,
-        nan_count: 0,
-        pos_inf: 0,
-        neg_inf: 0,
-        pivot: 0.0,
-        t: 0.0,
-        q: 0.0,
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    };
+    let mut pm = PivotMoments::EMPTY;
     let (mut s, mut s_lo) = (0.0f64, 0.0f64);
     for x in data.clone() {
         if x.is_nan() {

@@ -134,17 +134,7 @@ const SLOW_LANES: usize = 8;
 /// apart, the pivot from an f64 sum (no f32 overflow), min/max by order key (−0 below +0).
 fn reduce_block_slow(block: &[f32]) -> PivotMoments {
     debug_assert!(block.len() <= BLOCK);
-    let mut pm = PivotMoments {
-        count: 0,
-        nan_count: 0,
-        pos_inf: 0,
-        neg_inf: 0,
-        pivot: 0.0,
-        t: 0.0,
-        q: 0.0,
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    };
+    let mut pm = PivotMoments::EMPTY;
     let finite = |x: f32| x.to_bits() & ABS_MASK < INF_BITS;
     let mut s = [0.0f64; SLOW_LANES];
     let (mut kmin, mut kmax) = (u32::MAX, 0u32);
@@ -338,17 +328,7 @@ impl LaneRangeF64 {
 /// Reduces a block of at most [`BLOCK_F64`] f64 values with every value classified.
 fn reduce_block_slow_f64(block: &[f64]) -> PivotMoments {
     debug_assert!(block.len() <= BLOCK_F64);
-    let mut pm = PivotMoments {
-        count: 0,
-        nan_count: 0,
-        pos_inf: 0,
-        neg_inf: 0,
-        pivot: 0.0,
-        t: 0.0,
-        q: 0.0,
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    };
+    let mut pm = PivotMoments::EMPTY;
     let mut s = [0.0f64; SLOW_LANES];
     for (i, &x) in block.iter().enumerate() {
         if x.is_finite() {

@@ -274,8 +274,8 @@ pub struct GpuReducer {
     partials_used: u32,
     acc: Tagged,
     times: StageTimes,
-    /// Host time spent on f64 batches ([`BatchReducer::push_f64_tagged`]), added at finish.
-    host_f64: StageTimes,
+    /// Host time spent on f64 and integer batches (reduced by the CPU kernels), added at finish.
+    host_times: StageTimes,
     wall_compute_start: Option<Instant>,
 }
 
@@ -501,7 +501,7 @@ impl GpuReducer {
                 compute_clock,
                 ..StageTimes::default()
             },
-            host_f64: StageTimes::default(),
+            host_times: StageTimes::default(),
             wall_compute_start: None,
         })
     }
@@ -1024,8 +1024,8 @@ impl BatchReducer for GpuReducer {
         let p = super::cpu::reduce_slice_f64(batch);
         let mid = Instant::now();
         self.acc.merge(tag, &p);
-        self.host_f64.compute += mid - start;
-        self.host_f64.merge += mid.elapsed();
+        self.host_times.compute += mid - start;
+        self.host_times.merge += mid.elapsed();
         Ok(())
     }
 
@@ -1036,8 +1036,8 @@ impl BatchReducer for GpuReducer {
         let p = super::cpu::reduce_slice_int(batch, offset);
         let mid = Instant::now();
         self.acc.merge(tag, &p);
-        self.host_f64.compute += mid - start;
-        self.host_f64.merge += mid.elapsed();
+        self.host_times.compute += mid - start;
+        self.host_times.merge += mid.elapsed();
         Ok(())
     }
 
@@ -1051,7 +1051,7 @@ impl BatchReducer for GpuReducer {
                 ..StageTimes::default()
             },
         );
-        let host = std::mem::take(&mut self.host_f64);
+        let host = std::mem::take(&mut self.host_times);
         times.compute += host.compute;
         times.merge += host.merge;
         Ok((self.acc.take(), times))

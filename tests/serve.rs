@@ -881,3 +881,75 @@ fn keyed_batches_count_exactly_once_through_kill_9() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Slow or lying clients cannot starve the others (issue 11): 600 connections that declare a
+/// body and send 4 bytes of it stay open while a normal reduce still answers within 2 s; a
+/// stalled body is answered 408 after --body-idle-s; past --max-inflight, 503 with Retry-After.
+#[test]
+fn lying_clients_do_not_starve_the_others() {
+    let server = Server::start(&["--backend", "cpu", "--body-idle-s", "5"]);
+    let c = client();
+    let mut liars = Vec::new();
+    for _ in 0..600 {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        write!(
+            s,
+            "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4000\r\n\r\n\0\0\0\0"
+        )
+        .unwrap();
+        liars.push(s);
+    }
+    // Let the server pick every one of them up.
+    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    let v = json_ok(
+        c.post(server.url("/v1/reduce"))
+            .body(f32_bytes(&[1.0, 2.0, 3.0]))
+            .send()
+            .unwrap(),
+    );
+    let took = start.elapsed();
+    assert_eq!(v["stats"]["count"], 3);
+    assert!(
+        took < Duration::from_secs(2),
+        "a normal reduce took {took:?}"
+    );
+    // The stalled bodies get 408 once they have sent nothing for --body-idle-s.
+    let mut first = liars.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = first.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    drop(liars);
+
+    // Past --max-inflight: 503 with Retry-After, at once.
+    let small = Server::start(&[
+        "--backend",
+        "cpu",
+        "--max-inflight",
+        "2",
+        "--body-idle-s",
+        "5",
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(small.addr()).unwrap();
+        write!(
+            s,
+            "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4000\r\n\r\n\0\0\0\0"
+        )
+        .unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c
+        .post(small.url("/v1/reduce"))
+        .body(f32_bytes(&[1.0]))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "1");
+    error_of(r, StatusCode::SERVICE_UNAVAILABLE);
+}

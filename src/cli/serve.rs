@@ -80,6 +80,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     request_timeout_s: u64,
 
+    /// Seconds a request body may go without sending a byte; past it: 408, and the reader is
+    /// freed at once (a client that declares a length and stalls holds nothing for long).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    body_idle_s: u64,
+
+    /// Requests reading a body at once; past it: 503 with Retry-After. Each holds one blocking
+    /// thread, and the pool has this many plus a margin, so stalled clients cannot take the
+    /// threads others need.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_inflight: usize,
+
     /// Batches waiting for the engine before producers are held back.
     #[arg(long, value_name = "N", default_value_t = 64)]
     queue: usize,
@@ -146,6 +157,8 @@ struct AppState {
     jobs: mpsc::SyncSender<Job>,
     streams: Mutex<HashMap<String, Stream>>,
     store: store::Store,
+    /// Permits for requests reading a body (`--max-inflight`).
+    inflight: Arc<tokio::sync::Semaphore>,
     backend: Value,
     backend_info: BackendInfo,
     limits: Limits,
@@ -165,6 +178,7 @@ struct Limits {
     max_streams: usize,
     stream_idle: Duration,
     request_timeout: Duration,
+    body_idle: Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -254,7 +268,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             max_streams: args.max_streams,
             stream_idle: Duration::from_secs(args.stream_idle_s),
             request_timeout: Duration::from_secs(args.request_timeout_s),
+            body_idle: Duration::from_secs(args.body_idle_s.max(1)),
         },
+        inflight: Arc::new(tokio::sync::Semaphore::new(args.max_inflight.max(1))),
         metrics: Arc::clone(&metrics),
         token,
     });
@@ -303,8 +319,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             }
         })?;
 
+    // Every body is read on a blocking thread: the pool outnumbers the permits, so requests
+    // past the limit are refused (503), never queued behind stalled ones.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(args.max_inflight.max(1) + 64)
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
@@ -400,6 +419,8 @@ fn app(state: Shared) -> Router {
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header (503).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -407,17 +428,22 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             axum::Json(json!({"error": self.message, "status": self.status.as_u16()})),
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
@@ -632,6 +658,20 @@ fn check_length(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Marks the error a body reader returns when the client sent nothing for `--body-idle-s`.
+#[derive(Debug)]
+struct BodyIdle(Duration);
+impl std::fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the body sent nothing for {} s (--body-idle-s)",
+            self.0.as_secs()
+        )
+    }
+}
+impl std::error::Error for BodyIdle {}
+
 /// Marks the error a body reader returns past the size limit.
 #[derive(Debug)]
 struct BodyTooLarge(u64);
@@ -670,8 +710,16 @@ fn reduce_body(
     let received = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&received);
     let metrics_bytes = &state.metrics.bytes;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(io::Error::other)?;
+    let idle = state.limits.body_idle;
+    let timed = futures_util::stream::unfold(body.into_data_stream(), move |mut s| async move {
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item.map_err(io::Error::other), s)),
+            Ok(None) => None,
+            Err(_) => Some((Err(io::Error::other(BodyIdle(idle))), s)),
+        }
+    });
+    let stream = Box::pin(timed).map(move |chunk| {
+        let chunk = chunk?;
         let total = counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
         if cancel.load(Ordering::Relaxed) {
             Err(io::Error::other(Cancelled))
@@ -764,7 +812,7 @@ fn api_error(e: microbatch::Error) -> ApiError {
         if inner.is::<BodyTooLarge>() {
             return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, inner.to_string());
         }
-        if inner.is::<Cancelled>() {
+        if inner.is::<Cancelled>() || inner.is::<BodyIdle>() {
             return ApiError::new(StatusCode::REQUEST_TIMEOUT, inner.to_string());
         }
     }
@@ -779,10 +827,21 @@ async fn reduce_request(
     encoding: Encoding,
     max_elements: Option<usize>,
 ) -> Result<Reduced, ApiError> {
+    let permit = Arc::clone(&state.inflight)
+        .try_acquire_owned()
+        .map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests are reading a body (--max-inflight): retry shortly",
+            );
+            e.retry_after = Some(1);
+            e
+        })?;
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
     let timeout = state.limits.request_timeout;
     let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         reduce_body(&state, body, &options, encoding, max_elements, flag)
     });
     match tokio::time::timeout(timeout, task).await {

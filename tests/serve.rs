@@ -953,3 +953,53 @@ fn lying_clients_do_not_starve_the_others() {
     assert_eq!(r.headers()["retry-after"], "1");
     error_of(r, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A text body's line is bounded (--max-line: 413, not the whole body held by the parser), and
+/// SIGTERM closes what is still open after --shutdown-grace-s.
+#[test]
+fn long_lines_are_refused_and_shutdown_has_a_deadline() {
+    let mut server = Server::start(&[
+        "--backend",
+        "cpu",
+        "--max-line",
+        "65536",
+        "--shutdown-grace-s",
+        "1",
+    ]);
+    let c = client();
+    let digits = "7".repeat(2_000_000);
+    let e = error_of(
+        c.post(server.url("/v1/reduce"))
+            .header("Content-Type", "text/csv")
+            .body(digits)
+            .send()
+            .unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
+    assert!(e.contains("--max-line"), "{e}");
+    // Lines under the limit still read.
+    let v = json_ok(
+        c.post(server.url("/v1/reduce"))
+            .header("Content-Type", "text/csv")
+            .body("x\n1\n2\n")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(v["stats"]["count"], 2);
+    // A client that declared a body and stalls cannot hold the server past the grace period.
+    let mut stalled = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stalled,
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4000\r\n\r\n\0\0\0\0"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    server.terminate();
+    server.wait_for_clean_exit();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        start.elapsed()
+    );
+}

@@ -91,6 +91,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_inflight: usize,
 
+    /// Longest line of a text body, in bytes (accepts 1e6); past it: 413 (a body of digits with
+    /// no line end would otherwise be held whole by the parser).
+    #[arg(long, value_name = "BYTES", value_parser = parse_count, default_value = "1048576")]
+    max_line: u64,
+
+    /// Seconds SIGTERM (or Ctrl-C) waits for in-flight requests before closing what is left.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    shutdown_grace_s: u64,
+
     /// Batches waiting for the engine before producers are held back.
     #[arg(long, value_name = "N", default_value_t = 64)]
     queue: usize,
@@ -179,6 +188,7 @@ struct Limits {
     stream_idle: Duration,
     request_timeout: Duration,
     body_idle: Duration,
+    max_line: u64,
 }
 
 type Shared = Arc<AppState>;
@@ -269,6 +279,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             stream_idle: Duration::from_secs(args.stream_idle_s),
             request_timeout: Duration::from_secs(args.request_timeout_s),
             body_idle: Duration::from_secs(args.body_idle_s.max(1)),
+            max_line: args.max_line.max(1),
         },
         inflight: Arc::new(tokio::sync::Semaphore::new(args.max_inflight.max(1))),
         metrics: Arc::clone(&metrics),
@@ -325,7 +336,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .max_blocking_threads(args.max_inflight.max(1) + 64)
         .build()?;
-    runtime.block_on(async {
+    let forced = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("binding {}", args.addr))?;
@@ -353,14 +364,42 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             }
         });
 
-        axum::serve(listener, app(Arc::clone(&state)))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving")
+        // SIGTERM stops accepting and lets in-flight requests finish, for at most the grace
+        // period: a client that keeps its connection open cannot hold the server up.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let mut signalled = stopping.clone();
+        let server = axum::serve(listener, app(Arc::clone(&state)))
+            .with_graceful_shutdown(async move {
+                let mut s = stopping;
+                let _ = s.wait_for(|v| *v).await;
+            })
+            .into_future();
+        let grace = Duration::from_secs(args.shutdown_grace_s);
+        tokio::select! {
+            r = server => r.context("serving").map(|()| false),
+            _ = async {
+                let _ = signalled.wait_for(|v| *v).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                eprintln!(
+                    "microbatch serve: requests still open after {} s (--shutdown-grace-s): closing them",
+                    grace.as_secs()
+                );
+                Ok(true)
+            }
+        }
     })?;
-    // In-flight requests have drained; stop the runtime's background tasks, close the queue
-    // (the last sender is in the state) and let the engine finish.
-    drop(runtime);
+    // In-flight requests have drained (or the grace period is over); stop the runtime's tasks,
+    // close the queue (the last sender is in the state) and let the engine finish.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if forced {
+        // Requests cut off may still hold the engine's queue: do not wait for it.
+        return Ok(());
+    }
     drop(state);
     let _ = engine_thread.join();
     Ok(())
@@ -658,6 +697,44 @@ fn check_length(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses a text body's line longer than `max` bytes (counted from the last `\n` or `\r`).
+struct LineGuard {
+    inner: Box<dyn std::io::Read>,
+    run: u64,
+    max: u64,
+}
+
+impl std::io::Read for LineGuard {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                self.run = 0;
+            } else {
+                self.run += 1;
+                if self.run > self.max {
+                    return Err(io::Error::other(LineTooLong(self.max)));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Marks the error a text body's reader returns past `--max-line`.
+#[derive(Debug)]
+struct LineTooLong(u64);
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a line of the body is longer than {} bytes (--max-line)",
+            self.0
+        )
+    }
+}
+impl std::error::Error for LineTooLong {}
+
 /// Marks the error a body reader returns when the client sent nothing for `--body-idle-s`.
 #[derive(Debug)]
 struct BodyIdle(Duration);
@@ -738,6 +815,14 @@ fn reduce_body(
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("zstd body: {e}")))?,
         ),
     };
+    let reader: Box<dyn std::io::Read> = match options.format {
+        Some(Format::Csv | Format::Tsv | Format::Txt) => Box::new(LineGuard {
+            inner: reader,
+            run: 0,
+            max: state.limits.max_line,
+        }),
+        _ => reader,
+    };
     let mut source = microbatch::source::open_reader(reader, "<request body>", options)
         .map_err(|e| {
             let mut err = api_error(e);
@@ -809,7 +894,7 @@ fn api_error(e: microbatch::Error) -> ApiError {
     if let microbatch::Error::Io { error, .. } = &e
         && let Some(inner) = error.get_ref()
     {
-        if inner.is::<BodyTooLarge>() {
+        if inner.is::<BodyTooLarge>() || inner.is::<LineTooLong>() {
             return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, inner.to_string());
         }
         if inner.is::<Cancelled>() || inner.is::<BodyIdle>() {

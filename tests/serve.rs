@@ -1003,3 +1003,54 @@ fn long_lines_are_refused_and_shutdown_has_a_deadline() {
         start.elapsed()
     );
 }
+
+/// Idle and half-sent connections are closed after --header-timeout-s, and past
+/// --max-connections a new connection gets a JSON 503 at once (issue 11: 20,000 idle connects
+/// once stopped the server accepting).
+#[test]
+fn idle_connections_are_closed_and_connections_are_bounded() {
+    let server = Server::start(&[
+        "--backend",
+        "cpu",
+        "--header-timeout-s",
+        "1",
+        "--max-connections",
+        "3",
+    ]);
+    let idle = TcpStream::connect(server.addr()).unwrap();
+    let mut half = TcpStream::connect(server.addr()).unwrap();
+    write!(half, "POST /v1/reduce HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let keep = TcpStream::connect(server.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The fourth is refused while three are open.
+    let mut fourth = TcpStream::connect(server.addr()).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = fourth.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"status\":503"), "{answer}");
+    // Within the header timeout (plus slack) the server closes all three.
+    for (name, mut s) in [("idle", idle), ("half-sent", half), ("keep", keep)] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(
+            r.is_ok() && start.elapsed() < Duration::from_secs(4),
+            "{name}: {r:?} after {:?}",
+            start.elapsed()
+        );
+    }
+    // With the slots free again, requests are served.
+    std::thread::sleep(Duration::from_millis(200));
+    let v = json_ok(
+        client()
+            .post(server.url("/v1/reduce"))
+            .body(f32_bytes(&[4.0, 6.0]))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(v["stats"]["sum"], 10.0);
+}

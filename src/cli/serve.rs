@@ -96,6 +96,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_count, default_value = "1048576")]
     max_line: u64,
 
+    /// Seconds a connection may take to send a request's headers, and may sit idle between
+    /// requests (keep-alive); past it the connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    header_timeout_s: u64,
+
+    /// Connections open at once; past it a new connection is answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+
     /// Seconds SIGTERM (or Ctrl-C) waits for in-flight requests before closing what is left.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     shutdown_grace_s: u64,
@@ -371,20 +380,45 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             shutdown_signal().await;
             let _ = stop.send(true);
         });
-        let mut signalled = stopping.clone();
-        let server = axum::serve(listener, app(Arc::clone(&state)))
-            .with_graceful_shutdown(async move {
-                let mut s = stopping;
-                let _ = s.wait_for(|v| *v).await;
-            })
-            .into_future();
+        let router = app(Arc::clone(&state));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
+        let header_timeout = Duration::from_secs(args.header_timeout_s.max(1));
+        let mut stop_accepting = stopping.clone();
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    // Out of file descriptors and the like: back off, keep serving.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop_accepting.wait_for(|v| *v) => break,
+            };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tokio::spawn(refuse_connection(tcp));
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            // A timer makes hyper enforce the header-read timeout, which also closes
+            // connections idle between requests.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
         let grace = Duration::from_secs(args.shutdown_grace_s);
         tokio::select! {
-            r = server => r.context("serving").map(|()| false),
-            _ = async {
-                let _ = signalled.wait_for(|v| *v).await;
-                tokio::time::sleep(grace).await;
-            } => {
+            _ = graceful.shutdown() => Ok::<bool, anyhow::Error>(false),
+            _ = tokio::time::sleep(grace) => {
                 eprintln!(
                     "microbatch serve: requests still open after {} s (--shutdown-grace-s): closing them",
                     grace.as_secs()
@@ -413,6 +447,17 @@ impl From<BackendArg> for microbatch::BackendChoice {
             BackendArg::Cpu => microbatch::BackendChoice::Cpu,
         }
     }
+}
+
+/// Answers a connection past `--max-connections` with a JSON 503 and closes it.
+async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"too many connections are open (--max-connections): retry shortly","status":503}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(response.as_bytes())).await;
 }
 
 async fn shutdown_signal() {

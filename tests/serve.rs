@@ -1054,3 +1054,31 @@ fn idle_connections_are_closed_and_connections_are_bounded() {
     );
     assert_eq!(v["stats"]["sum"], 10.0);
 }
+
+/// One client cannot fill the server with streams (--max-streams-per-client), and stream ids
+/// carry 128 random bits.
+#[test]
+fn streams_per_client_are_bounded() {
+    let server = Server::start(&["--backend", "cpu", "--max-streams-per-client", "2"]);
+    let c = client();
+    let a = json_ok(c.post(server.url("/v1/streams")).send().unwrap());
+    let b = json_ok(c.post(server.url("/v1/streams")).send().unwrap());
+    assert_ne!(a["id"], b["id"]);
+    let id = a["id"].as_str().unwrap();
+    assert!(
+        id.len() == 33 && u128::from_str_radix(&id[1..], 16).is_ok(),
+        "{id}"
+    );
+    let e = error_of(
+        c.post(server.url("/v1/streams")).send().unwrap(),
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    assert!(e.contains("--max-streams-per-client"), "{e}");
+    // Deleting one makes room.
+    json_ok(
+        c.delete(server.url(&format!("/v1/streams/{id}")))
+            .send()
+            .unwrap(),
+    );
+    json_ok(c.post(server.url("/v1/streams")).send().unwrap());
+}

@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_streams: usize,
 
+    /// Most streams one client (by address) may have open; past it: 429.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_streams_per_client: usize,
+
     /// Seconds after its last use a stream is dropped.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     stream_idle_s: u64,
@@ -169,7 +173,13 @@ struct Stream {
     /// Idempotency keys seen, with the answer each batch got and the store's ticket for it
     /// (an answer is given only once its batch is on disk).
     keys: HashMap<String, (String, u64)>,
+    /// The address of the client that opened it (for `--max-streams-per-client`).
+    owner: String,
 }
+
+/// The peer address of a request's connection.
+#[derive(Debug, Clone)]
+struct Peer(String);
 
 struct AppState {
     jobs: mpsc::SyncSender<Job>,
@@ -194,6 +204,7 @@ struct Limits {
     max_body: u64,
     max_batch: usize,
     max_streams: usize,
+    max_streams_per_client: usize,
     stream_idle: Duration,
     request_timeout: Duration,
     body_idle: Duration,
@@ -264,6 +275,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     created: now,
                     last_used: now,
                     keys: l.keys.into_iter().map(|(k, a)| (k, (a, 0))).collect(),
+                    owner: l.owner,
                 },
             )
         })
@@ -285,6 +297,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             max_body: args.max_body,
             max_batch: args.max_batch,
             max_streams: args.max_streams,
+            max_streams_per_client: args.max_streams_per_client.max(1),
             stream_idle: Duration::from_secs(args.stream_idle_s),
             request_timeout: Duration::from_secs(args.request_timeout_s),
             body_idle: Duration::from_secs(args.body_idle_s.max(1)),
@@ -386,7 +399,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         let header_timeout = Duration::from_secs(args.header_timeout_s.max(1));
         let mut stop_accepting = stopping.clone();
         loop {
-            let (tcp, _) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     // Out of file descriptors and the like: back off, keep serving.
@@ -401,7 +414,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                 tokio::spawn(refuse_connection(tcp));
                 continue;
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let service = hyper_util::service::TowerToHyperService::new(
+                router
+                    .clone()
+                    .layer(axum::Extension(Peer(peer.ip().to_string()))),
+            );
             // A timer makes hyper enforce the header-read timeout, which also closes
             // connections idle between requests.
             let conn = hyper::server::conn::http1::Builder::new()
@@ -1069,6 +1086,7 @@ fn ddof_of(query: &HashMap<String, String>) -> Result<u32, ApiError> {
 
 async fn create_stream(
     State(state): State<Shared>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     check_params(&query, &[])?;
@@ -1082,11 +1100,20 @@ async fn create_stream(
             ),
         ));
     }
+    let mine = streams.values().filter(|s| s.owner == peer).count();
+    if mine >= state.limits.max_streams_per_client {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this client ({peer}) has {mine} streams open, the limit (--max-streams-per-client): delete some first"
+            ),
+        ));
+    }
     // 128 random bits: only whoever was given the id can use the stream.
     let id = format!("s{:032x}", rand::random::<u128>());
     let ticket = state
         .store
-        .save(&id, &Partial::EMPTY, 0, None)
+        .save(&id, &Partial::EMPTY, 0, &peer, None)
         .map_err(store_error)?;
     let now = Instant::now();
     streams.insert(
@@ -1097,6 +1124,7 @@ async fn create_stream(
             created: now,
             last_used: now,
             keys: HashMap::new(),
+            owner: peer,
         },
     );
     drop(streams);
@@ -1219,6 +1247,7 @@ async fn append_batch(
                     &id,
                     &partial,
                     batches,
+                    &s.owner,
                     key.as_deref().map(|k| (k, answer.as_str())),
                 )
                 .map_err(store_error)?;

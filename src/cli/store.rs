@@ -41,10 +41,13 @@ struct Record {
     /// Exact integer sum, min and max, as decimal strings.
     int: Option<[String; 3]>,
     batches: u64,
+    /// The address of the client that opened the stream.
+    #[serde(default)]
+    owner: String,
 }
 
 impl Record {
-    fn of(p: &Partial, batches: u64) -> Self {
+    fn of(p: &Partial, batches: u64, owner: &str) -> Self {
         Self {
             count: p.count,
             nan_count: p.nan_count,
@@ -60,6 +63,7 @@ impl Record {
                 .int
                 .map(|i| [i.sum.to_string(), i.min.to_string(), i.max.to_string()]),
             batches,
+            owner: owner.to_string(),
         }
     }
 
@@ -96,6 +100,7 @@ pub(crate) struct Loaded {
     pub partial: Partial,
     pub batches: u64,
     pub keys: HashMap<String, String>,
+    pub owner: String,
 }
 
 /// One write for the committer.
@@ -211,6 +216,7 @@ impl Store {
                     partial,
                     batches,
                     keys: HashMap::new(),
+                    owner: record.owner.clone(),
                 },
             );
         }
@@ -244,12 +250,13 @@ impl Store {
         id: &str,
         partial: &Partial,
         batches: u64,
+        owner: &str,
         key: Option<(&str, &str)>,
     ) -> Result<u64> {
         if self.committer.is_none() {
             return Ok(0);
         }
-        let record = serde_json::to_vec(&Record::of(partial, batches))?;
+        let record = serde_json::to_vec(&Record::of(partial, batches, owner))?;
         Ok(self.submit(Op::Save {
             id: id.to_string(),
             record,

@@ -677,13 +677,14 @@ fn careless_requests_are_refused_before_anything_is_applied() {
         );
         assert!(e.contains(says), "{query}: {e}");
     }
-    let e = error_of(
-        c.post(server.url("/v1/reduce?colum=1"))
-            .body(body.clone())
-            .send()
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    );
+    let r = c
+        .post(server.url("/v1/reduce?colum=1"))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    // An early refusal says the connection closes after it.
+    assert_eq!(r.headers()["connection"], "close");
+    let e = error_of(r, StatusCode::BAD_REQUEST);
     assert!(e.contains("colum") && e.contains("column"), "{e}");
     let s = json_ok(
         c.get(server.url(&format!("/v1/streams/{id}")))

@@ -563,15 +563,28 @@ async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Respons
             .map(|(_, t)| t.trim().as_bytes())
             .unwrap_or(&[]);
         if !constant_time_eq(given, token) {
-            let r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
                 .into_response();
+            close_after(&mut r);
             state.metrics.request(&route, r.status());
             return r;
         }
     }
-    let r = next.run(req).await;
+    let post = req.method() == axum::http::Method::POST;
+    let mut r = next.run(req).await;
+    // A refused POST may leave its body unread: say that the connection closes after it.
+    if post && (r.status().is_client_error() || r.status().is_server_error()) {
+        close_after(&mut r);
+    }
     state.metrics.request(&route, r.status());
     r
+}
+
+fn close_after(r: &mut Response) {
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

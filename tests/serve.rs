@@ -728,6 +728,10 @@ fn careless_requests_are_refused_before_anything_is_applied() {
             .unwrap(),
     );
     assert_eq!(v["stats"]["count"], 2);
+    // The answer says what was read and at which precision, as `run --json` does.
+    assert_eq!(v["input"]["sources"][0]["dtype"], "text");
+    assert_eq!(v["input"]["sources"][0]["precision"], "f64");
+    assert_eq!(v["input"]["sources"][0]["skipped_invalid"], 1);
     // Compressed bodies are decoded; an unknown encoding is 415.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&body).unwrap();

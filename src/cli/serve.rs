@@ -846,7 +846,16 @@ impl std::error::Error for Cancelled {}
 
 /// What reducing a body gave: each batch's report, the input's shape (`.npy`), and the text
 /// fields skipped as invalid.
-type Reduced = (Vec<Done>, Option<Vec<u64>>, u64);
+type Reduced = (Vec<Done>, BodyInfo);
+
+/// What the source said about a body, for the answer's `input` (as `run --json` has it).
+struct BodyInfo {
+    shape: Option<Vec<u64>>,
+    skipped: u64,
+    nulls: u64,
+    dtype: String,
+    precision: &'static str,
+}
 
 /// Reduces a whole body, batch by batch, through the engine; returns the batches' reports and
 /// what the source said about the input. Runs on a blocking thread.
@@ -959,8 +968,13 @@ fn reduce_body(
     metrics_bytes.fetch_add(received.load(Ordering::Relaxed), Ordering::Relaxed);
     Ok((
         reports,
-        source.shape().map(<[u64]>::to_vec),
-        source.skipped(),
+        BodyInfo {
+            shape: source.shape().map(<[u64]>::to_vec),
+            skipped: source.skipped(),
+            nulls: source.nulls(),
+            dtype: source.dtype_name(),
+            precision: source.element().name(),
+        },
     ))
 }
 
@@ -1024,8 +1038,7 @@ async fn reduce_request(
 fn report_json(
     state: &AppState,
     done: &[Done],
-    shape: Option<Vec<u64>>,
-    skipped: u64,
+    info: BodyInfo,
     ddof: u32,
     total: Duration,
 ) -> Value {
@@ -1060,8 +1073,15 @@ fn report_json(
     };
     let mut v = report.to_json();
     v["input"] = json!({
-        "sources": [{"name": "<request body>", "shape": shape, "skipped_invalid": skipped}],
-        "skipped_invalid": skipped,
+        "sources": [{
+            "name": "<request body>",
+            "shape": info.shape,
+            "dtype": info.dtype,
+            "precision": info.precision,
+            "nulls": info.nulls,
+            "skipped_invalid": info.skipped,
+        }],
+        "skipped_invalid": info.skipped,
     });
     v
 }
@@ -1079,9 +1099,8 @@ async fn reduce(
     let options = input_options(&headers, &query)?;
     let encoding = encoding_of(&headers)?;
     let ddof = ddof_of(&query)?;
-    let (done, shape, skipped) =
-        reduce_request(Arc::clone(&state), body, options, encoding, None).await?;
-    let v = report_json(&state, &done, shape, skipped, ddof, start.elapsed());
+    let (done, info) = reduce_request(Arc::clone(&state), body, options, encoding, None).await?;
+    let v = report_json(&state, &done, info, ddof, start.elapsed());
     Ok(axum::Json(v).into_response())
 }
 
@@ -1234,8 +1253,7 @@ async fn append_batch(
         return Ok(replay(&answer));
     }
     let max = state.limits.max_batch;
-    let (done, _, _) =
-        reduce_request(Arc::clone(&state), body, options, encoding, Some(max)).await?;
+    let (done, _) = reduce_request(Arc::clone(&state), body, options, encoding, Some(max)).await?;
     // All of the batch is reduced: apply it whole, and commit its effect and its key before
     // answering.
     let mut batch = Partial::EMPTY;

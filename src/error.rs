@@ -67,6 +67,10 @@ pub enum Error {
         /// Every adapter wgpu found, as `name (api, type)`.
         available: Vec<String>,
     },
+    /// A GPU buffer handed to [`crate::GpuReducer::reduce_buffer`], or a resident upload handed
+    /// to a reducer, that cannot be reduced as asked.
+    #[error("cannot reduce this buffer: {0}")]
+    InvalidBuffer(String),
     /// The adapter lacks a feature the kernel needs (the reduction accumulates in f64 and needs
     /// `SHADER_F64`).
     #[error("{adapter} cannot run the reduction kernel: it lacks {missing}")]

@@ -43,6 +43,10 @@ pub mod shard;
 pub mod source;
 pub mod stats;
 
+/// The wgpu this crate is built with: hand its `Device`, `Queue` and `Buffer`s to
+/// [`GpuContext::from_device`] and [`GpuReducer::reduce_buffer`] without a version mismatch.
+pub use wgpu;
+
 pub use backend::cpu::CpuReducer;
 pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,

@@ -477,3 +477,82 @@ fn reduce_each_keeps_inputs_apart_on_both_backends() {
         }
     }
 }
+
+/// An application's own device and buffer (issue 13, item 4): reduced in place, equal to the
+/// CPU backend; what cannot be reduced is a typed error, never a wrong answer or a panic.
+#[test]
+fn reduces_the_callers_own_buffer_in_place() {
+    let Some(ours) = gpu() else { return };
+    // "The application's" device: its own instance, adapter and device (with SHADER_F64,
+    // which the kernel needs), handed to microbatch.
+    use microbatch::wgpu;
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+        .into_iter()
+        .find(|a| a.get_info().name == ours.adapter().name)
+        .expect("the test adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("app.device"),
+        required_features: wgpu::Features::SHADER_F64,
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let ctx = microbatch::GpuContext::from_device(&adapter.get_info(), device, queue);
+    let mut rng = fresh_rng("reduces_the_callers_own_buffer_in_place");
+    let data = normal(&mut rng, 100_003, 5e3, 2.0);
+    use wgpu::util::DeviceExt;
+    let mut padded = data.clone();
+    padded.resize(data.len().next_multiple_of(4) + 64, f32::NAN);
+    let buffer = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("app.data"),
+            contents: bytemuck::cast_slice(&padded),
+            usage: microbatch::wgpu::BufferUsages::STORAGE
+                | microbatch::wgpu::BufferUsages::COPY_DST,
+        });
+    let mut config = GpuConfig::new(1 << 14);
+    config.workgroups = Some(4);
+    let mut reducer = GpuReducer::new(&ctx, config).unwrap();
+    let (p, _) = reducer.reduce_buffer(&buffer, 0, data.len()).unwrap();
+    // The NaN padding past `len` is never read into the statistics.
+    assert_eq!((p.count, p.nan_count), (data.len() as u64, 0));
+    let s = p.finish(0, false);
+    check_stats("own buffer", &s, &data, gpu_depth(1 << 14, 4));
+    // From an offset: the values after the first 64.
+    let (p, _) = reducer
+        .reduce_buffer(&buffer, 256, data.len() - 64)
+        .unwrap();
+    check_stats(
+        "own buffer at 256",
+        &p.finish(0, false),
+        &data[64..],
+        gpu_depth(1 << 14, 4),
+    );
+    // Typed errors, nothing dispatched.
+    for (offset, len, says) in [(4u64, 10usize, "offset"), (0, padded.len() + 8, "end")] {
+        let e = reducer.reduce_buffer(&buffer, offset, len).unwrap_err();
+        assert!(matches!(e, microbatch::Error::InvalidBuffer(_)), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let not_storage = ctx
+        .device()
+        .create_buffer(&microbatch::wgpu::BufferDescriptor {
+            label: Some("app.vertices"),
+            size: 256,
+            usage: wgpu::BufferUsages::VERTEX,
+            mapped_at_creation: false,
+        });
+    let e = reducer.reduce_buffer(&not_storage, 0, 8).unwrap_err();
+    assert!(e.to_string().contains("STORAGE"), "{e}");
+    // A resident upload is bound to the reducer that made it.
+    let resident = reducer.upload(&data[..1000]).unwrap();
+    let mut other = GpuReducer::new(&ctx, GpuConfig::new(1 << 14)).unwrap();
+    let e = other.reduce_resident(&resident).unwrap_err();
+    assert!(e.to_string().contains("another GpuReducer"), "{e}");
+    let (p, _) = reducer.reduce_resident(&resident).unwrap();
+    assert_eq!(p.count, 1000);
+}

@@ -41,9 +41,14 @@ pub struct AdapterReport {
 
 impl AdapterReport {
     fn new(adapter: &wgpu::Adapter) -> Self {
-        let info = adapter.get_info();
-        let limits = adapter.limits();
-        let features = adapter.features();
+        Self::from_parts(&adapter.get_info(), &adapter.limits(), adapter.features())
+    }
+
+    fn from_parts(
+        info: &wgpu::AdapterInfo,
+        limits: &wgpu::Limits,
+        features: wgpu::Features,
+    ) -> Self {
         let driver = match (info.driver.is_empty(), info.driver_info.is_empty()) {
             (false, false) => format!("{} {}", info.driver, info.driver_info),
             (false, true) => info.driver.clone(),
@@ -237,6 +242,36 @@ impl GpuContext {
             subgroups,
             errors,
         })
+    }
+
+    /// A context over the application's own device and queue (and its adapter's info), so that
+    /// microbatch reduces buffers the application already holds ([`super::GpuReducer::reduce_buffer`])
+    /// with the same wgpu (`microbatch::wgpu`). The features and limits are the device's own:
+    /// the reduction kernel needs `SHADER_F64` enabled on it, and uses `TIMESTAMP_QUERY` and
+    /// `SUBGROUP` where they are. The application keeps its own handler for uncaptured errors
+    /// (microbatch validates what it is given before encoding anything).
+    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let features = device.features();
+        let limits = device.limits();
+        Self {
+            report: AdapterReport::from_parts(info, &limits, features),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            device,
+            queue,
+            limits,
+            errors: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The device this context runs on.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue this context submits to.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
     }
 
     /// The adapter this context opened.

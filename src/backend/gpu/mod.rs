@@ -9,7 +9,7 @@ mod context;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
@@ -230,6 +230,8 @@ struct ResidentChunk {
 pub struct GpuResident {
     chunks: Vec<ResidentChunk>,
     len: usize,
+    /// The reducer that uploaded it (its bind groups point at that reducer's buffers).
+    owner: u64,
 }
 
 impl GpuResident {
@@ -255,6 +257,8 @@ impl std::fmt::Debug for GpuResident {
 
 /// The GPU backend as a [`BatchReducer`].
 pub struct GpuReducer {
+    /// Unique per reducer: what a [`GpuResident`] is bound to.
+    id: u64,
     ctx: GpuContext,
     info: BackendInfo,
     shape: KernelShape,
@@ -481,7 +485,9 @@ impl GpuReducer {
         } else {
             ComputeClock::Wall
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ctx: ctx.clone(),
             info,
             shape,
@@ -760,12 +766,18 @@ impl GpuReducer {
         Ok(GpuResident {
             chunks,
             len: data.len(),
+            owner: self.id,
         })
     }
 
     /// Reduces data already on the device: every chunk is dispatched from one command buffer per
     /// readback window, then the partials come back in one map.
     pub fn reduce_resident(&mut self, data: &GpuResident) -> Result<(Partial, StageTimes)> {
+        if data.owner != self.id {
+            return Err(Error::InvalidBuffer(
+                "this GpuResident was uploaded by another GpuReducer (its bindings point at that reducer's buffers): upload it with this one".to_string(),
+            ));
+        }
         let mut encoder = self.new_encoder("microbatch.resident.encoder");
         let start = Instant::now();
         for chunk in &data.chunks {
@@ -785,6 +797,107 @@ impl GpuReducer {
         self.ctx.queue.submit([encoder.finish()]);
         self.wall_compute_start.get_or_insert(start);
         self.finish()
+    }
+
+    /// Reduces `len` f32 values the application already holds on this reducer's device, in
+    /// place: `buffer` from byte `offset` on (see [`GpuContext::from_device`]). The buffer must
+    /// have `STORAGE` usage, `offset` must be a multiple of 16 and of the device's storage
+    /// offset alignment, and the range rounded up to whole 16-byte vec4s must lie inside the
+    /// buffer (pad it; the padding is never counted). Anything else is an
+    /// [`Error::InvalidBuffer`] naming what is wrong; nothing is dispatched. The buffer must
+    /// belong to this reducer's device, and the caller must not write it until this returns.
+    pub fn reduce_buffer(
+        &mut self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Partial, StageTimes)> {
+        let bad = |m: String| Err(Error::InvalidBuffer(m));
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return bad(format!(
+                "its usage {:?} lacks STORAGE (create it with BufferUsages::STORAGE)",
+                buffer.usage()
+            ));
+        }
+        let align = u64::from(self.ctx.limits.min_storage_buffer_offset_alignment).max(16);
+        if offset % align != 0 {
+            return bad(format!(
+                "offset {offset} is not a multiple of {align} (16-byte vec4s and the device's storage offset alignment)"
+            ));
+        }
+        let bytes = (len as u64)
+            .checked_mul(4)
+            .map(|b| b.next_multiple_of(16))
+            .filter(|b| {
+                offset
+                    .checked_add(*b)
+                    .is_some_and(|end| end <= buffer.size())
+            });
+        let Some(_) = bytes else {
+            return bad(format!(
+                "{len} f32 from byte {offset}, rounded up to whole vec4s, pass the buffer's end ({} bytes): pad it to a multiple of 16 bytes",
+                buffer.size()
+            ));
+        };
+        let start = Instant::now();
+        let mut encoder = self.new_encoder("microbatch.buffer.encoder");
+        let mut keep = Vec::new();
+        // Every chunk but the last starts on an aligned offset too.
+        let quantum = (align / 4) as usize;
+        let step = (self.chunk_elems / quantum * quantum).max(quantum);
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(step);
+            let workgroups = self.workgroups_for(n);
+            if self.window_full(workgroups) {
+                self.ctx.queue.submit([encoder.finish()]);
+                encoder = self.new_encoder("microbatch.buffer.encoder");
+                self.read_back()?;
+            }
+            let params = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("microbatch.buffer.params"),
+                size: std::mem::size_of::<GpuParams>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.ctx
+                .queue
+                .write_buffer(&params, 0, bytemuck::bytes_of(&self.params_for(n)));
+            let size = (n as u64 * 4).next_multiple_of(16);
+            let bind_group = self
+                .ctx
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("microbatch.buffer.bind_group"),
+                    layout: &self.layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer,
+                                offset: offset + done as u64 * 4,
+                                size: wgpu::BufferSize::new(size),
+                            }),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: self.partials.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: params.as_entire_binding(),
+                        },
+                    ],
+                });
+            self.encode(&mut encoder, &bind_group, workgroups, 0);
+            keep.push((params, bind_group));
+            done += n;
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        self.wall_compute_start.get_or_insert(start);
+        let out = self.finish();
+        drop(keep);
+        out
     }
 
     /// Copies the window's partials and timestamps back in one map, and merges them.

@@ -9,7 +9,7 @@ use microbatch::wgpu;
 use microbatch::{GpuConfig, GpuContext, GpuReducer};
 use wgpu::util::DeviceExt;
 
-/// The application's own kernel: x[i] = i / 2 − 1000.
+/// The application's own kernel: x[i] = (i mod 65536) − 32767.5, exact in f32 for any i.
 const FILL: &str = r#"
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<uniform> n: vec4<u32>;
@@ -18,7 +18,7 @@ const FILL: &str = r#"
 fn fill(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x + id.y * 65535u * 256u;
     if (i < n.x) {
-        x[i] = f32(i) * 0.5 - 1000.0;
+        x[i] = f32(i & 0xffffu) - 32767.5;
     }
 }
 "#;
@@ -96,23 +96,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // microbatch on the same device: the buffer is reduced where it is.
     let ctx = GpuContext::from_device(&adapter.get_info(), device, queue);
-    let mut reducer = GpuReducer::new(&ctx, GpuConfig::new(1 << 24))?;
+    // One dispatch per binding-sized piece of the buffer (the batch size caps a dispatch).
+    let mut reducer = GpuReducer::new(&ctx, GpuConfig::new(n as usize))?;
     let (partial, times) = reducer.reduce_buffer(&data, 0, n as usize)?;
     let stats = partial.finish(0, false);
 
-    // Closed forms for x_i = i/2 − 1000: mean (n−1)/4 − 1000, var (n² − 1)/48.
-    let nf = f64::from(n);
+    // The exact values, from integer sums of y = i mod 65536 (x = y − 32767.5).
+    let (full, rest) = (u64::from(n) / 65536, u64::from(n) % 65536);
+    let sum_to = |m: u64| i128::from(m) * i128::from(m.saturating_sub(1)) / 2;
+    let sq_to = |m: u64| {
+        let m = i128::from(m);
+        if m == 0 {
+            0
+        } else {
+            (m - 1) * m * (2 * m - 1) / 6
+        }
+    };
+    let sy = i128::from(full) * sum_to(65536) + sum_to(rest);
+    let syy = i128::from(full) * sq_to(65536) + sq_to(rest);
+    let nn = i128::from(n);
+    // mean = Σy/n − 32767.5 = (2Σy − 65535·n) / 2n, one rounding.
+    let mean = (2 * sy - 65535 * nn) as f64 / (2.0 * f64::from(n));
+    // n·Σy² − (Σy)² is exact in i128; var = that / n².
+    let var = (nn * syy - sy * sy) as f64 / (f64::from(n) * f64::from(n));
     println!("{n} values reduced on {}", ctx.adapter().name);
-    println!(
-        "  mean {:?} (closed form {})",
-        stats.mean,
-        (nf - 1.0) / 4.0 - 1000.0
-    );
-    println!(
-        "  var  {:?} (closed form {})",
-        stats.var,
-        (nf * nf - 1.0) / 48.0
-    );
+    println!("  mean {:?} (exact {mean})", stats.mean);
+    println!("  var  {:?} (exact {var})", stats.var);
     println!(
         "  min {:?}, max {:?}, compute {:?}",
         stats.min, stats.max, times.compute

@@ -126,7 +126,7 @@ fn check_depth(what: &str, v: &Value, r: &Reference, depth: f64) {
     );
     let var = r.m2 / r.n as f64;
     if r.m2 == 0.0 {
-        // One value (or all equal): the shifted sums are exact.
+        // One value (or all equal): the block moments are exact.
         assert_eq!(s["var"].as_f64(), Some(0.0), "{what}: var");
         return;
     }

@@ -1,4 +1,4 @@
-//! Backends: the GPU (wgpu + `shaders/reduce.wgsl`) and the CPU, behind one trait.
+//! Backends: the GPU (wgpu + `shaders/reduce_common.wgsl`) and the CPU, behind one trait.
 
 use std::time::Duration;
 

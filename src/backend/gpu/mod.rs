@@ -1,4 +1,4 @@
-//! The GPU backend: micro-batches through `shaders/reduce.wgsl` with wgpu.
+//! The GPU backend: micro-batches through `shaders/reduce_common.wgsl` (and an entry point) with wgpu.
 //!
 //! Long-lived state (pipeline, a ring of input buffers, the partials buffer, the query set) is
 //! built once in [`GpuReducer::new`]; each batch only writes its bytes, dispatches P workgroups

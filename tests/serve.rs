@@ -1087,3 +1087,37 @@ fn streams_per_client_are_bounded() {
     );
     json_ok(c.post(server.url("/v1/streams")).send().unwrap());
 }
+
+/// A long request target and oversized headers get JSON errors (414, 431) like every other
+/// error, and a malformed chunked body a JSON 400.
+#[test]
+fn http_layer_errors_are_json() {
+    let server = Server::start(&["--backend", "cpu"]);
+    let c = client();
+    let long = format!("/v1/reduce?column={}", "x".repeat(20_000));
+    let e = error_of(
+        c.post(server.url(&long)).send().unwrap(),
+        StatusCode::URI_TOO_LONG,
+    );
+    assert!(e.contains("request target"), "{e}");
+    let e = error_of(
+        c.get(server.url("/healthz"))
+            .header("X-Big", "y".repeat(100_000))
+            .send()
+            .unwrap(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    );
+    assert!(e.contains("headers"), "{e}");
+    // A chunked body whose chunk size is not hex.
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        s,
+        "POST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"status\":400"), "{answer}");
+}

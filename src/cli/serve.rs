@@ -421,9 +421,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             );
             // A timer makes hyper enforce the header-read timeout, which also closes
             // connections idle between requests.
+            // hyper's own limits sit far above ours, so that a long URI or large headers reach
+            // `guard` and get a JSON 414/431 rather than hyper's empty one.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                .max_buf_size(1 << 20)
+                .max_headers(1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
@@ -548,8 +552,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Authentication and per-route request counting.
+/// Longest request target we serve (414 past it).
+const MAX_URI: usize = 8 << 10;
+/// Most header bytes a request may carry (431 past it).
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Request-line and header limits, authentication and per-route request counting.
 async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let uri_len = req.uri().to_string().len();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let limit = if uri_len > MAX_URI {
+        Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {uri_len} bytes; the limit is {MAX_URI}"),
+        ))
+    } else if header_bytes > MAX_HEADER_BYTES {
+        Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"),
+        ))
+    } else {
+        None
+    };
+    if let Some(e) = limit {
+        let mut r = e.into_response();
+        close_after(&mut r);
+        state.metrics.request("(refused)", r.status());
+        return r;
+    }
     let route = req.uri().path().to_string();
     // /healthz reveals nothing and answers without the token (load balancers probe it).
     if let Some(token) = state.token.as_ref().filter(|_| route != "/healthz") {

@@ -33,8 +33,16 @@ fn main() {
     let path = std::env::temp_dir().join("microbatch-serve-bench.f32");
     std::fs::write(&path, &data).unwrap();
 
+    // Streams are durable in a fresh store unless MICROBATCH_BENCH_SERVE_ARGS says otherwise
+    // (e.g. "--in-memory").
+    let store = std::env::temp_dir().join(format!("microbatch-serve-bench-{}", std::process::id()));
+    let extra: Vec<String> = match std::env::var("MICROBATCH_BENCH_SERVE_ARGS") {
+        Ok(a) => a.split_whitespace().map(str::to_string).collect(),
+        Err(_) => vec!["--data-dir".into(), store.display().to_string()],
+    };
     let mut server = Command::new(&bin)
         .args(["serve", "--addr", "127.0.0.1:0", "--backend", &backend])
+        .args(&extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -48,10 +48,24 @@ fn reduce_block_fast<const FMA: bool>(
     block: &[f32; BLOCK],
     range: &mut LaneRange,
 ) -> Option<PivotMoments> {
+    // Inlined with a constant length: the loops below see BLOCK and the remainder is empty.
+    reduce_fast::<FMA>(block.as_slice(), range)
+}
+
+/// The fast path over any block of at most [`BLOCK`] values (a batch's last, short block too).
+#[inline(always)]
+fn reduce_fast<const FMA: bool>(block: &[f32], range: &mut LaneRange) -> Option<PivotMoments> {
+    debug_assert!(!block.is_empty() && block.len() <= BLOCK);
     let mut s = [0.0f32; LANES];
     let mut lo = range.lo;
     let mut hi = range.hi;
-    let next = block.as_ptr().wrapping_add(BLOCK);
+    let next = block.as_ptr().wrapping_add(block.len());
+    let rest = block.chunks_exact(LANES).remainder();
+    for (j, &x) in rest.iter().enumerate() {
+        s[j] += x;
+        lo[j] = if x < lo[j] { x } else { lo[j] };
+        hi[j] = if x > hi[j] { x } else { hi[j] };
+    }
     for (i, c) in block.chunks_exact(LANES).enumerate() {
         // One prefetch per iteration of either pass keeps a steady stream one block ahead: this
         // pass asks for the first half of the next block, the second pass for the rest.
@@ -75,9 +89,14 @@ fn reduce_block_fast<const FMA: bool>(
         return None;
     }
     // The pivot is rounded to f32 so that x − p is exact in f64.
-    let pivot = f64::from((total / BLOCK as f64) as f32);
+    let pivot = f64::from((total / block.len() as f64) as f32);
     let mut t = [0.0f64; LANES];
     let mut q = [0.0f64; LANES];
+    for (j, &x) in rest.iter().enumerate() {
+        let d = f64::from(x) - pivot;
+        t[j] += d;
+        q[j] += d * d;
+    }
     for (i, c) in block.chunks_exact(LANES).enumerate() {
         prefetch_l2(next.wrapping_add(BLOCK / 2 + i * 16));
         for j in 0..LANES {
@@ -93,7 +112,7 @@ fn reduce_block_fast<const FMA: bool>(
     range.lo = lo;
     range.hi = hi;
     Some(PivotMoments {
-        count: BLOCK as u64,
+        count: block.len() as u64,
         nan_count: 0,
         pos_inf: 0,
         neg_inf: 0,
@@ -231,12 +250,13 @@ fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
             reduce_block_fast::<FMA>(block, &mut range).unwrap_or_else(|| reduce_block_slow(block));
         acc.merge(&pm.to_partial());
     }
-    if acc.count > 0 {
-        range.fold_into(&mut acc);
-    }
     let rest = blocks.remainder();
     if !rest.is_empty() {
-        acc.merge(&reduce_block_slow(rest).to_partial());
+        let pm = reduce_fast::<FMA>(rest, &mut range).unwrap_or_else(|| reduce_block_slow(rest));
+        acc.merge(&pm.to_partial());
+    }
+    if acc.count > 0 {
+        range.fold_into(&mut acc);
     }
     acc
 }

@@ -1194,7 +1194,7 @@ async fn create_stream(
         },
     );
     drop(streams);
-    tokio::task::block_in_place(|| state.store.wait(ticket));
+    state.store.wait(ticket);
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
 }
 
@@ -1283,7 +1283,7 @@ async fn append_batch(
     };
     // A key already applied: the original answer (once it is on disk), nothing applied again.
     if let Some((answer, ticket)) = seen {
-        tokio::task::block_in_place(|| state.store.wait(ticket));
+        state.store.wait(ticket);
         return Ok(replay(&answer));
     }
     let max = state.limits.max_batch;
@@ -1327,7 +1327,7 @@ async fn append_batch(
         }
     };
     // Committed (with everything else waiting, in one transaction) before the answer goes out.
-    tokio::task::block_in_place(|| state.store.wait(ticket));
+    state.store.wait(ticket);
     if replayed {
         return Ok(replay(&answer));
     }
@@ -1384,7 +1384,7 @@ async fn delete_stream(
     let ticket = state.store.delete(std::slice::from_ref(&id));
     let s = streams.remove(&id).ok_or_else(|| unknown(&id))?;
     drop(streams);
-    tokio::task::block_in_place(|| state.store.wait(ticket));
+    state.store.wait(ticket);
     Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())
 }
 

@@ -272,15 +272,22 @@ impl Store {
         self.submit(Op::Delete(ids.to_vec()))
     }
 
-    /// Blocks until everything up to `ticket` is on disk.
+    /// Blocks until everything up to `ticket` is on disk (returns at once in memory, or when it
+    /// already is).
     pub fn wait(&self, ticket: u64) {
         let Some(c) = &self.committer else {
             return;
         };
-        let mut done = c.committed.lock().unwrap_or_else(|e| e.into_inner());
-        while *done < ticket {
-            done = c.wake.wait(done).unwrap_or_else(|e| e.into_inner());
+        if *c.committed.lock().unwrap_or_else(|e| e.into_inner()) >= ticket {
+            return;
         }
+        // Waiting blocks this thread: let the runtime move its other tasks elsewhere.
+        tokio::task::block_in_place(|| {
+            let mut done = c.committed.lock().unwrap_or_else(|e| e.into_inner());
+            while *done < ticket {
+                done = c.wake.wait(done).unwrap_or_else(|e| e.into_inner());
+            }
+        });
     }
 }
 

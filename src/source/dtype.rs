@@ -3,6 +3,39 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Decodes every element of `$bytes` (of type `$dtype`, in `$endian` order) into `$out`, each
+/// converted by `$conv` with the value bound to `$v` (the conversion is written once and expanded
+/// for every element type).
+macro_rules! decode_as {
+    ($dtype:expr, $endian:expr, $bytes:expr, $out:expr, |$v:ident| $conv:expr) => {{
+        let (bytes, out): (&[u8], &mut [_]) = ($bytes, $out);
+        debug_assert_eq!(bytes.len(), out.len() * $dtype.size());
+        match $dtype {
+            Dtype::F32 => decode_as!(@each f32, $endian, bytes, out, |$v| $conv),
+            Dtype::F64 => decode_as!(@each f64, $endian, bytes, out, |$v| $conv),
+            Dtype::I8 => decode_as!(@each i8, $endian, bytes, out, |$v| $conv),
+            Dtype::I16 => decode_as!(@each i16, $endian, bytes, out, |$v| $conv),
+            Dtype::I32 => decode_as!(@each i32, $endian, bytes, out, |$v| $conv),
+            Dtype::I64 => decode_as!(@each i64, $endian, bytes, out, |$v| $conv),
+            Dtype::U8 => decode_as!(@each u8, $endian, bytes, out, |$v| $conv),
+            Dtype::U16 => decode_as!(@each u16, $endian, bytes, out, |$v| $conv),
+            Dtype::U32 => decode_as!(@each u32, $endian, bytes, out, |$v| $conv),
+            Dtype::U64 => decode_as!(@each u64, $endian, bytes, out, |$v| $conv),
+        }
+    }};
+    (@each $t:ty, $endian:expr, $bytes:expr, $out:expr, |$v:ident| $conv:expr) => {{
+        const N: usize = std::mem::size_of::<$t>();
+        for (o, c) in $out.iter_mut().zip($bytes.chunks_exact(N)) {
+            let a: [u8; N] = c.try_into().expect("chunks_exact gives whole elements");
+            let $v = match $endian {
+                Endian::Little => <$t>::from_le_bytes(a),
+                Endian::Big => <$t>::from_be_bytes(a),
+            };
+            *o = $conv;
+        }
+    }};
+}
+
 /// Byte order of a binary input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Endian {
@@ -119,92 +152,30 @@ impl Dtype {
 
     /// Decodes integer `bytes` into `out` as i64, minus [`Dtype::int_offset`] (exact).
     pub fn decode_int(self, endian: Endian, bytes: &[u8], out: &mut [i64]) {
-        let n = self.size();
-        debug_assert_eq!(bytes.len(), out.len() * n);
-        macro_rules! conv {
-            ($t:ty, $f:expr) => {{
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
-                    let a = c.try_into().expect("chunks_exact gives whole elements");
-                    let v = match endian {
-                        Endian::Little => <$t>::from_le_bytes(a),
-                        Endian::Big => <$t>::from_be_bytes(a),
-                    };
-                    *o = $f(v);
-                }
-            }};
-        }
-        match self {
-            Dtype::I8 => conv!(i8, i64::from),
-            Dtype::I16 => conv!(i16, i64::from),
-            Dtype::I32 => conv!(i32, i64::from),
-            Dtype::I64 => conv!(i64, |v| v),
-            Dtype::U8 => conv!(u8, i64::from),
-            Dtype::U16 => conv!(u16, i64::from),
-            Dtype::U32 => conv!(u32, i64::from),
-            Dtype::U64 => conv!(u64, |v: u64| (v ^ (1 << 63)) as i64),
-            Dtype::F32 | Dtype::F64 => unreachable!("decode_int is for integer types"),
+        assert_eq!(
+            self.element(),
+            super::Element::Int,
+            "decode_int is for integer types"
+        );
+        decode_as!(self, endian, bytes, out, |v| v as i64);
+        if self == Dtype::U64 {
+            // `as` kept the bits: flipping the top one is subtracting 2^63.
+            for o in out.iter_mut() {
+                *o ^= i64::MIN;
+            }
         }
     }
 
     /// Decodes `bytes` into `out`, one f64 per element (exact except for 64-bit integers beyond
     /// 2^53, rounded to the nearest f64).
     pub fn decode_f64(self, endian: Endian, bytes: &[u8], out: &mut [f64]) {
-        let n = self.size();
-        debug_assert_eq!(bytes.len(), out.len() * n);
-        macro_rules! conv {
-            ($t:ty) => {{
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
-                    let a = c.try_into().expect("chunks_exact gives whole elements");
-                    let v = match endian {
-                        Endian::Little => <$t>::from_le_bytes(a),
-                        Endian::Big => <$t>::from_be_bytes(a),
-                    };
-                    *o = v as f64;
-                }
-            }};
-        }
-        match self {
-            Dtype::F32 => conv!(f32),
-            Dtype::F64 => conv!(f64),
-            Dtype::I8 => conv!(i8),
-            Dtype::I16 => conv!(i16),
-            Dtype::I32 => conv!(i32),
-            Dtype::I64 => conv!(i64),
-            Dtype::U8 => conv!(u8),
-            Dtype::U16 => conv!(u16),
-            Dtype::U32 => conv!(u32),
-            Dtype::U64 => conv!(u64),
-        }
+        decode_as!(self, endian, bytes, out, |v| v as f64);
     }
 
-    /// Decodes `bytes` (whole elements in `endian` order) into `out`, one f32 per element.
+    /// Decodes `bytes` (whole elements in `endian` order) into `out`, one f32 per element
+    /// (rounded to the nearest f32 for the wider types).
     pub fn decode(self, endian: Endian, bytes: &[u8], out: &mut [f32]) {
-        let n = self.size();
-        debug_assert_eq!(bytes.len(), out.len() * n);
-        macro_rules! conv {
-            ($t:ty) => {{
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(n)) {
-                    let a = c.try_into().expect("chunks_exact gives whole elements");
-                    let v = match endian {
-                        Endian::Little => <$t>::from_le_bytes(a),
-                        Endian::Big => <$t>::from_be_bytes(a),
-                    };
-                    *o = v as f32;
-                }
-            }};
-        }
-        match self {
-            Dtype::F32 => conv!(f32),
-            Dtype::F64 => conv!(f64),
-            Dtype::I8 => conv!(i8),
-            Dtype::I16 => conv!(i16),
-            Dtype::I32 => conv!(i32),
-            Dtype::I64 => conv!(i64),
-            Dtype::U8 => conv!(u8),
-            Dtype::U16 => conv!(u16),
-            Dtype::U32 => conv!(u32),
-            Dtype::U64 => conv!(u64),
-        }
+        decode_as!(self, endian, bytes, out, |v| v as f32);
     }
 }
 
@@ -276,5 +247,17 @@ mod tests {
             assert_eq!(t.name().parse::<Dtype>(), Ok(t));
         }
         assert!("float16".parse::<Dtype>().is_err());
+        // Integers exactly, u64 shifted by 2^63 into i64's range.
+        let mut out = [0i64; 2];
+        let bytes: Vec<u8> = [u64::MAX, 0].iter().flat_map(|v| v.to_be_bytes()).collect();
+        Dtype::U64.decode_int(Endian::Big, &bytes, &mut out);
+        assert_eq!(out, [i64::MAX, i64::MIN]);
+        assert_eq!(Dtype::U64.int_offset() + i128::from(out[1]), 0);
+        let bytes: Vec<u8> = [i64::MIN, -3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        Dtype::I64.decode_int(Endian::Little, &bytes, &mut out);
+        assert_eq!(out, [i64::MIN, -3]);
     }
 }

@@ -189,11 +189,11 @@ impl Engine {
                 match element {
                     Element::F32 => self.reducer.push(&buf.f32)?,
                     Element::F64 => {
-                        self.note_host_f64();
+                        self.note_host_kernels();
                         self.reducer.push_f64(&buf.f64)?;
                     }
                     Element::Int => {
-                        self.note_host_f64();
+                        self.note_host_kernels();
                         self.reducer
                             .push_int_tagged(0, &buf.int, source.int_offset())?;
                     }
@@ -213,7 +213,7 @@ impl Engine {
 
     /// Reduces f64 values in micro-batches, in f64, without copying them.
     pub fn reduce_f64(&mut self, data: &[f64]) -> Result<Report> {
-        self.note_host_f64();
+        self.note_host_kernels();
         let start = Instant::now();
         let mut count = 0u64;
         for batch in data.chunks(self.batch_size) {
@@ -229,7 +229,7 @@ impl Engine {
     /// Reduces i64 values in micro-batches exactly (count, sum, min and max; `Stats::exact`),
     /// without copying them.
     pub fn reduce_i64(&mut self, data: &[i64]) -> Result<Report> {
-        self.note_host_f64();
+        self.note_host_kernels();
         let start = Instant::now();
         let mut count = 0u64;
         for batch in data.chunks(self.batch_size) {
@@ -242,8 +242,8 @@ impl Engine {
         self.finish(start, Duration::ZERO, count)
     }
 
-    /// The GPU backend reduces f64 batches with the CPU's f64 kernel: say so once.
-    fn note_host_f64(&mut self) {
+    /// The GPU backend reduces f64 and integer batches with the CPU kernels: say so once.
+    fn note_host_kernels(&mut self) {
         if self.reducer.info().kind == BackendKind::Gpu && self.notice.is_none() {
             self.notice = Some(
                 "f64 and integer values are reduced at their own precision by the CPU backend's kernels (the GPU kernel reads f32)"

@@ -52,24 +52,18 @@ fn main() {
         .read_line(&mut line)
         .unwrap();
     let base = line.trim().trim_start_matches("listening on ").to_string();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
+    let addr = base.trim_start_matches("http://").to_string();
 
-    let body = bytes_of(&data);
+    // Both runs cut the data into the server's batches (`serve --batch-size`, default 1 Mi), so
+    // they differ only in how the data arrives.
+    let batch_size = batch_size_of(&extra);
     let mut serve_t = Vec::new();
     let mut run_t = Vec::new();
+    let mut conn = Conn::open(&addr);
     for _ in 0..6 {
         let t = Instant::now();
-        let r = client
-            .post(format!("{base}/v1/reduce"))
-            .header("Content-Type", "application/octet-stream")
-            .body(body.clone())
-            .send()
-            .unwrap();
-        assert!(r.status().is_success());
-        let _ = r.bytes().unwrap();
+        let (status, _) = conn.post("/v1/reduce", &data);
+        assert_eq!(status, 200);
         serve_t.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let o = Command::new(&bin)
@@ -78,6 +72,8 @@ fn main() {
                 path.to_str().unwrap(),
                 "--backend",
                 &backend,
+                "--batch-size",
+                &batch_size,
                 "--json",
                 "--quiet",
             ])
@@ -89,9 +85,10 @@ fn main() {
     serve_t.remove(0);
     run_t.remove(0);
     let (s, r) = (median(serve_t), median(run_t));
+    let bare = median(bare_tcp(&data));
     let gb = |t: f64| data.len() as f64 / t / 1e9;
     println!(
-        "large body: {n} f32 ({:.0} MB), backend {backend}, medians of 5",
+        "large body: {n} f32 ({:.0} MB), backend {backend}, batches of {batch_size}, medians of 5",
         data.len() as f64 / 1e6
     );
     println!(
@@ -104,31 +101,33 @@ fn main() {
         r * 1e3,
         gb(r)
     );
-    println!("  service / run time    {:.2}x", s / r);
+    println!(
+        "  bare TCP, no HTTP     {:8.1} ms  {:6.2} GB/s  (the same bytes into a sink on loopback: the ceiling of any service here)",
+        bare * 1e3,
+        gb(bare)
+    );
+    println!(
+        "  run / service time    {:.2}x   (run / bare TCP {:.2}x; bare TCP / service {:.2}x)",
+        r / s,
+        r / bare,
+        bare / s
+    );
 
-    let batch = bytes_of(&data[..small * 4]);
+    let batch = data[..small * 4].to_vec();
     let deadline = Instant::now() + Duration::from_secs(3);
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (base, batch, client) = (base.clone(), batch.clone(), client.clone());
+            let (addr, batch) = (addr.clone(), batch.clone());
             std::thread::spawn(move || {
-                let id: serde_json::Value = client
-                    .post(format!("{base}/v1/streams"))
-                    .send()
-                    .unwrap()
-                    .json()
-                    .unwrap();
-                let id = id["id"].as_str().unwrap().to_string();
+                let mut conn = Conn::open(&addr);
+                let (status, answer) = conn.post("/v1/streams", &[]);
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+                let id: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+                let route = format!("/v1/streams/{}/batches", id["id"].as_str().unwrap());
                 let mut count = 0u64;
                 while Instant::now() < deadline {
-                    let r = client
-                        .post(format!("{base}/v1/streams/{id}/batches"))
-                        .header("Content-Type", "application/octet-stream")
-                        .body(batch.clone())
-                        .send()
-                        .unwrap();
-                    assert!(r.status().is_success());
-                    let _ = r.bytes();
+                    let (status, answer) = conn.post(&route, &batch);
+                    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
                     count += 1;
                 }
                 count
@@ -148,7 +147,108 @@ fn main() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// A body that clones without copying (reference-counted bytes).
-fn bytes_of(b: &[u8]) -> axum::body::Bytes {
-    axum::body::Bytes::copy_from_slice(b)
+/// Sends `data` over loopback TCP to a sink that only reads it (into a reused 4 MiB buffer,
+/// with the server's 1 MiB receive buffer) and answers one byte: what the transport alone
+/// costs on this machine. Five timings after a warm-up.
+fn bare_tcp(data: &[u8]) -> Vec<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let len = data.len();
+    let sink = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(1 << 20)
+            .unwrap();
+        let mut buf = vec![0u8; 4 << 20];
+        for _ in 0..6 {
+            let mut got = 0;
+            while got < len {
+                let n = c.read(&mut buf[..(len - got).min(4 << 20)]).unwrap();
+                assert!(n > 0);
+                got += n;
+            }
+            c.write_all(b"k").unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..6 {
+        let t = Instant::now();
+        c.write_all(data).unwrap();
+        let mut k = [0u8; 1];
+        c.read_exact(&mut k).unwrap();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    sink.join().unwrap();
+    times.remove(0);
+    times
+}
+
+/// The server's batch size: `--batch-size` in the extra arguments, else serve's default.
+fn batch_size_of(extra: &[String]) -> String {
+    extra
+        .iter()
+        .position(|a| a == "--batch-size")
+        .and_then(|i| extra.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "1048576".to_string())
+}
+
+/// A keep-alive HTTP/1.1 connection that does no more than the benchmark needs (as `wrk`
+/// would): the client's own cost stays small next to the server's on a shared machine.
+struct Conn {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    addr: String,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Self {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        Self {
+            stream: std::io::BufReader::with_capacity(64 << 10, tcp),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// POSTs `body` as `application/octet-stream`; returns the status and the answer's body.
+    fn post(&mut self, route: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let head = format!(
+            "POST {route} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let tcp = self.stream.get_mut();
+        if body.len() <= 64 << 10 {
+            let mut all = head.into_bytes();
+            all.extend_from_slice(body);
+            tcp.write_all(&all).unwrap();
+        } else {
+            tcp.write_all(head.as_bytes()).unwrap();
+            tcp.write_all(body).unwrap();
+        }
+        let mut status = 0u16;
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
+                status = rest[..3].parse().unwrap();
+            } else if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut answer = vec![0u8; length];
+        self.stream.read_exact(&mut answer).unwrap();
+        (status, answer)
+    }
 }

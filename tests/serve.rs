@@ -217,6 +217,96 @@ fn reduce_equals_run_for_every_body_format() {
     }
 }
 
+/// A body takes one of three paths: small with a Content-Length (gathered and reduced on the
+/// spot), large with a Content-Length (streamed, batches read whole), or chunked (streamed,
+/// length unknown). All three give the same bits at the same batch size, and a declared length
+/// that cannot be right is refused before anything is reduced.
+#[test]
+fn every_body_path_gives_the_same_bits() {
+    let mut rng = fresh_rng("serve_paths");
+    for backend in backends() {
+        let server = Server::start(&["--backend", backend, "--batch-size", "4096"]);
+        let c = client();
+        // 9,999 values (40 KB, the small path) and 100,003 (400 KB, streamed), both with an
+        // uneven last batch.
+        for n in [9_999usize, 100_003] {
+            let data = normal(&mut rng, n, 1e4, 3.0);
+            let bytes = f32_bytes(&data);
+            let sized = json_ok(
+                c.post(server.url("/v1/reduce"))
+                    .body(bytes.clone())
+                    .send()
+                    .unwrap(),
+            );
+            let chunked = json_ok(
+                c.post(server.url("/v1/reduce"))
+                    .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+                        bytes.clone(),
+                    )))
+                    .send()
+                    .unwrap(),
+            );
+            for k in ["count", "sum", "mean", "min", "max", "variance"] {
+                assert_eq!(
+                    sized["stats"][k], chunked["stats"][k],
+                    "{backend} n={n}: {k}"
+                );
+            }
+            assert_eq!(
+                sized["batches"]["count"].as_u64(),
+                Some(n.div_ceil(4096) as u64)
+            );
+            assert_eq!(sized["stats"]["count"].as_u64(), Some(n as u64));
+            let r = reference(&data);
+            let depth = if backend == "gpu" {
+                gpu_depth(
+                    4096,
+                    sized["batches"]["workgroups"].as_u64().unwrap() as u32,
+                )
+            } else {
+                CPU_DEPTH
+            };
+            assert_close(
+                "sum",
+                sized["stats"]["sum"].as_f64().unwrap(),
+                r.sum,
+                r.sum_tolerance(depth),
+            );
+            // The same bytes as a stream's batch: the same statistics.
+            let id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let v = json_ok(
+                c.post(server.url(&format!("/v1/streams/{id}/batches")))
+                    .body(bytes.clone())
+                    .send()
+                    .unwrap(),
+            );
+            assert_eq!(v["stats"]["sum"], sized["stats"]["sum"], "{backend} n={n}");
+        }
+        // A .npy header that promises more than the Content-Length holds: refused up front.
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100,), }".to_string();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        npy.extend((header.len() as u16).to_le_bytes());
+        npy.extend(header.as_bytes());
+        npy.extend(f32_bytes(&[1.0; 99]));
+        let msg = error_of(
+            c.post(server.url("/v1/reduce"))
+                .header("Content-Type", "application/x-npy")
+                .body(npy)
+                .send()
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        );
+        assert!(msg.contains("100") && msg.contains("396 bytes"), "{msg}");
+    }
+}
+
 #[test]
 fn streams_accumulate_merge_and_reject_bad_batches_whole() {
     let server = Server::start(&["--backend", "cpu"]);

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -117,8 +117,8 @@ enum Op {
 struct Committer {
     /// Sequence numbers are handed out under this lock, so the queue's order is theirs.
     queue: Mutex<(u64, mpsc::Sender<(u64, Op)>)>,
-    committed: Mutex<u64>,
-    wake: Condvar,
+    /// The last sequence number on disk; requests wait on it without holding a thread.
+    committed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The database, or nothing for `--in-memory`.
@@ -152,8 +152,7 @@ impl Store {
         let (tx, rx) = mpsc::channel::<(u64, Op)>();
         let committer = Arc::new(Committer {
             queue: Mutex::new((0, tx)),
-            committed: Mutex::new(0),
-            wake: Condvar::new(),
+            committed: tokio::sync::watch::Sender::new(0),
         });
         let (c, d, shown) = (Arc::clone(&committer), Arc::clone(&db), path.clone());
         std::thread::Builder::new()
@@ -177,8 +176,7 @@ impl Store {
                         );
                         std::process::abort();
                     }
-                    *c.committed.lock().unwrap_or_else(|e| e.into_inner()) = last;
-                    c.wake.notify_all();
+                    c.committed.send_replace(last);
                 }
             })?;
         Ok(Self {
@@ -272,22 +270,15 @@ impl Store {
         self.submit(Op::Delete(ids.to_vec()))
     }
 
-    /// Blocks until everything up to `ticket` is on disk (returns at once in memory, or when it
-    /// already is).
-    pub fn wait(&self, ticket: u64) {
+    /// Waits until everything up to `ticket` is on disk (at once in memory, or when it already
+    /// is). Holds no thread while it waits.
+    pub async fn wait(&self, ticket: u64) {
         let Some(c) = &self.committer else {
             return;
         };
-        if *c.committed.lock().unwrap_or_else(|e| e.into_inner()) >= ticket {
-            return;
-        }
-        // Waiting blocks this thread: let the runtime move its other tasks elsewhere.
-        tokio::task::block_in_place(|| {
-            let mut done = c.committed.lock().unwrap_or_else(|e| e.into_inner());
-            while *done < ticket {
-                done = c.wake.wait(done).unwrap_or_else(|e| e.into_inner());
-            }
-        });
+        let mut committed = c.committed.subscribe();
+        // The committer lives as long as the store: the channel cannot close under us.
+        let _ = committed.wait_for(|&done| done >= ticket).await;
     }
 }
 

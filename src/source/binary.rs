@@ -43,19 +43,7 @@ impl BinarySource<File> {
     pub fn open(path: impl AsRef<Path>, dtype: Dtype, endian: Endian) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let (file, len) = open_file(&path)?;
-        let width = dtype.size() as u64;
-        if len % width != 0 {
-            return Err(Error::TruncatedInput {
-                path,
-                offset: len - len % width,
-                len,
-                width,
-                dtype: dtype.name(),
-            });
-        }
-        let mut s = Self::from_reader(file, path, dtype, endian);
-        s.data_len = Some(len);
-        Ok(s)
+        Self::from_reader(file, path, dtype, endian).with_len(len)
     }
 }
 
@@ -119,6 +107,24 @@ impl<R: Read> BinarySource<R> {
             label,
             shape: None,
         }
+    }
+
+    /// Says that the input holds exactly `len` bytes: batches are read whole (not grown as data
+    /// arrives), and a length that is not a whole number of elements is refused here, before
+    /// anything is reduced.
+    pub(crate) fn with_len(mut self, len: u64) -> Result<Self> {
+        let width = self.dtype.size() as u64;
+        if len % width != 0 {
+            return Err(Error::TruncatedInput {
+                path: self.path,
+                offset: len - len % width,
+                len,
+                width,
+                dtype: self.dtype.name(),
+            });
+        }
+        self.data_len = Some(len);
+        Ok(self)
     }
 
     /// The data part of an input whose first `data_start` bytes (a header) were already read:

@@ -10,7 +10,7 @@ mod text;
 
 pub use binary::{BinarySource, file_len, input_len};
 pub use dtype::{Dtype, Endian};
-pub use open::{Format, InputOptions, open, open_reader};
+pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};
 pub use random::RandomSource;
 pub use text::{Column, Delimiter, TextOptions, TextSource};
 

@@ -213,7 +213,15 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
         path: path.to_path_buf(),
         error,
     })?;
-    open_stream(Box::new(file), path, ext.as_deref(), compressed, options, 0)
+    open_stream(
+        Box::new(file),
+        path,
+        ext.as_deref(),
+        compressed,
+        options,
+        0,
+        None,
+    )
 }
 
 /// Opens a reader (stdin) named `name` as the source `options` describe: the format as given,
@@ -223,7 +231,21 @@ pub fn open_reader(
     name: &str,
     options: &InputOptions,
 ) -> Result<Box<dyn BatchSource>> {
-    open_stream(reader, Path::new(name), None, None, options, 0)
+    open_stream(reader, Path::new(name), None, None, options, 0, None)
+}
+
+/// [`open_reader`] for a reader that yields exactly `len` bytes (an HTTP body with a
+/// Content-Length): binary inputs are read a whole batch at a time rather than growing their
+/// buffer, a raw input that is not a whole number of elements and a `.npy` whose header promises
+/// other than what follows are refused before anything is reduced. The reader must end with an
+/// error if it cannot deliver `len` bytes.
+pub fn open_reader_sized(
+    reader: Box<dyn Read>,
+    name: &str,
+    options: &InputOptions,
+    len: u64,
+) -> Result<Box<dyn BatchSource>> {
+    open_stream(reader, Path::new(name), None, None, options, 0, Some(len))
 }
 
 fn check_dtype_format(options: &InputOptions, format: Format) -> Result<()> {
@@ -245,6 +267,7 @@ fn open_stream(
     compressed: Option<Content>,
     options: &InputOptions,
     depth: u32,
+    len: Option<u64>,
 ) -> Result<Box<dyn BatchSource>> {
     let (head, reader) = peek(reader, name)?;
     let content = sniff(&head);
@@ -279,7 +302,7 @@ fn open_stream(
                 })?,
             ),
         };
-        return open_stream(inner, name, ext, None, options, depth + 1);
+        return open_stream(inner, name, ext, None, options, depth + 1, None);
     }
     let by_ext = ext.and_then(format_of_extension);
     let format = match options
@@ -321,14 +344,13 @@ fn open_stream(
                 .dtype
                 .or(by_ext.and_then(|f| f.1))
                 .unwrap_or(Dtype::F32);
-            Ok(Box::new(BinarySource::from_reader(
-                reader,
-                name,
-                dtype,
-                options.endian,
-            )))
+            let source = BinarySource::from_reader(reader, name, dtype, options.endian);
+            Ok(Box::new(match len {
+                Some(len) => source.with_len(len)?,
+                None => source,
+            }))
         }
-        Format::Npy => Ok(Box::new(npy_source(reader, name, None)?)),
+        Format::Npy => Ok(Box::new(npy_source(reader, name, len)?)),
         f => Ok(Box::new(TextSource::new(
             reader,
             name,

@@ -86,6 +86,41 @@ fn main() {
     run_t.remove(0);
     let (s, r) = (median(serve_t), median(run_t));
     let bare = median(bare_tcp(&data));
+    // The same body through a server on a Unix socket (`serve --unix`).
+    #[cfg(unix)]
+    let unix = {
+        let sock =
+            std::env::temp_dir().join(format!("microbatch-bench-{}.sock", std::process::id()));
+        let mut server = Command::new(&bin)
+            .args([
+                "serve",
+                "--unix",
+                sock.to_str().unwrap(),
+                "--backend",
+                &backend,
+            ])
+            .args(["--in-memory", "--batch-size", &batch_size])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut conn = Conn::open(line.trim().trim_start_matches("listening on "));
+        let mut t = Vec::new();
+        for _ in 0..6 {
+            let start = Instant::now();
+            let (status, _) = conn.post("/v1/reduce", &data);
+            assert_eq!(status, 200);
+            t.push(start.elapsed().as_secs_f64());
+        }
+        t.remove(0);
+        let _ = server.kill();
+        let _ = server.wait();
+        median(t)
+    };
     let gb = |t: f64| data.len() as f64 / t / 1e9;
     println!(
         "large body: {n} f32 ({:.0} MB), backend {backend}, batches of {batch_size}, medians of 5",
@@ -95,6 +130,13 @@ fn main() {
         "  POST /v1/reduce       {:8.1} ms  {:6.2} GB/s",
         s * 1e3,
         gb(s)
+    );
+    #[cfg(unix)]
+    println!(
+        "  the same, serve --unix{:8.1} ms  {:6.2} GB/s  (run / this {:.2}x)",
+        unix * 1e3,
+        gb(unix),
+        r / unix
     );
     println!(
         "  microbatch run FILE   {:8.1} ms  {:6.2} GB/s  (whole process)",
@@ -198,16 +240,29 @@ fn batch_size_of(extra: &[String]) -> String {
 /// A keep-alive HTTP/1.1 connection that does no more than the benchmark needs (as `wrk`
 /// would): the client's own cost stays small next to the server's on a shared machine.
 struct Conn {
-    stream: std::io::BufReader<std::net::TcpStream>,
+    stream: std::io::BufReader<Box<dyn Socket>>,
     addr: String,
 }
 
+/// A connected socket, TCP or Unix.
+trait Socket: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Socket for T {}
+
 impl Conn {
+    /// Connects to `HOST:PORT`, or to the Unix socket of `unix:PATH`.
     fn open(addr: &str) -> Self {
+        #[cfg(unix)]
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+            return Self {
+                stream: std::io::BufReader::with_capacity(64 << 10, Box::new(s)),
+                addr: "localhost".to_string(),
+            };
+        }
         let tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_nodelay(true).unwrap();
         Self {
-            stream: std::io::BufReader::with_capacity(64 << 10, tcp),
+            stream: std::io::BufReader::with_capacity(64 << 10, Box::new(tcp)),
             addr: addr.to_string(),
         }
     }

@@ -28,7 +28,7 @@ impl Server {
         } else {
             &["--in-memory"]
         };
-        let addr: &[&str] = if extra.contains(&"--addr") {
+        let addr: &[&str] = if extra.contains(&"--addr") || extra.contains(&"--unix") {
             &[]
         } else {
             &["--addr", "127.0.0.1:0"]
@@ -1210,4 +1210,115 @@ fn http_layer_errors_are_json() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("\"status\":400"), "{answer}");
+}
+
+/// Sends `request` as is on a fresh connection and returns everything the server answers
+/// before it closes (or 5 s pass).
+fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn malformed_request_lines_get_a_json_400() {
+    let server = Server::start(&["--backend", "cpu"]);
+    for (line, why) in [
+        ("GARBAGE\r\n\r\n", "expected METHOD TARGET"),
+        (
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "expected METHOD TARGET",
+        ),
+        ("G(T /healthz HTTP/1.1\r\n\r\n", "not a token"),
+        ("GET /healthz HTTP/2.0\r\n\r\n", "HTTP/1.1 and HTTP/1.0"),
+        ("GET /\x01 HTTP/1.1\r\n\r\n", "control"),
+    ] {
+        let answer = raw_exchange(&server.addr(), line.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{line:?}: {answer}");
+        assert!(
+            answer.contains("Connection: close") && answer.contains("\"status\":400"),
+            "{line:?}: {answer}"
+        );
+        assert!(answer.contains(why), "{line:?}: {answer}");
+    }
+    // A good line still works, an empty line before it is allowed (RFC 9112 §2.2), and bytes
+    // that arrive with the line are not lost.
+    let answer = raw_exchange(
+        &server.addr(),
+        b"\r\nPOST /v1/reduce HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 8\r\nConnection: close\r\n\r\n\x00\x00\x80\x3f\x00\x00\x00\x40",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"sum\":3"), "{answer}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_unix_socket_serves_the_same_api_and_replaces_a_stale_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("mb-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("serve.sock");
+    // A stale socket (bound, nobody listening) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let exchange = |request: &[u8]| {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(request).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    {
+        let server = Server::start(&["--backend", "cpu", "--unix", sock.to_str().unwrap()]);
+        assert_eq!(server.base, format!("unix:{}", sock.display()));
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let mut rng = fresh_rng("serve_unix");
+        let data = uniform(&mut rng, 5000, -3.0, 7.0);
+        let body = f32_bytes(&data);
+        let mut request = format!(
+            "POST /v1/reduce HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend(&body);
+        let answer = exchange(&request);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["stats"]["count"], 5000);
+        let r = reference(&data);
+        assert_close(
+            "sum over a unix socket",
+            json["stats"]["sum"].as_f64().unwrap(),
+            r.sum,
+            r.sum_tolerance(CPU_DEPTH),
+        );
+        // A second server on a socket in use is refused.
+        let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+            .args(["serve", "--in-memory", "--unix", sock.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("another server is listening"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // A path that is not a socket is never removed.
+    let file = dir.join("plain");
+    std::fs::write(&file, "keep me").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["serve", "--in-memory", "--unix", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1322,3 +1322,143 @@ fn a_unix_socket_serves_the_same_api_and_replaces_a_stale_socket() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_admin_token_lists_and_deletes_any_stream() {
+    let dir = std::env::temp_dir().join(format!("mb-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (user, admin) = (dir.join("user"), dir.join("admin"));
+    std::fs::write(&user, "user-token-user-token\n").unwrap();
+    std::fs::write(&admin, "admin-token-admin-token\n").unwrap();
+    let server = Server::start(&[
+        "--backend",
+        "cpu",
+        "--token-file",
+        user.to_str().unwrap(),
+        "--admin-token-file",
+        admin.to_str().unwrap(),
+    ]);
+    let c = client();
+    let as_user = |r: reqwest::blocking::RequestBuilder| {
+        r.header("Authorization", "Bearer user-token-user-token")
+    };
+    let as_admin = |r: reqwest::blocking::RequestBuilder| {
+        r.header("Authorization", "bearer admin-token-admin-token")
+    };
+    // Two streams, one with a batch.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let v = json_ok(as_user(c.post(server.url("/v1/streams"))).send().unwrap());
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    json_ok(
+        as_user(c.post(server.url(&format!("/v1/streams/{}/batches", ids[1]))))
+            .body(f32_bytes(&[1.0, 2.0, 3.0]))
+            .send()
+            .unwrap(),
+    );
+    // The client token may not list; a wrong token is 401; the admin's lists both, oldest
+    // first, with owners and counts.
+    let e = error_of(
+        as_user(c.get(server.url("/v1/streams"))).send().unwrap(),
+        StatusCode::FORBIDDEN,
+    );
+    assert!(e.contains("admin token"), "{e}");
+    error_of(
+        c.get(server.url("/v1/streams"))
+            .header("Authorization", "Bearer admin-token-admin-tokeN")
+            .send()
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+    );
+    let list = json_ok(as_admin(c.get(server.url("/v1/streams"))).send().unwrap());
+    assert_eq!(list["open"], 2, "{list}");
+    let listed: Vec<&str> = list["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[0].as_str(), ids[1].as_str()], "{list}");
+    assert_eq!(list["streams"][1]["count"], 3);
+    assert_eq!(list["streams"][1]["owner"], "127.0.0.1");
+    // The admin token works on every route: it deletes another's stream.
+    json_ok(
+        as_admin(c.delete(server.url(&format!("/v1/streams/{}", ids[1]))))
+            .send()
+            .unwrap(),
+    );
+    let list = json_ok(as_admin(c.get(server.url("/v1/streams"))).send().unwrap());
+    assert_eq!(list["open"], 1, "{list}");
+    drop(server);
+
+    // Without an admin token nobody may list; the same token for both roles is refused.
+    let plain = Server::start(&["--backend", "cpu"]);
+    let e = error_of(
+        c.get(plain.url("/v1/streams")).send().unwrap(),
+        StatusCode::FORBIDDEN,
+    );
+    assert!(e.contains("has none"), "{e}");
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["serve", "--in-memory", "--addr", "127.0.0.1:0"])
+        .args(["--token-file", user.to_str().unwrap()])
+        .args(["--admin-token-file", user.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("its own"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn idempotency_keys_are_forgotten_after_their_ttl_in_memory_and_on_disk() {
+    let dir = std::env::temp_dir().join(format!("mb-keyttl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.to_str().unwrap();
+    let c = client();
+    let id;
+    {
+        let server = Server::start(&[
+            "--backend",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--key-ttl-s",
+            "1",
+        ]);
+        id = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let send = || {
+            c.post(server.url(&format!("/v1/streams/{id}/batches")))
+                .header("Idempotency-Key", "batch-A")
+                .body(f32_bytes(&[1.0, 2.0]))
+                .send()
+                .unwrap()
+        };
+        let first = send();
+        assert!(first.headers().get("idempotent-replay").is_none());
+        assert_eq!(json_ok(first)["batches"], 1);
+        let again = send();
+        assert_eq!(again.headers()["idempotent-replay"], "true");
+        assert_eq!(json_ok(again)["batches"], 1);
+        // Past the TTL (1 s, swept every second) the key is forgotten.
+        std::thread::sleep(Duration::from_millis(3500));
+    }
+    // Killed and restarted with a long TTL: the store forgot the key too, so the same key is a
+    // new batch now (the documented rule: retry within the TTL).
+    let server = Server::start(&["--backend", "cpu", "--data-dir", data_dir]);
+    let r = c
+        .post(server.url(&format!("/v1/streams/{id}/batches")))
+        .header("Idempotency-Key", "batch-A")
+        .body(f32_bytes(&[1.0, 2.0]))
+        .send()
+        .unwrap();
+    assert!(r.headers().get("idempotent-replay").is_none());
+    let v = json_ok(r);
+    assert_eq!(v["batches"], 2, "{v}");
+    assert_eq!(v["stats"]["count"], 4, "{v}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

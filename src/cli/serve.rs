@@ -83,6 +83,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_streams_per_client: usize,
 
+    /// Seconds an idempotency key is remembered after its batch was applied: a retry with the
+    /// key within this time gets the original answer; after it the key is forgotten (memory and
+    /// store stay bounded by the rate of keyed batches times this).
+    #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
+    key_ttl_s: u64,
+
     /// Seconds after its last use a stream is dropped.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     stream_idle_s: u64,
@@ -128,6 +134,13 @@ pub(crate) struct ServeArgs {
     /// required to listen on anything but loopback.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+
+    /// File holding the admin's bearer token (at least 16 bytes, other than --token-file's):
+    /// it is accepted wherever the client token is, and alone may list every open stream
+    /// (`GET /v1/streams`, with their owners) — to find and delete the streams of a client
+    /// that lost their ids.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 
     /// Directory of the durable stream store (streams and idempotency keys survive restarts
     /// and crashes). Default: `$XDG_DATA_HOME/microbatch` or `~/.local/share/microbatch`.
@@ -182,9 +195,16 @@ struct Stream {
     /// Idempotency keys seen, with the answer each batch got and the store's ticket for it
     /// (an answer is given only once its batch is on disk).
     keys: HashMap<String, (String, u64)>,
+    /// The keys in the order they were applied, with when (Unix seconds): the oldest are
+    /// forgotten past `--key-ttl-s`.
+    key_order: std::collections::VecDeque<(u64, String)>,
     /// The address of the client that opened it (for `--max-streams-per-client`).
     owner: String,
 }
+
+/// Whether a request presented the admin token.
+#[derive(Debug, Clone, Copy)]
+struct Admin(bool);
 
 /// The peer address of a request's connection.
 #[derive(Debug, Clone)]
@@ -201,6 +221,7 @@ struct AppState {
     limits: Limits,
     metrics: Arc<Metrics>,
     token: Option<Vec<u8>>,
+    admin_token: Option<Vec<u8>>,
 }
 
 /// The ddof recorded in a stream's partial file and used where a request names none.
@@ -218,27 +239,23 @@ struct Limits {
     request_timeout: Duration,
     body_idle: Duration,
     max_line: u64,
+    key_ttl_s: u64,
 }
 
 type Shared = Arc<AppState>;
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     keep_freed_memory();
-    let token = match &args.token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the token file {}", p.display()))?;
-            let t = t.trim().as_bytes().to_vec();
-            anyhow::ensure!(
-                t.len() >= 16,
-                "{}: the token is {} bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
-                p.display(),
-                t.len()
-            );
-            Some(t)
-        }
-        None => None,
-    };
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    anyhow::ensure!(
+        token.is_none() || token != admin_token,
+        "--admin-token-file holds the same token as --token-file: give the admin its own"
+    );
     #[cfg(unix)]
     let unix = args.unix.clone();
     #[cfg(not(unix))]
@@ -288,7 +305,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     batches: l.batches,
                     created: now,
                     last_used: now,
-                    keys: l.keys.into_iter().map(|(k, a)| (k, (a, 0))).collect(),
+                    key_order: {
+                        let mut order: Vec<(u64, String)> =
+                            l.keys.iter().map(|(k, (_, at))| (*at, k.clone())).collect();
+                        order.sort();
+                        order.into()
+                    },
+                    keys: l.keys.into_iter().map(|(k, (a, _))| (k, (a, 0))).collect(),
                     owner: l.owner,
                 },
             )
@@ -316,10 +339,12 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             request_timeout: Duration::from_secs(args.request_timeout_s),
             body_idle: Duration::from_secs(args.body_idle_s.max(1)),
             max_line: args.max_line.max(1),
+            key_ttl_s: args.key_ttl_s,
         },
         inflight: Arc::new(tokio::sync::Semaphore::new(args.max_inflight.max(1))),
         metrics: Arc::clone(&metrics),
         token,
+        admin_token,
     });
 
     // The engine thread: the only owner of the device. Batches from every client queue here.
@@ -404,6 +429,17 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     sweeper.store.delete(&expired);
                     streams.retain(|id, _| !expired.contains(id));
                 }
+                // Idempotency keys past their time are forgotten (memory and store).
+                let horizon = store::unix_now().saturating_sub(sweeper.limits.key_ttl_s);
+                let mut forget = Vec::new();
+                for (id, s) in streams.iter_mut() {
+                    while s.key_order.front().is_some_and(|(at, _)| *at < horizon) {
+                        let (_, k) = s.key_order.pop_front().expect("checked");
+                        s.keys.remove(&k);
+                        forget.push((id.clone(), k));
+                    }
+                }
+                sweeper.store.forget_keys(forget);
             }
         });
 
@@ -484,6 +520,21 @@ impl From<BackendArg> for microbatch::BackendChoice {
             BackendArg::Cpu => microbatch::BackendChoice::Cpu,
         }
     }
+}
+
+/// Reads a bearer token from `path` (surrounding whitespace dropped); fewer than 16 bytes is
+/// refused.
+fn read_token(path: &std::path::Path) -> Result<Vec<u8>> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let t = t.trim().as_bytes().to_vec();
+    anyhow::ensure!(
+        t.len() >= 16,
+        "{}: the token is {} bytes; use at least 16 (e.g. `openssl rand -hex 32`)",
+        path.display(),
+        t.len()
+    );
+    Ok(t)
 }
 
 /// Where the server listens.
@@ -795,7 +846,7 @@ fn app(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/devices", get(devices))
         .route("/v1/reduce", post(reduce))
-        .route("/v1/streams", post(create_stream))
+        .route("/v1/streams", post(create_stream).get(list_streams))
         .route("/v1/streams/{id}", get(get_stream).delete(delete_stream))
         .route("/v1/streams/{id}/batches", post(append_batch))
         .route("/v1/streams/{id}/partial", get(stream_partial))
@@ -849,7 +900,7 @@ const MAX_URI: usize = 8 << 10;
 const MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// Request-line and header limits, authentication and per-route request counting.
-async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
+async fn guard(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let uri_len = req.uri().to_string().len();
     let header_bytes: usize = req
         .headers()
@@ -876,25 +927,31 @@ async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Respons
         return r;
     }
     let route = req.uri().path().to_string();
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().as_bytes())
+        .unwrap_or(&[]);
+    let admin = state
+        .admin_token
+        .as_ref()
+        .is_some_and(|t| constant_time_eq(given, t));
     // /healthz reveals nothing and answers without the token (load balancers probe it).
-    if let Some(token) = state.token.as_ref().filter(|_| route != "/healthz") {
-        // The scheme is case-insensitive (RFC 9110); the token is not.
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().as_bytes())
-            .unwrap_or(&[]);
-        if !constant_time_eq(given, token) {
-            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
-                .into_response();
-            close_after(&mut r);
-            state.metrics.request(&route, r.status());
-            return r;
-        }
+    if let Some(token) = state.token.as_ref().filter(|_| route != "/healthz")
+        && !admin
+        && !constant_time_eq(given, token)
+    {
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+            .into_response();
+        close_after(&mut r);
+        state.metrics.request(&route, r.status());
+        return r;
     }
+    req.extensions_mut().insert(Admin(admin));
     let post = req.method() == axum::http::Method::POST;
     let mut r = next.run(req).await;
     // A refused POST may leave its body unread: say that the connection closes after it.
@@ -1748,6 +1805,49 @@ fn ddof_of(query: &HashMap<String, String>) -> Result<u32, ApiError> {
     }
 }
 
+/// `GET /v1/streams`: every open stream with its owner, batches, count, age and idle time
+/// (admin token only), oldest first.
+async fn list_streams(
+    State(state): State<Shared>,
+    axum::Extension(Admin(admin)): axum::Extension<Admin>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_params(&query, &[])?;
+    if !admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            if state.admin_token.is_some() {
+                "listing streams needs the admin token (--admin-token-file)"
+            } else {
+                "listing streams needs the admin token, and this server has none (--admin-token-file)"
+            },
+        ));
+    }
+    let mut rows: Vec<(f64, Value)> = {
+        let streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .iter()
+            .map(|(id, s)| {
+                let age = s.created.elapsed().as_secs_f64();
+                (
+                    age,
+                    json!({
+                        "id": id,
+                        "owner": s.owner,
+                        "batches": s.batches,
+                        "count": s.partial.count,
+                        "age_s": age,
+                        "idle_s": s.last_used.elapsed().as_secs_f64(),
+                    }),
+                )
+            })
+            .collect()
+    };
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let list: Vec<Value> = rows.into_iter().map(|(_, v)| v).collect();
+    Ok(axum::Json(json!({"streams": list, "open": list.len()})).into_response())
+}
+
 async fn create_stream(
     State(state): State<Shared>,
     axum::Extension(Peer(peer)): axum::Extension<Peer>,
@@ -1789,6 +1889,7 @@ async fn create_stream(
                 created: now,
                 last_used: now,
                 keys: HashMap::new(),
+                key_order: std::collections::VecDeque::new(),
                 owner: peer,
             },
         );
@@ -1897,6 +1998,7 @@ async fn append_batch(
         if let Some((answer, ticket)) = key.as_ref().and_then(|k| s.keys.get(k)) {
             (answer.clone(), *ticket, true)
         } else {
+            let now_s = store::unix_now();
             let mut partial = s.partial;
             partial.merge(&batch);
             let batches = s.batches + 1;
@@ -1909,13 +2011,14 @@ async fn append_batch(
                     &partial,
                     batches,
                     &s.owner,
-                    key.as_deref().map(|k| (k, answer.as_str())),
+                    key.as_deref().map(|k| (k, answer.as_str(), now_s)),
                 )
                 .map_err(store_error)?;
             s.partial = partial;
             s.batches = batches;
             s.last_used = Instant::now();
             if let Some(k) = key {
+                s.key_order.push_back((now_s, k.clone()));
                 s.keys.insert(k, (answer.clone(), ticket));
             }
             state.metrics.batches.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,9 @@ use microbatch::stats::IntPart;
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// (stream id, idempotency key) → the answer the batch got.
 const KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("keys");
+/// (stream id, idempotency key) → when the key was first applied (Unix seconds), for
+/// `--key-ttl-s`. Keys of stores written before it are dated at their first load.
+const KEY_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("key_times");
 
 /// A stream as stored: the partial with every float as its bits (JSON has no NaN or infinity,
 /// and bits round-trip exactly).
@@ -99,7 +102,8 @@ impl Record {
 pub(crate) struct Loaded {
     pub partial: Partial,
     pub batches: u64,
-    pub keys: HashMap<String, String>,
+    /// Each key's answer and when it was applied (Unix seconds).
+    pub keys: HashMap<String, (String, u64)>,
     pub owner: String,
 }
 
@@ -108,9 +112,12 @@ enum Op {
     Save {
         id: String,
         record: Vec<u8>,
-        key: Option<(String, String)>,
+        /// The key, its answer and when it was applied.
+        key: Option<(String, String, u64)>,
     },
     Delete(Vec<String>),
+    /// Keys past `--key-ttl-s`: (stream id, key).
+    ForgetKeys(Vec<(String, String)>),
 }
 
 /// The committer's side: the queue, and how far it has committed.
@@ -147,6 +154,7 @@ impl Store {
         let w = db.begin_write()?;
         w.open_table(STREAMS)?;
         w.open_table(KEYS)?;
+        w.open_table(KEY_TIMES)?;
         w.commit()?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<(u64, Op)>();
@@ -202,6 +210,8 @@ impl Store {
         let r = db.begin_read()?;
         let streams = r.open_table(STREAMS)?;
         let keys = r.open_table(KEYS)?;
+        let times = r.open_table(KEY_TIMES)?;
+        let now = unix_now();
         let mut out: HashMap<String, Loaded> = HashMap::new();
         for entry in streams.iter()? {
             let (id, bytes) = entry?;
@@ -222,7 +232,9 @@ impl Store {
             let (k, answer) = entry?;
             let (id, key) = k.value();
             if let Some(s) = out.get_mut(id) {
-                s.keys.insert(key.to_string(), answer.value().to_string());
+                let at = times.get((id, key))?.map_or(now, |t| t.value());
+                s.keys
+                    .insert(key.to_string(), (answer.value().to_string(), at));
             }
         }
         Ok(out.into_iter().collect())
@@ -249,7 +261,7 @@ impl Store {
         partial: &Partial,
         batches: u64,
         owner: &str,
-        key: Option<(&str, &str)>,
+        key: Option<(&str, &str, u64)>,
     ) -> Result<u64> {
         if self.committer.is_none() {
             return Ok(0);
@@ -258,8 +270,16 @@ impl Store {
         Ok(self.submit(Op::Save {
             id: id.to_string(),
             record,
-            key: key.map(|(k, a)| (k.to_string(), a.to_string())),
+            key: key.map(|(k, a, at)| (k.to_string(), a.to_string(), at)),
         }))
+    }
+
+    /// Queues the removal of keys (stream id, key) past their time; returns the ticket.
+    pub fn forget_keys(&self, keys: Vec<(String, String)>) -> u64 {
+        if keys.is_empty() || self.committer.is_none() {
+            return 0;
+        }
+        self.submit(Op::ForgetKeys(keys))
     }
 
     /// Queues the removal of streams and their keys; returns the ticket.
@@ -288,12 +308,14 @@ fn commit(db: &Database, group: Vec<(u64, Op)>) -> Result<()> {
     {
         let mut streams = w.open_table(STREAMS)?;
         let mut keys = w.open_table(KEYS)?;
+        let mut times = w.open_table(KEY_TIMES)?;
         for (_, op) in &group {
             match op {
                 Op::Save { id, record, key } => {
                     streams.insert(id.as_str(), record.as_slice())?;
-                    if let Some((k, answer)) = key {
+                    if let Some((k, answer, at)) = key {
                         keys.insert((id.as_str(), k.as_str()), answer.as_str())?;
+                        times.insert((id.as_str(), k.as_str()), at)?;
                     }
                 }
                 Op::Delete(ids) => {
@@ -301,12 +323,26 @@ fn commit(db: &Database, group: Vec<(u64, Op)>) -> Result<()> {
                         streams.remove(id.as_str())?;
                     }
                     keys.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
+                    times.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
+                }
+                Op::ForgetKeys(forget) => {
+                    for (id, k) in forget {
+                        keys.remove((id.as_str(), k.as_str()))?;
+                        times.remove((id.as_str(), k.as_str()))?;
+                    }
                 }
             }
         }
     }
     w.commit()?;
     Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The default place for the store: `$XDG_DATA_HOME/microbatch`, else

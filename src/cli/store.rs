@@ -21,11 +21,10 @@ use microbatch::stats::IntPart;
 
 /// stream id → its record (JSON of [`Record`]).
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
-/// (stream id, idempotency key) → the answer the batch got.
+/// (stream id, idempotency key) → when the batch was applied (Unix seconds, for
+/// `--key-ttl-s`), a space, and the answer it got (JSON). Answers stored before the time was
+/// kept (no time: they start with `{`) are dated at load.
 const KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("keys");
-/// (stream id, idempotency key) → when the key was first applied (Unix seconds), for
-/// `--key-ttl-s`. Keys of stores written before it are dated at their first load.
-const KEY_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("key_times");
 
 /// A stream as stored: the partial with every float as its bits (JSON has no NaN or infinity,
 /// and bits round-trip exactly).
@@ -154,7 +153,6 @@ impl Store {
         let w = db.begin_write()?;
         w.open_table(STREAMS)?;
         w.open_table(KEYS)?;
-        w.open_table(KEY_TIMES)?;
         w.commit()?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<(u64, Op)>();
@@ -210,7 +208,6 @@ impl Store {
         let r = db.begin_read()?;
         let streams = r.open_table(STREAMS)?;
         let keys = r.open_table(KEYS)?;
-        let times = r.open_table(KEY_TIMES)?;
         let now = unix_now();
         let mut out: HashMap<String, Loaded> = HashMap::new();
         for entry in streams.iter()? {
@@ -232,9 +229,12 @@ impl Store {
             let (k, answer) = entry?;
             let (id, key) = k.value();
             if let Some(s) = out.get_mut(id) {
-                let at = times.get((id, key))?.map_or(now, |t| t.value());
-                s.keys
-                    .insert(key.to_string(), (answer.value().to_string(), at));
+                let stored = answer.value();
+                let (at, answer) = match stored.split_once(' ') {
+                    Some((t, a)) if !stored.starts_with('{') => (t.parse().unwrap_or(now), a),
+                    _ => (now, stored),
+                };
+                s.keys.insert(key.to_string(), (answer.to_string(), at));
             }
         }
         Ok(out.into_iter().collect())
@@ -308,27 +308,37 @@ fn commit(db: &Database, group: Vec<(u64, Op)>) -> Result<()> {
     {
         let mut streams = w.open_table(STREAMS)?;
         let mut keys = w.open_table(KEYS)?;
-        let mut times = w.open_table(KEY_TIMES)?;
         for (_, op) in &group {
             match op {
                 Op::Save { id, record, key } => {
                     streams.insert(id.as_str(), record.as_slice())?;
                     if let Some((k, answer, at)) = key {
-                        keys.insert((id.as_str(), k.as_str()), answer.as_str())?;
-                        times.insert((id.as_str(), k.as_str()), at)?;
+                        keys.insert((id.as_str(), k.as_str()), format!("{at} {answer}").as_str())?;
                     }
                 }
                 Op::Delete(ids) => {
                     for id in ids {
                         streams.remove(id.as_str())?;
                     }
-                    keys.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
-                    times.retain(|(id, _), _| !ids.iter().any(|d| d == id))?;
+                    for id in ids {
+                        // The stream's keys are one range of the table: (id, "") onwards.
+                        let mut doomed = Vec::new();
+                        for entry in keys.range((id.as_str(), "")..)? {
+                            let (k, _) = entry?;
+                            let (owner, key) = k.value();
+                            if owner != id.as_str() {
+                                break;
+                            }
+                            doomed.push(key.to_string());
+                        }
+                        for key in doomed {
+                            keys.remove((id.as_str(), key.as_str()))?;
+                        }
+                    }
                 }
                 Op::ForgetKeys(forget) => {
                     for (id, k) in forget {
                         keys.remove((id.as_str(), k.as_str()))?;
-                        times.remove((id.as_str(), k.as_str()))?;
                     }
                 }
             }
@@ -357,4 +367,56 @@ pub(crate) fn default_data_dir() -> Option<PathBuf> {
     } else {
         home.join(".local/share/microbatch")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_in(store: &Store) -> Vec<(String, String)> {
+        let r = store.db.as_ref().unwrap().begin_read().unwrap();
+        let t = r.open_table(KEYS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| {
+                let (k, _) = e.unwrap();
+                let (id, key) = k.value();
+                (id.to_string(), key.to_string())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn deleting_a_stream_removes_its_keys_and_only_its_keys() {
+        let dir = std::env::temp_dir().join(format!("mb-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let p = Partial::EMPTY;
+        // "s1" and "s10" share a prefix: a range that stopped at the wrong place would take
+        // the other's keys.
+        for (id, keys) in [("s1", ["a", "b"]), ("s10", ["a", "c"]), ("s2", ["z", "y"])] {
+            for k in keys {
+                let t = store.save(id, &p, 1, "me", Some((k, "{}", 7))).unwrap();
+                store.wait(t).await;
+            }
+        }
+        assert_eq!(keys_in(&store).len(), 6);
+        store.wait(store.delete(&["s1".to_string()])).await;
+        let left = keys_in(&store);
+        assert_eq!(
+            left,
+            [("s10", "a"), ("s10", "c"), ("s2", "y"), ("s2", "z")]
+                .map(|(i, k)| (i.to_string(), k.to_string()))
+        );
+        store
+            .wait(store.forget_keys(vec![("s2".to_string(), "y".to_string())]))
+            .await;
+        assert_eq!(keys_in(&store).len(), 3);
+        // Times come back with the answers.
+        let loaded = store.load().unwrap();
+        let s10 = &loaded.iter().find(|(id, _)| id == "s10").unwrap().1;
+        assert_eq!(s10.keys["a"], ("{}".to_string(), 7));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -613,6 +613,8 @@ impl Listener {
                 // (2-core machine), and the buffer is only a ceiling: an idle connection
                 // holds nothing.
                 let _ = socket2::SockRef::from(&tcp).set_recv_buffer_size(RECV_BUFFER);
+                // Answers are one write each: nothing to gain from Nagle's delay.
+                let _ = tcp.set_nodelay(true);
                 conns.serve(tcp, peer.ip().to_string());
             }
             #[cfg(unix)]

@@ -181,6 +181,27 @@ impl Engine {
         let result = (|| {
             loop {
                 let t = Instant::now();
+                // A mapped file lends its batches in place: no copy into `buf`.
+                if let Some(lent) = source.lend_batch(self.batch_size)? {
+                    read += t.elapsed();
+                    if lent.is_empty() {
+                        return Ok(());
+                    }
+                    match lent {
+                        BatchRef::F32(v) => self.reducer.push(v)?,
+                        BatchRef::F64(v) => {
+                            self.note_host_kernels();
+                            self.reducer.push_f64(v)?;
+                        }
+                        BatchRef::Int(v, offset) => {
+                            self.note_host_kernels();
+                            self.reducer.push_int_tagged(0, v, offset)?;
+                        }
+                    }
+                    batches += 1;
+                    observe(&*source);
+                    continue;
+                }
                 let (n, element) = read_batch(&mut *source, &mut buf, self.batch_size)?;
                 read += t.elapsed();
                 if n == 0 {

@@ -246,7 +246,7 @@ fn every_body_path_gives_the_same_bits() {
                     .send()
                     .unwrap(),
             );
-            for k in ["count", "sum", "mean", "min", "max", "variance"] {
+            for k in ["count", "sum", "mean", "min", "max", "var", "std"] {
                 assert_eq!(
                     sized["stats"][k], chunked["stats"][k],
                     "{backend} n={n}: {k}"

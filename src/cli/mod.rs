@@ -119,6 +119,12 @@ struct RunArgs {
     #[arg(long)]
     skip_invalid: bool,
 
+    /// Read regular raw and .npy files through a buffer instead of memory-mapping them (mapped
+    /// files are reduced in place, without a copy; a file truncated by another process while it
+    /// is being read can then stop the program with SIGBUS, as for any program that maps files).
+    #[arg(long)]
+    no_mmap: bool,
+
     /// With several inputs, also give each input's own statistics.
     #[arg(long)]
     per_file: bool,
@@ -274,6 +280,7 @@ fn run(args: RunArgs) -> Result<()> {
                 .map(|t| t.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
         },
+        no_mmap: args.no_mmap,
     };
     if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         anyhow::bail!("stdin (`-`) can be read only once");

@@ -3,6 +3,7 @@
 
 mod binary;
 mod dtype;
+mod mapped;
 pub mod npy;
 mod open;
 mod random;
@@ -10,6 +11,7 @@ mod text;
 
 pub use binary::{BinarySource, file_len, input_len};
 pub use dtype::{Dtype, Endian};
+pub use mapped::MappedSource;
 pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};
 pub use random::RandomSource;
 pub use text::{Column, Delimiter, TextOptions, TextSource};
@@ -97,6 +99,14 @@ pub trait BatchSource {
             "{} does not hold integers",
             self.describe()
         )))
+    }
+
+    /// Lends the next batch of up to `max` values straight from the source's memory (a
+    /// memory-mapped file), without copying: an empty batch is the end. `Ok(None)` when this
+    /// source does not lend (the default): read it with [`read_batch`]. The engine asks this
+    /// first; a source that lends must still serve `next_batch*` (one or the other per batch).
+    fn lend_batch(&mut self, _max: usize) -> Result<Option<crate::backend::BatchRef<'_>>> {
+        Ok(None)
     }
 
     /// What to add to the values [`BatchSource::next_batch_int`] gives (2^63 for u64 inputs,

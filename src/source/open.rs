@@ -4,11 +4,11 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::BatchSource;
 use super::binary::{BinarySource, open_file};
 use super::dtype::{Dtype, Endian};
 use super::npy;
 use super::text::{Delimiter, TextOptions, TextSource};
+use super::{BatchSource, MappedSource};
 use crate::{Error, Location, Result};
 
 /// An input format.
@@ -57,6 +57,9 @@ pub struct InputOptions {
     pub endian: Endian,
     /// Text formats: column, header, delimiter, nulls, invalid fields.
     pub text: TextOptions,
+    /// Read regular binary files (raw, `.npy`) through a buffer instead of memory-mapping
+    /// them (see [`super::MappedSource`] for what mapping risks).
+    pub no_mmap: bool,
 }
 
 /// What the first bytes of an input say it is.
@@ -189,11 +192,19 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
                     .or(by_ext.and_then(|f| f.1))
                     .unwrap_or(Dtype::F32);
                 check_dtype_format(options, Format::Raw)?;
+                if !options.no_mmap
+                    && let Some(mapped) = MappedSource::open_raw(path, dtype, options.endian)?
+                {
+                    return Ok(Box::new(mapped));
+                }
                 return Ok(Box::new(BinarySource::open(path, dtype, options.endian)?));
             }
             Some(Format::Npy) => {
                 check_dtype_format(options, Format::Npy)?;
                 let (file, len) = open_file(path)?;
+                if !options.no_mmap {
+                    return npy_file(file, path, len);
+                }
                 return Ok(Box::new(npy_source(file, path, Some(len))?));
             }
             Some(f) => {
@@ -370,6 +381,32 @@ fn text_options(format: Format, given: &TextOptions) -> TextOptions {
         });
     }
     o
+}
+
+/// A `.npy` regular file: its header read and checked, its data mapped (read through a buffer
+/// where it cannot be).
+fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn BatchSource>> {
+    let header = npy::read_header(&mut file).map_err(|(offset, message)| Error::InvalidInput {
+        path: path.to_path_buf(),
+        at: Location::Offset(offset),
+        message,
+    })?;
+    let elements = header.elements().ok_or_else(|| Error::InvalidInput {
+        path: path.to_path_buf(),
+        at: Location::Offset(8),
+        message: format!("shape {:?} holds more than 2^64 elements", header.shape),
+    })?;
+    if let Some(mapped) = MappedSource::open_npy(&file, path, len, &header, elements)? {
+        return Ok(Box::new(mapped));
+    }
+    // Not mappable (no data, or the file system refuses): the header is read again by the
+    // buffered reader.
+    use std::io::Seek;
+    file.rewind().map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ok(Box::new(npy_source(file, path, Some(len))?))
 }
 
 fn npy_source<R: Read>(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quiet_wayland_probe();
+    cli::keep_freed_memory();
     match cli::main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -245,7 +245,6 @@ struct Limits {
 type Shared = Arc<AppState>;
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
-    keep_freed_memory();
     share_the_cores();
     let token = args.token_file.as_deref().map(read_token).transpose()?;
     let admin_token = args
@@ -511,21 +510,6 @@ fn share_the_cores() {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads((cores / 2).max(1))
         .build_global();
-}
-
-/// glibc maps every allocation over its (adaptive) threshold afresh and unmaps it when freed:
-/// hyper's read buffers and the batches of a large body would then be faulted in page by page
-/// for every request (~11k page faults per 400 MB body). A fixed threshold above them keeps
-/// them in the heap, reused from request to request; the heap's top is still returned to the
-/// system past 64 MiB.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
 }
 
 impl From<BackendArg> for microbatch::BackendChoice {

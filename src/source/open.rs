@@ -210,6 +210,12 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
             Some(f) => {
                 check_dtype_format(options, f)?;
                 let (file, len) = open_file(path)?;
+                let text = text_options(f, &options.text);
+                if !options.no_mmap
+                    && let Some(mapped) = TextSource::open_mapped(&file, path, len, &text)?
+                {
+                    return Ok(Box::new(mapped));
+                }
                 return Ok(Box::new(TextSource::new(
                     Box::new(file),
                     path,

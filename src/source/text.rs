@@ -1,6 +1,13 @@
-//! Delimited text: CSV, TSV and other single-character delimiters (parsed with the `csv` crate:
-//! quoting, CRLF), and whitespace-separated columns. One column is reduced; every value is parsed
-//! as f64 (correctly rounded from its decimal text; `nan`, `inf`, `-inf` are accepted).
+//! Delimited text: CSV, TSV and other single-character delimiters (quoting, CRLF), and
+//! whitespace-separated columns. One column is reduced; every value is parsed as f64 (correctly
+//! rounded from its decimal text, by `fast-float2` with the standard parser behind it; `nan`,
+//! `inf`, `-inf` are accepted).
+//!
+//! The input is cut into chunks of about a MiB that end at a line end outside quotes, and each
+//! round of chunks is parsed on all cores: a chunk without a quote mark is split with `memchr`,
+//! one with quotes goes through the `csv` crate (escaped quotes, line ends inside quoted
+//! fields). Memory stays bounded by a round of chunks; line numbers in errors count from the
+//! start of the input.
 //!
 //! Nothing is guessed silently: the delimiter is the format's (`,` for CSV, tab for TSV, runs of
 //! whitespace for `.txt`) unless given; a leading UTF-8 byte-order mark and blank lines are
@@ -8,7 +15,7 @@
 //! selected field is not a number (or the column is chosen by name, or `header` says so); fields
 //! equal to a null token (`nulls`) are counted as nulls, apart from invalid fields.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use super::{BatchSource, Element};
@@ -82,74 +89,424 @@ pub enum Delimiter {
     Whitespace,
 }
 
-enum Inner {
-    Csv {
-        reader: csv::Reader<Box<dyn Read>>,
-        record: csv::ByteRecord,
-    },
-    Whitespace {
-        lines: Lines,
-        line: Vec<u8>,
-    },
-}
+/// Bytes read and parsed as one piece: inputs are cut into chunks of about this size, each
+/// ending at a line end outside quotes, and a round of chunks is parsed on all cores at once.
+const CHUNK: usize = 1 << 20;
 
-/// Lines of a byte stream, ended by `\n`, `\r\n` or a lone `\r`, counted from 1.
-struct Lines {
-    reader: BufReader<Box<dyn Read>>,
-    number: u64,
+/// Cuts a byte stream into chunks that end at line ends outside CSV quotes, so each chunk parses
+/// on its own (every chunk starts outside quotes).
+struct Chunker {
+    reader: Box<dyn Read>,
+    /// Bytes read but not yet handed out.
+    buf: Vec<u8>,
+    /// Whether `"` quotes fields (CSV-style delimiters; not whitespace-separated text).
+    quoting: bool,
+    eof: bool,
+    /// Bytes handed out so far.
     bytes: u64,
 }
 
-impl Lines {
-    /// The next line (without its ending) into `line`; false at the end of the input.
-    fn next(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
-        line.clear();
-        let mut any = false;
+impl Chunker {
+    /// The next chunk of about `size` bytes (more when one record is longer), `None` at the end.
+    fn next(&mut self, size: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let mut want = size;
         loop {
-            let buf = self.reader.fill_buf()?;
-            if buf.is_empty() {
-                if any {
-                    self.number += 1;
-                }
-                return Ok(any);
-            }
-            any = true;
-            match buf.iter().position(|&b| b == b'\n' || b == b'\r') {
-                Some(i) => {
-                    let cr = buf[i] == b'\r';
-                    line.extend_from_slice(&buf[..i]);
-                    self.reader.consume(i + 1);
-                    self.bytes += i as u64 + 1;
-                    if cr && self.reader.fill_buf()?.first() == Some(&b'\n') {
-                        self.reader.consume(1);
-                        self.bytes += 1;
+            while !self.eof && self.buf.len() < want {
+                let start = self.buf.len();
+                self.buf.resize(want.max(start + 4096), 0);
+                match self.reader.read(&mut self.buf[start..]) {
+                    Ok(0) => {
+                        self.buf.truncate(start);
+                        self.eof = true;
                     }
-                    self.number += 1;
-                    return Ok(true);
-                }
-                None => {
-                    let n = buf.len();
-                    line.extend_from_slice(buf);
-                    self.reader.consume(n);
-                    self.bytes += n as u64;
+                    Ok(n) => self.buf.truncate(start + n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        self.buf.truncate(start)
+                    }
+                    Err(e) => {
+                        self.buf.truncate(start);
+                        return Err(e);
+                    }
                 }
             }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let cut = if self.eof {
+                Some(self.buf.len())
+            } else {
+                self.cut()
+            };
+            if let Some(cut) = cut {
+                let rest = self.buf.split_off(cut);
+                let chunk = std::mem::replace(&mut self.buf, rest);
+                self.bytes += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            // One record longer than the buffer: read on.
+            want = self.buf.len() * 2;
+        }
+    }
+
+    fn cut(&self) -> Option<usize> {
+        cut(&self.buf, self.quoting)
+    }
+}
+
+/// Where to cut `buf`: just after its last line end that is outside quotes (`None` if there is
+/// none). A `\r` at the very end may be half of a `\r\n` and is not taken.
+fn cut(buf: &[u8], quoting: bool) -> Option<usize> {
+    let end = buf.len().checked_sub(1)?;
+    let quotes: Vec<usize> = if quoting {
+        memchr::memchr_iter(b'"', buf).collect()
+    } else {
+        Vec::new()
+    };
+    let mut search = buf.len();
+    while let Some(i) = memchr::memrchr2(b'\n', b'\r', &buf[..search]) {
+        search = i;
+        if buf[i] == b'\r' && i == end {
+            continue;
+        }
+        // Outside quotes exactly when an even number of quote marks come before it (an
+        // escaped `""` counts twice).
+        if quotes.partition_point(|&q| q < i) % 2 == 0 {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// A memory-mapped text file, cut into chunks in place (no read, no copy).
+struct MappedText {
+    map: memmap2::Mmap,
+    quoting: bool,
+    /// Bytes handed out so far (from the start of the file).
+    pos: usize,
+    /// Bytes whose pages were released.
+    released: usize,
+}
+
+impl MappedText {
+    /// The next chunk's range, `None` at the end.
+    fn next(&mut self, size: usize) -> Option<(usize, usize)> {
+        let len = self.map.len();
+        if self.pos >= len {
+            return None;
+        }
+        let mut want = size;
+        loop {
+            let end = (self.pos + want).min(len);
+            let cut_at = if end == len {
+                Some(len - self.pos)
+            } else {
+                cut(&self.map[self.pos..end], self.quoting)
+            };
+            if let Some(c) = cut_at {
+                let range = (self.pos, self.pos + c);
+                self.pos += c;
+                return Some(range);
+            }
+            want *= 2;
+        }
+    }
+
+    /// Releases the pages of everything handed out before `upto` (rounded down to a page):
+    /// the page cache keeps them, the resident set drops them.
+    fn release(&mut self, upto: usize) {
+        let upto = upto & !4095;
+        if upto > self.released {
+            // SAFETY: a read-only file mapping, and no slice of the released range is alive
+            // (the chunks parsed from it are done).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )
+            };
+            self.released = upto;
         }
     }
 }
 
-/// One column of a delimited text input, as f64 values in batches.
-pub struct TextSource {
-    inner: Inner,
-    path: PathBuf,
+/// Where a text source's bytes come from.
+enum TextInput {
+    Stream(Chunker),
+    Mapped(MappedText),
+}
+
+/// The lines of a chunk, ended by `\n`, `\r\n` or a lone `\r`.
+fn lines_of(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr2(b'\n', b'\r', rest) {
+            Some(i) => {
+                let line = &rest[..i];
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+                Some(line)
+            }
+            None => {
+                let line = rest;
+                rest = &[];
+                Some(line)
+            }
+        }
+    })
+}
+
+/// How a chunk's rows are read.
+#[derive(Clone)]
+struct RowSpec {
+    delimiter: Delimiter,
     column: usize,
-    column_label: String,
-    skip_invalid: bool,
     nulls: Vec<Vec<u8>>,
+    skip_invalid: bool,
+}
+
+/// What parsing one chunk gave.
+#[derive(Default)]
+struct Parsed {
+    values: Vec<f64>,
+    nulls: u64,
+    skipped: u64,
+    /// Line ends in the chunk (its lines, for numbering the next chunk's).
+    lines: u64,
+    /// The first invalid field (when not skipping): its line within the chunk (from 1) and why.
+    error: Option<(u64, String)>,
+}
+
+impl Parsed {
+    fn take(&mut self, line: u64, field: Field, skip_invalid: bool) -> bool {
+        match field {
+            Field::Value(v) => self.values.push(v),
+            Field::Null => self.nulls += 1,
+            Field::Invalid(_) if skip_invalid => self.skipped += 1,
+            Field::Invalid(why) => {
+                self.error = Some((line, why));
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Parses a chunk's rows, skipping its first `skip_rows` non-blank rows (a header).
+fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
+    let mut out = Parsed {
+        values: Vec::with_capacity(bytes.len() / 8),
+        ..Parsed::default()
+    };
+    let mut skip = skip_rows;
+    match spec.delimiter {
+        Delimiter::Byte(d) if memchr::memchr(b'"', bytes).is_some() => {
+            // Quoted fields: the csv crate's rules (escaped quotes, line ends inside quotes).
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(d)
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(bytes);
+            let mut record = csv::ByteRecord::new();
+            loop {
+                match reader.read_byte_record(&mut record) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        let line = e.position().map_or(1, |p| p.line());
+                        out.error = Some((line, format!("{:?}", e.kind())));
+                        return out;
+                    }
+                }
+                if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                let line = record.position().map_or(1, |p| p.line());
+                let field = classify(record.get(spec.column), &spec.nulls);
+                if !out.take(line, field, spec.skip_invalid) {
+                    return out;
+                }
+            }
+            out.lines = count_lines(bytes);
+        }
+        _ => parse_plain(bytes, spec, skip, &mut out),
+    }
+    out
+}
+
+/// Parses a chunk without quote marks. Each line's number is parsed where it starts, and the
+/// parser's stop says where the field ends (a delimiter or the line's end): no separate search
+/// for line ends or fields. A line the fast path cannot take (spaces around the number, a null
+/// token, anything not a number, a header still to skip) goes the careful way.
+fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) {
+    let d = match spec.delimiter {
+        Delimiter::Byte(d) => Some(d),
+        Delimiter::Whitespace => None,
+    };
+    let fast = spec.nulls.is_empty() && (d.is_some() || spec.column == 0);
+    let mut pos = 0;
+    let mut number = 0u64;
+    while pos < bytes.len() {
+        number += 1;
+        if fast && skip == 0 {
+            // Past the fields before the column (a line ending first: the careful way).
+            let mut at = pos;
+            let mut ok = true;
+            if let Some(d) = d {
+                for _ in 0..spec.column {
+                    match bytes[at..]
+                        .iter()
+                        .position(|&b| b == d || b == b'\n' || b == b'\r')
+                    {
+                        Some(i) if bytes[at + i] == d => at += i + 1,
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+            } else {
+                while at < bytes.len() && (bytes[at] == b' ' || bytes[at] == b'\t') {
+                    at += 1;
+                }
+            }
+            if ok
+                && let Some(&first) = bytes.get(at)
+                && !first.is_ascii_whitespace()
+                && let Ok((v, n)) = fast_float2::parse_partial::<f64, _>(&bytes[at..])
+            {
+                let after = at + n;
+                // Where the line ends, if the number ends the field.
+                let line_end = match bytes.get(after) {
+                    None => Some(after),
+                    Some(b'\n' | b'\r') => Some(after),
+                    Some(&b) if Some(b) == d => memchr::memchr2(b'\n', b'\r', &bytes[after..])
+                        .map(|i| after + i)
+                        .or(Some(bytes.len())),
+                    Some(b' ' | b'\t') if d.is_none() => {
+                        memchr::memchr2(b'\n', b'\r', &bytes[after..])
+                            .map(|i| after + i)
+                            .or(Some(bytes.len()))
+                    }
+                    _ => None,
+                };
+                if let Some(e) = line_end {
+                    out.values.push(v);
+                    pos = next_line(bytes, e);
+                    continue;
+                }
+            }
+        }
+        // The careful way: the whole line, its field classified.
+        let e = memchr::memchr2(b'\n', b'\r', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+        let line = &bytes[pos..e];
+        pos = next_line(bytes, e);
+        let field = match spec.delimiter {
+            Delimiter::Byte(d) => nth_field(line, d, spec.column),
+            Delimiter::Whitespace => line
+                .split(u8::is_ascii_whitespace)
+                .filter(|f| !f.is_empty())
+                .nth(spec.column),
+        };
+        let field = classify(field, &spec.nulls);
+        if (skip > 0 || !matches!(field, Field::Value(_)))
+            && line.iter().all(u8::is_ascii_whitespace)
+        {
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        if !out.take(number, field, spec.skip_invalid) {
+            return;
+        }
+    }
+    out.lines = number;
+}
+
+/// Where the line after the line end at `e` starts (`\r\n`, `\n` or a lone `\r`).
+fn next_line(bytes: &[u8], e: usize) -> usize {
+    match bytes.get(e) {
+        Some(b'\r') if bytes.get(e + 1) == Some(&b'\n') => e + 2,
+        Some(_) => e + 1,
+        None => e,
+    }
+}
+
+/// The `n`th field of a line split at `d` (no quoting). Lines are short: a plain loop beats
+/// a vectorised search's set-up here.
+fn nth_field(line: &[u8], d: u8, n: usize) -> Option<&[u8]> {
+    let mut fields = line.split(|&b| b == d);
+    fields.nth(n)
+}
+
+/// Line ends in `bytes` (`\n`, `\r\n` and a lone `\r` each count once), plus one for a last
+/// line without an end.
+fn count_lines(bytes: &[u8]) -> u64 {
+    lines_of(bytes).count() as u64
+}
+
+/// What one field holds.
+fn classify(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
+    let Some(field) = field else {
+        return Field::Invalid("the line has no such column".to_string());
+    };
+    let text = field.trim_ascii();
+    if let Ok(v) = fast_float2::parse::<f64, _>(text) {
+        // A null token that happens to be a number ("0", "-999") is still a null.
+        if !nulls.is_empty() && nulls.iter().any(|n| n == text) {
+            return Field::Null;
+        }
+        return Field::Value(v);
+    }
+    if nulls.iter().any(|n| n == text) {
+        return Field::Null;
+    }
+    if text.is_empty() {
+        return Field::Invalid("empty field (--null '' counts empty fields as nulls)".into());
+    }
+    let Ok(s) = std::str::from_utf8(text) else {
+        return Field::Invalid("the field is not UTF-8".to_string());
+    };
+    // What the fast parser refuses, the standard one may still take (and the other way
+    // round nothing: both are correctly rounded).
+    match s.parse::<f64>() {
+        Ok(v) => Field::Value(v),
+        Err(_) => Field::Invalid(format!("{s:?} is not a number")),
+    }
+}
+
+/// One column of a delimited text input, as f64 values in batches, parsed on all cores.
+pub struct TextSource {
+    input: TextInput,
+    /// Bytes per chunk ([`CHUNK`]; tests cut smaller to cross many boundaries).
+    chunk: usize,
+    spec: RowSpec,
+    path: PathBuf,
+    column_label: String,
+    /// Non-blank rows to skip at the start of the next chunk (the header).
+    skip_rows: usize,
+    /// Lines before the next chunk to parse.
+    line: u64,
+    /// Parsed values not yet handed out, and where they start.
+    ready: Vec<f64>,
+    ready_at: usize,
+    /// An error found in a chunk, raised once the values before it are handed out.
+    failed: Option<Error>,
     skipped: u64,
     null_count: u64,
-    /// A first row that turned out to be data, served before the rest.
-    pending: Option<(u64, Vec<Vec<u8>>)>,
     len_bytes: Option<u64>,
     label: String,
 }
@@ -158,7 +515,7 @@ impl std::fmt::Debug for TextSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextSource")
             .field("path", &self.path)
-            .field("column", &self.column)
+            .field("column", &self.spec.column)
             .finish_non_exhaustive()
     }
 }
@@ -179,67 +536,116 @@ impl TextSource {
         options: &TextOptions,
     ) -> Result<Self> {
         let path = name.into();
-        let io = |error| Error::Io {
+        let delimiter = options.delimiter.unwrap_or(Delimiter::Byte(b','));
+        let mut chunks = Chunker {
+            reader,
+            buf: Vec::new(),
+            quoting: matches!(delimiter, Delimiter::Byte(_)),
+            eof: false,
+            bytes: 0,
+        };
+        // The first chunk holds the first row (the header question) whole; it goes back in
+        // front of the rest.
+        let first = chunks.next(CHUNK).map_err(|error| Error::Io {
             path: path.clone(),
             error,
-        };
-        let mut buffered = BufReader::with_capacity(1 << 16, reader);
-        if buffered
-            .fill_buf()
-            .map_err(io)?
-            .starts_with(b"\xEF\xBB\xBF")
-        {
-            buffered.consume(3);
+        })?;
+        let mut first = first.unwrap_or_default();
+        chunks.bytes -= first.len() as u64;
+        if first.starts_with(b"\xEF\xBB\xBF") {
+            first.drain(..3);
+            chunks.bytes += 3;
         }
+        let mut rest = std::mem::take(&mut chunks.buf);
+        let head = first.clone();
+        first.append(&mut rest);
+        chunks.buf = first;
+        Self::with_input(TextInput::Stream(chunks), &head, path, len_bytes, options)
+    }
+
+    /// Reads the regular file `file` (at `path`, `len` bytes) through a memory mapping: chunks
+    /// are parsed where they lie, and their pages released after each round. `Ok(None)` when
+    /// the file cannot be mapped (then read it with [`TextSource::new`]).
+    pub(crate) fn open_mapped(
+        file: &std::fs::File,
+        path: &std::path::Path,
+        len: u64,
+        options: &TextOptions,
+    ) -> Result<Option<Self>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: read-only and private to this source; see `MappedSource` for what another
+        // process truncating the file would do.
+        let Ok(map) = (unsafe { memmap2::MmapOptions::new().map(file) }) else {
+            return Ok(None);
+        };
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let delimiter = options.delimiter.unwrap_or(Delimiter::Byte(b','));
+        let mut mapped = MappedText {
+            map,
+            quoting: matches!(delimiter, Delimiter::Byte(_)),
+            pos: 0,
+            released: 0,
+        };
+        if mapped.map.starts_with(b"\xEF\xBB\xBF") {
+            mapped.pos = 3;
+        }
+        let head = {
+            let start = mapped.pos;
+            let end = (start + CHUNK).min(mapped.map.len());
+            let cut_at = if end == mapped.map.len() {
+                end
+            } else {
+                start + cut(&mapped.map[start..end], mapped.quoting).unwrap_or(end - start)
+            };
+            mapped.map[start..cut_at].to_vec()
+        };
+        Self::with_input(
+            TextInput::Mapped(mapped),
+            &head,
+            path.to_path_buf(),
+            Some(len),
+            options,
+        )
+        .map(Some)
+    }
+
+    /// Settles the header and the column from the input's first chunk `head`.
+    fn with_input(
+        input: TextInput,
+        head: &[u8],
+        path: PathBuf,
+        len_bytes: Option<u64>,
+        options: &TextOptions,
+    ) -> Result<Self> {
         let delimiter = options.delimiter.unwrap_or(Delimiter::Byte(b','));
         let nulls: Vec<Vec<u8>> = options
             .nulls
             .iter()
             .map(|t| t.trim().as_bytes().to_vec())
             .collect();
-        let mut inner = match delimiter {
-            Delimiter::Byte(b) => Inner::Csv {
-                reader: csv::ReaderBuilder::new()
-                    .delimiter(b)
-                    .has_headers(false)
-                    .flexible(true)
-                    .from_reader(Box::new(buffered) as Box<dyn Read>),
-                record: csv::ByteRecord::new(),
-            },
-            Delimiter::Whitespace => Inner::Whitespace {
-                lines: Lines {
-                    reader: buffered,
-                    number: 0,
-                    bytes: 0,
-                },
-                line: Vec::new(),
-            },
-        };
         let invalid = |line: u64, column: Option<String>, message: String| Error::InvalidInput {
             path: path.clone(),
             at: Location::Line { line, column },
             message,
         };
-        let Some((first_line, first)) = Self::read_row(&mut inner, &path)? else {
+        let Some((first_line, row)) = first_row(head, delimiter, &path)? else {
             return Err(invalid(1, None, "the input is empty: no rows".into()));
         };
         let is_header = match (options.header, &options.column) {
             (Some(h), _) => h,
             (None, Column::Name(_)) => true,
-            (None, Column::Index(i)) => match first.get(*i) {
-                Some(f) => matches!(Self::field(Some(f), &nulls), Field::Invalid(_)),
+            (None, Column::Index(i)) => match row.get(*i) {
+                Some(f) => matches!(classify(Some(f), &nulls), Field::Invalid(_)),
                 None => false,
             },
         };
-        let (header, pending) = if is_header {
-            let names: Vec<String> = first
-                .iter()
+        let header: Option<Vec<String>> = is_header.then(|| {
+            row.iter()
                 .map(|f| String::from_utf8_lossy(f).trim().to_string())
-                .collect();
-            (Some(names), None)
-        } else {
-            (None, Some((first_line, first)))
-        };
+                .collect()
+        });
         let column = match (&options.column, &header) {
             (Column::Index(i), _) => *i,
             (Column::Name(n), Some(h)) => {
@@ -272,84 +678,152 @@ impl TextSource {
             path.display()
         );
         Ok(Self {
-            inner,
+            input,
+            chunk: CHUNK,
+            spec: RowSpec {
+                delimiter,
+                column,
+                nulls,
+                skip_invalid: options.skip_invalid,
+            },
             path,
-            column,
             column_label,
-            skip_invalid: options.skip_invalid,
-            nulls,
+            skip_rows: usize::from(is_header),
+            line: 0,
+            ready: Vec::new(),
+            ready_at: 0,
+            failed: None,
             skipped: 0,
             null_count: 0,
-            pending,
             len_bytes,
             label,
         })
     }
 
-    /// The next non-blank row as its fields, with its line number; `None` at the end.
-    fn read_row(inner: &mut Inner, path: &std::path::Path) -> Result<Option<(u64, Vec<Vec<u8>>)>> {
-        loop {
-            match inner {
-                Inner::Csv { reader, record } => {
-                    if !reader
-                        .read_byte_record(record)
-                        .map_err(|e| csv_error(path, e))?
-                    {
-                        return Ok(None);
-                    }
-                    // The csv crate skips blank lines; a row of one empty field is a blank line
-                    // with spaces or a lone delimiter-less "" — skip it too.
-                    if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let line = record.position().map_or(0, |p| p.line());
-                    return Ok(Some((line, record.iter().map(<[u8]>::to_vec).collect())));
-                }
-                Inner::Whitespace { lines, line } => {
-                    if !lines.next(line).map_err(|error| Error::Io {
-                        path: path.to_path_buf(),
-                        error,
-                    })? {
-                        return Ok(None);
-                    }
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let fields = line
-                        .split(|b| b.is_ascii_whitespace())
-                        .filter(|f| !f.is_empty())
-                        .map(<[u8]>::to_vec)
-                        .collect();
-                    return Ok(Some((lines.number, fields)));
-                }
-            }
-        }
-    }
-
-    /// What one field holds.
-    fn field(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
-        let Some(field) = field else {
-            return Field::Invalid("the line has no such column".to_string());
-        };
-        let Ok(text) = std::str::from_utf8(field) else {
-            return Field::Invalid("the field is not UTF-8".to_string());
-        };
-        let text = text.trim();
-        if nulls.iter().any(|n| n == text.as_bytes()) {
-            return Field::Null;
-        }
-        if text.is_empty() {
-            return Field::Invalid("empty field (--null '' counts empty fields as nulls)".into());
-        }
-        match text.parse::<f64>() {
-            Ok(v) => Field::Value(v),
-            Err(_) => Field::Invalid(format!("{text:?} is not a number")),
-        }
+    /// Cuts the input into chunks of `bytes` from now on (tests: many chunk boundaries in a
+    /// small input).
+    #[cfg(test)]
+    fn with_chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(1);
+        self
     }
 
     /// Fields equal to a null token, so far.
     pub fn null_count(&self) -> u64 {
         self.null_count
+    }
+
+    /// Reads a round of chunks and parses them on all cores; false at the end of the input.
+    fn parse_round(&mut self) -> Result<bool> {
+        let round = rayon::current_num_threads().max(1) * 2;
+        let chunk = self.chunk;
+        let skip = std::mem::take(&mut self.skip_rows);
+        let spec = &self.spec;
+        let parse = |chunks: Vec<&[u8]>| -> Vec<Parsed> {
+            use rayon::prelude::*;
+            chunks
+                .par_iter()
+                .enumerate()
+                .map(|(i, c)| parse_chunk(c, spec, if i == 0 { skip } else { 0 }))
+                .collect()
+        };
+        let parsed = match &mut self.input {
+            TextInput::Stream(chunker) => {
+                let mut owned = Vec::with_capacity(round);
+                for _ in 0..round {
+                    match chunker.next(chunk) {
+                        Ok(Some(c)) => owned.push(c),
+                        Ok(None) => break,
+                        Err(error) => {
+                            return Err(Error::Io {
+                                path: self.path.clone(),
+                                error,
+                            });
+                        }
+                    }
+                }
+                parse(owned.iter().map(Vec::as_slice).collect())
+            }
+            TextInput::Mapped(mapped) => {
+                mapped.release(mapped.pos);
+                let mut ranges = Vec::with_capacity(round);
+                for _ in 0..round {
+                    match mapped.next(chunk) {
+                        Some(r) => ranges.push(r),
+                        None => break,
+                    }
+                }
+                let map = &mapped.map;
+                parse(ranges.iter().map(|&(a, b)| &map[a..b]).collect())
+            }
+        };
+        if parsed.is_empty() {
+            return Ok(false);
+        }
+        self.ready.clear();
+        self.ready_at = 0;
+        for p in parsed {
+            self.ready.extend_from_slice(&p.values);
+            self.null_count += p.nulls;
+            self.skipped += p.skipped;
+            if let Some((line, message)) = p.error {
+                self.failed = Some(Error::InvalidInput {
+                    path: self.path.clone(),
+                    at: Location::Line {
+                        line: self.line + line,
+                        column: Some(self.column_label.clone()),
+                    },
+                    message: format!("{message} (--skip-invalid counts and skips such fields)"),
+                });
+                break;
+            }
+            self.line += p.lines;
+        }
+        Ok(true)
+    }
+}
+
+/// The first non-blank row of `bytes` as its fields, with its line number; `None` if there is
+/// none.
+fn first_row(
+    bytes: &[u8],
+    delimiter: Delimiter,
+    path: &std::path::Path,
+) -> Result<Option<(u64, Vec<Vec<u8>>)>> {
+    match delimiter {
+        Delimiter::Byte(d) => {
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(d)
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(bytes);
+            let mut record = csv::ByteRecord::new();
+            loop {
+                if !reader
+                    .read_byte_record(&mut record)
+                    .map_err(|e| csv_error(path, e))?
+                {
+                    return Ok(None);
+                }
+                if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let line = record.position().map_or(0, |p| p.line());
+                return Ok(Some((line, record.iter().map(<[u8]>::to_vec).collect())));
+            }
+        }
+        Delimiter::Whitespace => Ok(lines_of(bytes)
+            .enumerate()
+            .find(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, l)| {
+                (
+                    i as u64 + 1,
+                    l.split(u8::is_ascii_whitespace)
+                        .filter(|f| !f.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect(),
+                )
+            })),
     }
 }
 
@@ -390,67 +864,42 @@ impl BatchSource for TextSource {
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         buf.clear();
         while buf.len() < max {
-            let value = if let Some((line, fields)) = self.pending.take() {
-                (
-                    line,
-                    Self::field(fields.get(self.column).map(Vec::as_slice), &self.nulls),
-                )
-            } else {
-                match &mut self.inner {
-                    Inner::Csv { reader, record } => {
-                        if !reader
-                            .read_byte_record(record)
-                            .map_err(|e| csv_error(&self.path, e))?
-                        {
-                            break;
-                        }
-                        if record.len() == 1 && record[0].iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let line = record.position().map_or(0, |p| p.line());
-                        (line, Self::field(record.get(self.column), &self.nulls))
-                    }
-                    Inner::Whitespace { lines, line } => {
-                        if !lines.next(line).map_err(|error| Error::Io {
-                            path: self.path.clone(),
-                            error,
-                        })? {
-                            break;
-                        }
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let field = line
-                            .split(|b| b.is_ascii_whitespace())
-                            .filter(|f| !f.is_empty())
-                            .nth(self.column);
-                        (lines.number, Self::field(field, &self.nulls))
-                    }
+            if self.ready_at == self.ready.len() {
+                if let Some(e) = self.failed.take() {
+                    return Err(e);
                 }
-            };
-            match value {
-                (_, Field::Value(v)) => buf.push(v),
-                (_, Field::Null) => self.null_count += 1,
-                (_, Field::Invalid(_)) if self.skip_invalid => self.skipped += 1,
-                (line, Field::Invalid(message)) => {
-                    return Err(Error::InvalidInput {
-                        path: self.path.clone(),
-                        at: Location::Line {
-                            line,
-                            column: Some(self.column_label.clone()),
-                        },
-                        message: format!("{message} (--skip-invalid counts and skips such fields)"),
-                    });
+                if !self.parse_round()? {
+                    break;
                 }
+                continue;
             }
+            let n = (max - buf.len()).min(self.ready.len() - self.ready_at);
+            buf.extend_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
+            self.ready_at += n;
         }
         Ok(buf.len())
     }
 
+    fn lend_batch(&mut self, max: usize) -> Result<Option<crate::backend::BatchRef<'_>>> {
+        // Parsed values are lent where they lie: no copy into the engine's buffer.
+        while self.ready_at == self.ready.len() {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            if !self.parse_round()? {
+                return Ok(Some(crate::backend::BatchRef::F64(&[])));
+            }
+        }
+        let n = max.min(self.ready.len() - self.ready_at);
+        let at = self.ready_at;
+        self.ready_at += n;
+        Ok(Some(crate::backend::BatchRef::F64(&self.ready[at..at + n])))
+    }
+
     fn bytes_read(&self) -> u64 {
-        match &self.inner {
-            Inner::Csv { reader, .. } => reader.position().byte(),
-            Inner::Whitespace { lines, .. } => lines.bytes,
+        match &self.input {
+            TextInput::Stream(c) => c.bytes,
+            TextInput::Mapped(m) => m.pos as u64,
         }
     }
 
@@ -630,5 +1079,187 @@ mod tests {
                 .to_string()
                 .contains("empty")
         );
+    }
+
+    /// A CSV whose rows end in `\n`, `\r\n` or a lone `\r`, with blank lines, quoted fields
+    /// holding delimiters, escaped quotes and line ends, and the values in column 1: every
+    /// chunk size, read as a stream and as a mapped file, gives the values in order.
+    #[test]
+    fn chunk_boundaries_anywhere_keep_every_row_right() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let mut text = String::from("name,value,note\n");
+        let mut want = Vec::new();
+        for i in 0..3000 {
+            let v: f64 = rng.random_range(-1e6..1e6);
+            let v = (v * 1e3).round() / 1e3;
+            want.push(v);
+            let name = match i % 5 {
+                0 => "\"multi\nline, \"\"quoted\"\"\r\nname\"".to_string(),
+                1 => format!("\"q{i}\""),
+                _ => format!("n{i}"),
+            };
+            let value = if i % 7 == 0 {
+                format!("\"{v}\"")
+            } else {
+                format!(" {v} ")
+            };
+            let end = ["\n", "\r\n", "\r"][i % 3];
+            text.push_str(&format!("{name},{value},x{end}"));
+            if i % 11 == 0 {
+                text.push('\n');
+            }
+        }
+        let opts = TextOptions {
+            column: Column::Name("value".into()),
+            ..TextOptions::default()
+        };
+        let path = std::env::temp_dir().join(format!("mb-chunks-{}.csv", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        for chunk in [1, 7, 64, 1000, 1 << 20] {
+            let stream = TextSource::new(
+                Box::new(std::io::Cursor::new(text.clone().into_bytes())),
+                "t.csv",
+                None,
+                &opts,
+            )
+            .unwrap()
+            .with_chunk(chunk);
+            let file = std::fs::File::open(&path).unwrap();
+            let mapped = TextSource::open_mapped(&file, &path, text.len() as u64, &opts)
+                .unwrap()
+                .unwrap()
+                .with_chunk(chunk);
+            for (how, mut s) in [("stream", stream), ("mapped", mapped)] {
+                let mut buf = Vec::new();
+                let mut got = Vec::new();
+                while s.next_batch_f64(&mut buf, 97).unwrap() > 0 {
+                    got.extend_from_slice(&buf);
+                }
+                assert_eq!(got, want, "{how}, chunks of {chunk}");
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// An error deep in the input names its line counted from the start, whatever chunk it
+    /// falls in; skipped and null fields are counted across chunks.
+    #[test]
+    fn line_numbers_and_counts_span_chunks() {
+        let mut text = String::from("v\n");
+        for i in 0..5000 {
+            match i {
+                4321 => text.push_str("oops\r\n"),
+                _ if i % 100 == 0 => text.push_str("NA\n"),
+                _ => text.push_str(&format!("{i}\r\n")),
+            }
+        }
+        for chunk in [5, 333, 1 << 20] {
+            let open = |opts: &TextOptions| {
+                TextSource::new(
+                    Box::new(std::io::Cursor::new(text.clone().into_bytes())),
+                    "t.csv",
+                    None,
+                    opts,
+                )
+                .unwrap()
+                .with_chunk(chunk)
+            };
+            let drain = |s: &mut TextSource| -> Result<u64> {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                while s.next_batch_f64(&mut buf, 1000)? > 0 {
+                    n += buf.len() as u64;
+                }
+                Ok(n)
+            };
+            let strict = TextOptions {
+                nulls: vec!["NA".into()],
+                ..TextOptions::default()
+            };
+            let e = drain(&mut open(&strict)).unwrap_err().to_string();
+            // The header is line 1, row i is line i + 2.
+            assert!(
+                e.contains("line 4323") && e.contains("oops"),
+                "chunks of {chunk}: {e}"
+            );
+            let lenient = TextOptions {
+                skip_invalid: true,
+                ..strict
+            };
+            let mut s = open(&lenient);
+            assert_eq!(drain(&mut s).unwrap(), 5000 - 50 - 1, "chunks of {chunk}");
+            assert_eq!((s.nulls(), s.skipped()), (50, 1), "chunks of {chunk}");
+        }
+    }
+
+    /// The fast parser agrees with the standard library's correctly rounded one on every
+    /// string, numbers and not-numbers alike.
+    #[test]
+    fn fast_parsing_is_correctly_rounded() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xf10a7);
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "1e308",
+            "1.7976931348623157e308",
+            "1.8e308",
+            "4.9e-324",
+            "2e-324",
+            "2.2250738585072011e-308",
+            "9007199254740993",
+            "0.1",
+            ".5",
+            "5.",
+            "+3",
+            "inf",
+            "-Infinity",
+            "nan",
+            "1e",
+            "1.2.3",
+            "--1",
+            "0x10",
+            "1_0",
+            "",
+            " ",
+            "e5",
+            "123456789012345678901234567890",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for _ in 0..20000 {
+            let digits: String = (0..rng.random_range(1..25))
+                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                .collect();
+            let dot = rng.random_range(0..=digits.len());
+            let exp = rng.random_range(-330..330);
+            cases.push(format!("{}.{}e{exp}", &digits[..dot], &digits[dot..]));
+            cases.push(digits);
+        }
+        for c in &cases {
+            let want = c.parse::<f64>().ok();
+            let got = match classify(Some(c.as_bytes()), &[]) {
+                Field::Value(v) => Some(v),
+                _ => None,
+            };
+            assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "{c:?}");
+            // The fast path of a whole line gives the same.
+            let mut out = Parsed::default();
+            let spec = RowSpec {
+                delimiter: Delimiter::Byte(b','),
+                column: 0,
+                nulls: Vec::new(),
+                skip_invalid: true,
+            };
+            parse_plain(format!("{c}\n").as_bytes(), &spec, 0, &mut out);
+            let blank = c.trim().is_empty();
+            assert_eq!(
+                out.values.first().map(|v| v.to_bits()),
+                if blank { None } else { want.map(f64::to_bits) },
+                "line {c:?}"
+            );
+        }
     }
 }

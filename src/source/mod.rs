@@ -2,6 +2,8 @@
 //! batch size, whatever the input's length.
 
 mod binary;
+#[cfg(feature = "arrow")]
+mod columnar;
 mod dtype;
 mod mapped;
 pub mod npy;
@@ -10,6 +12,8 @@ mod random;
 mod text;
 
 pub use binary::{BinarySource, file_len, input_len};
+#[cfg(feature = "arrow")]
+pub use columnar::ColumnarSource;
 pub use dtype::{Dtype, Endian};
 pub use mapped::MappedSource;
 pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};

@@ -24,6 +24,11 @@ pub enum Format {
     Tsv,
     /// Whitespace-separated columns (one value per line works too).
     Txt,
+    /// Apache Parquet (a file: it is read from its footer). Needs the `arrow` feature.
+    Parquet,
+    /// Arrow IPC: a file (`.arrow`, `.feather` v2) or a stream (stdin). Needs the `arrow`
+    /// feature.
+    Arrow,
 }
 
 impl std::str::FromStr for Format {
@@ -35,8 +40,10 @@ impl std::str::FromStr for Format {
             "csv" => Ok(Format::Csv),
             "tsv" => Ok(Format::Tsv),
             "txt" | "text" => Ok(Format::Txt),
+            "parquet" | "pq" => Ok(Format::Parquet),
+            "arrow" | "feather" | "ipc" => Ok(Format::Arrow),
             _ => Err(format!(
-                "unknown format {s:?}: expected raw, npy, csv, tsv or txt"
+                "unknown format {s:?}: expected raw, npy, csv, tsv, txt, parquet or arrow"
             )),
         }
     }
@@ -69,6 +76,9 @@ enum Content {
     Gzip,
     Zstd,
     Zip,
+    Parquet,
+    /// An Arrow IPC file (`ARROW1` magic); streams have no magic and need `--format arrow`.
+    ArrowFile,
     Text,
     Binary,
     Empty,
@@ -92,6 +102,12 @@ fn sniff(head: &[u8]) -> Content {
     }
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         return Content::Zip;
+    }
+    if head.starts_with(b"PAR1") {
+        return Content::Parquet;
+    }
+    if head.starts_with(b"ARROW1") {
+        return Content::ArrowFile;
     }
     // Text: UTF-8 (a character cut at the end of the sample is fine) with no control bytes
     // other than whitespace.
@@ -117,6 +133,8 @@ fn format_of_extension(ext: &str) -> Option<(Format, Option<Dtype>)> {
         "tsv" | "tab" => Some((Format::Tsv, None)),
         "txt" | "dat" => Some((Format::Txt, None)),
         "raw" | "bin" => Some((Format::Raw, None)),
+        "parquet" | "pq" => Some((Format::Parquet, None)),
+        "arrow" | "feather" | "ipc" | "arrows" => Some((Format::Arrow, None)),
         _ => ext.parse::<Dtype>().ok().map(|d| (Format::Raw, Some(d))),
     }
 }
@@ -207,6 +225,22 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
                 }
                 return Ok(Box::new(npy_source(file, path, Some(len))?));
             }
+            Some(Format::Parquet) => {
+                check_dtype_format(options, Format::Parquet)?;
+                return columnar_file(path, Format::Parquet, options);
+            }
+            Some(Format::Arrow) => {
+                check_dtype_format(options, Format::Arrow)?;
+                // An IPC file has its magic; anything else is read as a stream.
+                let mut magic = [0u8; 6];
+                let is_file = std::fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                    .is_ok()
+                    && &magic == b"ARROW1";
+                if is_file {
+                    return columnar_file(path, Format::Arrow, options);
+                }
+            }
             Some(f) => {
                 check_dtype_format(options, f)?;
                 let (file, len) = open_file(path)?;
@@ -223,7 +257,19 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
                     &text_options(f, &options.text),
                 )?));
             }
-            None => {}
+            None => {
+                // No format from the name: Parquet and Arrow IPC files are known by their
+                // magic, and read as the files they are (Parquet needs its footer).
+                let mut magic = [0u8; 6];
+                let n = std::fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+                    .unwrap_or(0);
+                match sniff(&magic[..n]) {
+                    Content::Parquet => return columnar_file(path, Format::Parquet, options),
+                    Content::ArrowFile => return columnar_file(path, Format::Arrow, options),
+                    _ => {}
+                }
+            }
         }
     }
     let file = std::fs::File::open(path).map_err(|error| Error::Io {
@@ -330,6 +376,8 @@ fn open_stream(
         Some(f) => f,
         None => match content {
             Content::Npy => Format::Npy,
+            Content::Parquet => Format::Parquet,
+            Content::ArrowFile => Format::Arrow,
             Content::Empty => Format::Raw,
             Content::Zip => {
                 return Err(Error::InvalidInput {
@@ -368,6 +416,12 @@ fn open_stream(
             }))
         }
         Format::Npy => Ok(Box::new(npy_source(reader, name, len)?)),
+        Format::Parquet => Err(Error::InvalidInput {
+            path: name.to_path_buf(),
+            at: Location::Offset(0),
+            message: "Parquet is read from its footer, so it must be a file: save the stream to a file first (or send Arrow IPC, which streams)".into(),
+        }),
+        Format::Arrow => arrow_stream(reader, name, options),
         f => Ok(Box::new(TextSource::new(
             reader,
             name,
@@ -387,6 +441,61 @@ fn text_options(format: Format, given: &TextOptions) -> TextOptions {
         });
     }
     o
+}
+
+/// A Parquet or Arrow IPC file, by the column `--column` names.
+#[cfg(feature = "arrow")]
+fn columnar_file(
+    path: &Path,
+    format: Format,
+    options: &InputOptions,
+) -> Result<Box<dyn BatchSource>> {
+    use super::columnar::ColumnarSource;
+    Ok(Box::new(match format {
+        Format::Parquet => ColumnarSource::open_parquet(path, &options.text.column)?,
+        _ => ColumnarSource::open_ipc_file(path, &options.text.column)?,
+    }))
+}
+
+#[cfg(not(feature = "arrow"))]
+fn columnar_file(
+    path: &Path,
+    _format: Format,
+    _options: &InputOptions,
+) -> Result<Box<dyn BatchSource>> {
+    Err(without_arrow(path))
+}
+
+/// An Arrow IPC stream (stdin, a pipe).
+#[cfg(feature = "arrow")]
+fn arrow_stream(
+    reader: Box<dyn Read>,
+    name: &Path,
+    options: &InputOptions,
+) -> Result<Box<dyn BatchSource>> {
+    Ok(Box::new(super::columnar::ColumnarSource::open_ipc_stream(
+        reader,
+        name,
+        &options.text.column,
+    )?))
+}
+
+#[cfg(not(feature = "arrow"))]
+fn arrow_stream(
+    _reader: Box<dyn Read>,
+    name: &Path,
+    _options: &InputOptions,
+) -> Result<Box<dyn BatchSource>> {
+    Err(without_arrow(name))
+}
+
+#[cfg(not(feature = "arrow"))]
+fn without_arrow(path: &Path) -> Error {
+    Error::InvalidInput {
+        path: path.to_path_buf(),
+        at: Location::Offset(0),
+        message: "Parquet and Arrow inputs need microbatch built with the `arrow` feature (on by default)".into(),
+    }
 }
 
 /// A `.npy` regular file: its header read and checked, its data mapped (read through a buffer

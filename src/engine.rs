@@ -18,6 +18,10 @@ use crate::{Error, Result};
 /// actually pushed (a small input never allocates a whole batch).
 pub const DEFAULT_BATCH_SIZE: usize = 1 << 24;
 
+/// Default elements per micro-batch for inputs read through a buffer (4 Mi; see
+/// [`Engine::set_buffered_batch_size`]).
+pub const BUFFERED_BATCH_SIZE: usize = 1 << 22;
+
 /// Which backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
@@ -65,6 +69,9 @@ impl Default for EngineConfig {
 pub struct Engine {
     reducer: Box<dyn BatchReducer + Send>,
     batch_size: usize,
+    /// Elements per batch for inputs read through a buffer (see
+    /// [`Engine::set_buffered_batch_size`]).
+    buffered_batch_size: usize,
     ddof: u32,
     skip_nan: bool,
     buf: BatchBuf,
@@ -126,6 +133,7 @@ impl Engine {
         Self {
             reducer,
             batch_size: config.batch_size.max(1),
+            buffered_batch_size: config.batch_size.max(1),
             ddof: config.ddof,
             skip_nan: config.skip_nan,
             buf: BatchBuf::default(),
@@ -157,6 +165,17 @@ impl Engine {
         Ok((out, times))
     }
 
+    /// Sets the batch size for inputs read through a buffer (stdin, pipes, compressed or
+    /// unmapped files) apart from the batch size of inputs lent in place (memory-mapped files,
+    /// parsed text, decoded columns), which stays the configured one. A buffer filled and then
+    /// reduced is faster when it fits the caches: on the 2-core test machine a 400 MB raw file
+    /// read through a buffer took 0.11 s at 4 Mi elements and 0.14–0.18 s at 16 Mi, while the
+    /// mapped file took 0.04 s at 16 Mi and 0.06 s at 1 Mi ([`BUFFERED_BATCH_SIZE`] is what
+    /// the CLI uses when no batch size is given).
+    pub fn set_buffered_batch_size(&mut self, n: usize) {
+        self.buffered_batch_size = n.max(1);
+    }
+
     /// What the engine runs on.
     pub fn backend(&self) -> &BackendInfo {
         self.reducer.info()
@@ -177,6 +196,8 @@ impl Engine {
         let start = Instant::now();
         let mut read = Duration::ZERO;
         let mut batches = 0u64;
+        // The batch size the report gives: the buffered one once a batch was read that way.
+        let mut size = self.batch_size;
         let mut buf = std::mem::take(&mut self.buf);
         let result = (|| {
             loop {
@@ -202,7 +223,8 @@ impl Engine {
                     observe(&*source);
                     continue;
                 }
-                let (n, element) = read_batch(&mut *source, &mut buf, self.batch_size)?;
+                let (n, element) = read_batch(&mut *source, &mut buf, self.buffered_batch_size)?;
+                size = self.buffered_batch_size;
                 read += t.elapsed();
                 if n == 0 {
                     return Ok(());
@@ -229,7 +251,7 @@ impl Engine {
             let _ = self.reducer.finish();
             return Err(e);
         }
-        self.finish(start, read, batches)
+        self.finish(start, read, batches, size)
     }
 
     /// Reduces f64 values in micro-batches, in f64, without copying them.
@@ -244,7 +266,7 @@ impl Engine {
             }
             count += 1;
         }
-        self.finish(start, Duration::ZERO, count)
+        self.finish(start, Duration::ZERO, count, self.batch_size)
     }
 
     /// Reduces i64 values in micro-batches exactly (count, sum, min and max; `Stats::exact`),
@@ -260,7 +282,7 @@ impl Engine {
             }
             count += 1;
         }
-        self.finish(start, Duration::ZERO, count)
+        self.finish(start, Duration::ZERO, count, self.batch_size)
     }
 
     /// The GPU backend reduces f64 and integer batches with the CPU kernels: say so once.
@@ -298,10 +320,16 @@ impl Engine {
             }
             count += 1;
         }
-        self.finish(start, Duration::ZERO, count)
+        self.finish(start, Duration::ZERO, count, self.batch_size)
     }
 
-    fn finish(&mut self, start: Instant, read: Duration, batches: u64) -> Result<Report> {
+    fn finish(
+        &mut self,
+        start: Instant,
+        read: Duration,
+        batches: u64,
+        size: usize,
+    ) -> Result<Report> {
         let (partial, times) = self.reducer.finish()?;
         let t = Instant::now();
         let stats = partial.finish(self.ddof, self.skip_nan);
@@ -311,7 +339,7 @@ impl Engine {
             stats,
             batches: BatchCounts {
                 count: batches,
-                size: self.batch_size,
+                size,
                 workgroups: info.workgroups,
             },
             backend: info,

@@ -54,7 +54,7 @@ pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer};
-pub use engine::{BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};
+pub use engine::{BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};
 pub use error::{Error, Location, Result};
 pub use report::Report;
 pub use shard::PartialFile;

@@ -133,9 +133,11 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     partial: Option<PathBuf>,
 
-    /// Elements per micro-batch (≥ 1; accepts 1e6).
-    #[arg(short, long, value_name = "B", value_parser = parse_batch, default_value_t = DEFAULT_BATCH_SIZE)]
-    batch_size: usize,
+    /// Elements per micro-batch (≥ 1; accepts 1e6). Default: 16 Mi for inputs reduced in place
+    /// (memory-mapped raw and .npy files, text, Parquet, Arrow), 4 Mi for inputs read through a
+    /// buffer (stdin, pipes, compressed files, --no-mmap): the fastest of each, measured.
+    #[arg(short, long, value_name = "B", value_parser = parse_batch)]
+    batch_size: Option<usize>,
 
     /// Workgroups per dispatch, the P parallel processors (GPU only; default chosen per adapter).
     #[arg(short = 'p', long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
@@ -254,7 +256,7 @@ fn run(args: RunArgs) -> Result<()> {
             BackendArg::Cpu => BackendChoice::Cpu,
         },
         adapter: args.adapter.clone(),
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         workgroups: args.workgroups,
         ddof: args.stats.ddof,
         skip_nan: args.stats.skip_nan,
@@ -300,6 +302,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     let mut engine = Engine::new(&config)?;
+    if args.batch_size.is_none() {
+        engine.set_buffered_batch_size(microbatch::BUFFERED_BATCH_SIZE);
+    }
     let mut noticed = engine.notice().map(str::to_string);
     if let Some(notice) = &noticed {
         eprintln!("microbatch: {notice}");

@@ -70,3 +70,59 @@ fn bench_exports_every_point_and_the_fit() {
         assert!(picture.contains(label), "plot lacks {label:?}");
     }
 }
+
+/// `bench --files`: whole `run` processes per file and backend, each row's count the file's.
+#[test]
+fn bench_files_times_whole_runs_per_format() {
+    let dir = std::env::temp_dir().join(format!("microbatch-bench-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("v.f32");
+    std::fs::write(
+        &raw,
+        (0..1000)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let csv = dir.join("v.csv");
+    std::fs::write(&csv, "x\n1\n2\n3\n").unwrap();
+    let json = dir.join("files.json");
+    let files = format!("{},{}", raw.display(), csv.display());
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args([
+            "bench",
+            "--files",
+            &files,
+            "--backends",
+            "cpu",
+            "--runs",
+            "2",
+        ])
+        .args(["--warmup", "0", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("median ms") && table.contains("v.csv"),
+        "{table}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows[0]["count"], 1000);
+    assert_eq!(rows[1]["count"], 3);
+    assert_eq!(rows[0]["times"].as_array().unwrap().len(), 2);
+    assert!(rows[1]["input"].as_str().unwrap().contains("text"));
+    // A file that fails is an error, not a row.
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "x\nnope\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["bench", "--backends", "cpu", "--runs", "1", "--files"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

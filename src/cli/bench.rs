@@ -74,6 +74,12 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+
+    /// End to end instead of the sweep: time whole `microbatch run FILE` processes (start-up,
+    /// reading, parsing, reducing, the report), one row per file and backend, as a user runs
+    /// them. Files of any format the CLI reads, comma-separated.
+    #[arg(long, value_name = "FILE", value_delimiter = ',')]
+    files: Vec<PathBuf>,
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind> {
@@ -93,6 +99,9 @@ fn parse_mode(s: &str) -> Result<Mode> {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if !args.files.is_empty() {
+        return bench_files(&args);
+    }
     let config = BenchConfig {
         sizes: args.sizes.clone(),
         batch_sizes: args.batch_sizes.iter().map(|&b| b as usize).collect(),
@@ -511,5 +520,131 @@ fn plot(path: &Path, r: &BenchReport) -> Result<()> {
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
     root.present()?;
+    Ok(())
+}
+
+/// One end-to-end measurement: a file through a whole `microbatch run` process.
+#[derive(serde::Serialize)]
+struct FileRun {
+    file: String,
+    input: String,
+    bytes: u64,
+    backend: String,
+    count: u64,
+    /// Seconds of each measured run.
+    times: Vec<f64>,
+    median_s: f64,
+    gb_per_s: f64,
+}
+
+/// `bench --files`: each file through `microbatch run` as a separate process, warm-up runs
+/// first (the page cache then holds the file), medians of the measured runs.
+fn bench_files(args: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program to run it")?;
+    let mut rows = Vec::new();
+    for file in &args.files {
+        let bytes = std::fs::metadata(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        for backend in &args.backends {
+            parse_backend(backend)?;
+            let once = || -> Result<(f64, serde_json::Value)> {
+                let t = std::time::Instant::now();
+                let out = std::process::Command::new(&exe)
+                    .arg("run")
+                    .arg(file)
+                    .args(["--json", "--quiet", "--backend", backend])
+                    .output()?;
+                let secs = t.elapsed().as_secs_f64();
+                anyhow::ensure!(
+                    out.status.success(),
+                    "microbatch run {} failed: {}",
+                    file.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Ok((secs, serde_json::from_slice(&out.stdout)?))
+            };
+            for _ in 0..args.warmup {
+                once()?;
+            }
+            let mut times = Vec::new();
+            let mut last = serde_json::Value::Null;
+            for _ in 0..args.runs {
+                let (t, v) = once()?;
+                times.push(t);
+                last = v;
+            }
+            let mut sorted = times.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[sorted.len() / 2];
+            rows.push(FileRun {
+                file: file.display().to_string(),
+                input: last["input"]["sources"][0]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                bytes,
+                backend: backend.clone(),
+                count: last["stats"]["count"].as_u64().unwrap_or(0),
+                times,
+                median_s: median,
+                gb_per_s: bytes as f64 / median / 1e9,
+            });
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<40} {:>9} {:>7} {:>12} {:>21} {:>8}",
+        "file", "MB", "backend", "median ms", "min–max ms", "GB/s"
+    )?;
+    for r in &rows {
+        let (lo, hi) = r
+            .times
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(a, b), &t| (a.min(t), b.max(t)));
+        writeln!(
+            out,
+            "{:<40} {:>9.1} {:>7} {:>12.1} {:>21} {:>8.2}",
+            r.file,
+            r.bytes as f64 / 1e6,
+            r.backend,
+            r.median_s * 1e3,
+            format!("{:.1}–{:.1}", lo * 1e3, hi * 1e3),
+            r.gb_per_s
+        )?;
+    }
+    writeln!(
+        out,
+        "(whole `microbatch run` processes, {} measured after {} warm-up; inputs: {})",
+        args.runs,
+        args.warmup,
+        rows.iter()
+            .map(|r| format!("{} = {}", r.file, r.input))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        let mut w =
+            csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+        w.write_record(["file", "bytes", "backend", "count", "median_s", "gb_per_s"])?;
+        for r in &rows {
+            w.write_record([
+                r.file.clone(),
+                r.bytes.to_string(),
+                r.backend.clone(),
+                r.count.to_string(),
+                r.median_s.to_string(),
+                r.gb_per_s.to_string(),
+            ])?;
+        }
+        w.flush()?;
+    }
     Ok(())
 }

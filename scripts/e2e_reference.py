@@ -108,7 +108,10 @@ def main():
         cells = {"cat": median_ms(cat(path), args.runs)}
         for tool, make in tools[name].items():
             cells[tool] = median_ms(make(path), args.runs)
-        ours = median_ms(microbatch(path), args.runs)
+        try:
+            ours = median_ms(microbatch(path), args.runs)
+        except subprocess.CalledProcessError:
+            ours = None  # this build cannot read the format
         others = [v[0] for k, v in cells.items() if k != "cat"]
         best = min(others) if others else None
 
@@ -118,6 +121,10 @@ def main():
                     return f"{v[0]:.1f} ({v[1]:.0f}–{v[2]:.0f})"
             return "—"
 
+        if ours is None:
+            print(f"| {name} | {mb:.1f} | {cell('cat')} | {cell('numpy')} | {cell('Polars')} | "
+                  f"{cell('DuckDB')} | not read | — | — |")
+            continue
         ratio = f"{best / ours[0]:.2f}×" if best else "—"
         print(f"| {name} | {mb:.1f} | {cell('cat')} | {cell('numpy')} | {cell('Polars')} | "
               f"{cell('DuckDB')} | {ours[0]:.1f} ({ours[1]:.0f}–{ours[2]:.0f}) | "

@@ -135,49 +135,85 @@ fn gpu_streams_2_gib_in_bounded_memory() {
     check("gpu", 8);
 }
 
-/// Runs `microbatch run FILE` (memory-mapped) and returns (peak RSS, stdout). The peak comes
-/// from the kernel's account of the child (`wait4`'s `ru_maxrss`), which a run too short to
-/// watch still has.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn peak_rss_file(backend: &str, path: &std::path::Path) -> (u64, String) {
+/// Runs `microbatch run FILE - EXTRA…` and returns the peak resident set (VmHWM) it had when it
+/// finished FILE: it is then waiting on stdin (its main thread blocked in `read(0, …)`), alive,
+/// so /proc still has the figure. `tail` is then sent as the stdin input and the run finishes.
+fn peak_after_file(backend: &str, path: &std::path::Path, extra: &[&str], tail: &[u8]) -> u64 {
     let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
-        .args(["run", path.to_str().unwrap(), "--backend", backend])
-        .args(["--batch-size", &BATCH.to_string(), "--json"])
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "-",
+            "--backend",
+            backend,
+            "--json",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: plain FFI on a child of this process, with valid out-pointers.
-    let (pid, usage) = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        (
-            libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage),
-            usage,
-        )
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    let peak = loop {
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if syscall.starts_with("0 0x0 ") {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            break status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("VmHWM")
+                * 1024;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("exited before reading stdin: {s:?} {err}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "never reached stdin"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     };
-    assert_eq!(pid, child.id() as libc::pid_t);
-    // Reaped by wait4 above; `Child` only learns so here (try_wait fails harmlessly).
-    let _ = child.try_wait();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(tail).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "status {status}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    (usage.ru_maxrss as u64 * 1024, out)
+    peak
 }
 
-/// A mapped file is reduced in place, and its pages leave the resident set batch by batch: a
+/// A tiny `.npy` (one f64), for the stdin input after a file.
+fn tiny_npy() -> Vec<u8> {
+    let mut v = microbatch::source::npy::write_header("<f8", false, &[1]);
+    v.extend(1.5f64.to_le_bytes());
+    v
+}
+
+fn backends() -> Vec<(&'static str, u64)> {
+    // Batches a backend holds beyond the baseline's: as for stdin above.
+    let mut b = vec![("cpu", 2)];
+    if common::gpu().is_some() {
+        b.push(("gpu", 8));
+    }
+    b
+}
+
+/// Mapped files are reduced in place, and their pages leave the resident set batch by batch: a
 /// 1 GiB file costs no more memory than a one-batch file plus what the backend holds anyway.
-/// (`ru_maxrss` also counts what the test process held when it spawned the child: the same in
-/// both runs.)
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn mapped_files_are_reduced_in_bounded_memory() {
     let dir = std::env::temp_dir().join(format!("mb-mem-{}", std::process::id()));
@@ -192,16 +228,10 @@ fn mapped_files_are_reduced_in_bounded_memory() {
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
-    let mut backends = vec!["cpu"];
-    if common::gpu().is_some() {
-        backends.push("gpu");
-    }
-    // Batches a backend holds beyond the baseline's: as for stdin above.
-    for (backend, held) in backends.into_iter().zip([2, 8]) {
-        let (base, _) = peak_rss_file(backend, &small);
-        let (peak, out) = peak_rss_file(backend, &big);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["stats"]["count"].as_u64(), Some((1u64 << 30) / 4));
+    let b = BATCH.to_string();
+    for (backend, held) in backends() {
+        let base = peak_after_file(backend, &small, &["--batch-size", &b], &tiny_npy());
+        let peak = peak_after_file(backend, &big, &["--batch-size", &b], &tiny_npy());
         let bound = base + held * BATCH_BYTES;
         eprintln!(
             "{backend}: mapped 4 MiB file peak {} MiB, 1 GiB file {} MiB (bound {} MiB)",
@@ -209,7 +239,101 @@ fn mapped_files_are_reduced_in_bounded_memory() {
             peak >> 20,
             bound >> 20
         );
-        assert!(base > 0 && peak <= bound, "{backend}: {peak} > {bound}");
+        assert!(peak <= bound, "{backend}: {peak} > {bound}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Text is parsed a round of chunks at a time and its pages released: a 200 MB CSV costs what a
+/// 5 MB one does, give or take a round.
+#[test]
+fn text_files_are_parsed_in_bounded_memory() {
+    let dir = std::env::temp_dir().join(format!("mb-mem-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, rows: usize| {
+        let p = dir.join(name);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+        writeln!(w, "id,value").unwrap();
+        for i in 0..rows {
+            writeln!(w, "{i},{}.{:03}", i % 9973, i % 1000).unwrap();
+        }
+        w.flush().unwrap();
+        p
+    };
+    let small = write("small.csv", 300_000);
+    let big = write("big.csv", 12_000_000);
+    let args = ["--format", "csv", "--column", "value"];
+    let tail = b"id,value\n1,2\n";
+    for (backend, _) in backends() {
+        let base = peak_after_file(backend, &small, &args, tail);
+        let peak = peak_after_file(backend, &big, &args, tail);
+        // A round of chunks (2 per thread, 1 MiB each) and its values, beyond the baseline's.
+        let bound = base + (16 << 20);
+        eprintln!(
+            "{backend}: 5 MB CSV peak {} MiB, {} MB CSV {} MiB (bound {} MiB)",
+            base >> 20,
+            std::fs::metadata(&big).unwrap().len() / 1_000_000,
+            peak >> 20,
+            bound >> 20
+        );
+        assert!(peak <= bound, "{backend}: {peak} > {bound}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Parquet row groups are decoded a round ahead and their pages released: a file of 16 row
+/// groups costs what a file of 2 does, give or take the groups in flight.
+#[cfg(feature = "arrow")]
+#[test]
+fn parquet_files_are_decoded_in_bounded_memory() {
+    use std::sync::Arc;
+    let dir = std::env::temp_dir().join(format!("mb-mem-pq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    const GROUP: usize = 1 << 20;
+    let write = |name: &str, groups: usize| {
+        let p = dir.join(name);
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "x",
+            arrow_schema::DataType::Float64,
+            false,
+        )]));
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(GROUP))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&p).unwrap(),
+            Arc::clone(&schema),
+            Some(props),
+        )
+        .unwrap();
+        for g in 0..groups {
+            let values: Vec<f64> = (0..GROUP).map(|i| (g * GROUP + i) as f64 * 0.5).collect();
+            let batch = arrow_array::RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(arrow_array::Float64Array::from(values))],
+            )
+            .unwrap();
+            w.write(&batch).unwrap();
+        }
+        w.close().unwrap();
+        p
+    };
+    let small = write("small.parquet", 2);
+    let big = write("big.parquet", 16);
+    for (backend, _) in backends() {
+        let base = peak_after_file(backend, &small, &[], &tiny_npy());
+        let peak = peak_after_file(backend, &big, &[], &tiny_npy());
+        // A round of decoded groups waiting, a round being decoded (a group per thread, 8 MiB
+        // each) and the group being reduced: not the file's 16.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let bound = base + (2 * threads + 1) * (GROUP as u64 * 8);
+        eprintln!(
+            "{backend}: Parquet of 2 row groups peak {} MiB, of 16 {} MiB (bound {} MiB)",
+            base >> 20,
+            peak >> 20,
+            bound >> 20
+        );
+        assert!(peak <= bound, "{backend}: {peak} > {bound}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -155,9 +155,10 @@ impl ColumnarSource {
             builder.schema().fields()[index].name(),
             if groups == 1 { "" } else { "s" }
         );
-        // Two rounds of row groups at most wait decoded: memory stays bounded.
+        // One round of decoded row groups waits while the next is decoded: memory stays bounded
+        // by about two rounds and the batch being reduced.
         let threads = rayon::current_num_threads().max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel(2 * threads);
+        let (tx, rx) = std::sync::mpsc::sync_channel(threads);
         std::thread::Builder::new()
             .name("microbatch-parquet".into())
             .spawn(move || decode_groups(bytes, map, meta, index, 0..groups, threads, tx))

@@ -1,6 +1,7 @@
 //! Command-line parsing (clap) → validated configuration → library calls → output.
 
 mod bench;
+mod remote;
 mod serve;
 mod store;
 
@@ -132,6 +133,18 @@ struct RunArgs {
     /// Also write the mergeable partial result to FILE (see `microbatch merge`).
     #[arg(long, value_name = "FILE")]
     partial: Option<PathBuf>,
+
+    /// Reduce on processing services (`microbatch serve`) instead of here: the inputs are read
+    /// and cut into batches here, each batch is sent to one of the servers (comma-separated
+    /// base URLs, e.g. http://10.0.0.5:8787), and their answers merged here in batch order. A
+    /// batch whose request fails is sent again, to another server where there is one.
+    /// Batches of 1 Mi elements unless --batch-size says otherwise.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    remote: Vec<String>,
+
+    /// With --remote: a file holding the servers' bearer token.
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    token_file: Option<PathBuf>,
 
     /// Elements per micro-batch (≥ 1; accepts 1e6). Default: 16 Mi for inputs reduced in place
     /// (memory-mapped raw and .npy files, text, Parquet, Arrow), 4 Mi for inputs read through a
@@ -301,6 +314,9 @@ fn run(args: RunArgs) -> Result<()> {
         total_bytes = Some(n * 4);
     }
 
+    if !args.remote.is_empty() {
+        return run_remote(&args, &options, total_bytes);
+    }
     let mut engine = Engine::new(&config)?;
     if args.batch_size.is_none() {
         engine.set_buffered_batch_size(microbatch::BUFFERED_BATCH_SIZE);
@@ -404,6 +420,157 @@ fn run(args: RunArgs) -> Result<()> {
                 writeln!(out, "\nfile         {}", d.name)?;
                 writeln!(out, "{}", Report::stats_table(&r.stats))?;
             }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `run --remote`: every input's batches through the processing services, the same report as
+/// a local run plus what each server did.
+fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) -> Result<()> {
+    let start = std::time::Instant::now();
+    let token = args
+        .token_file
+        .as_deref()
+        .map(remote::read_token)
+        .transpose()?;
+    for url in &args.remote {
+        anyhow::ensure!(
+            url.starts_with("http://"),
+            "--remote {url}: give a base URL like http://HOST:PORT (https is not supported)"
+        );
+    }
+    let batch = args.batch_size.unwrap_or(1 << 20);
+    let mut remote = remote::Remote::start(&args.remote, token, args.stats.ddof, batch);
+    let progress = Progress::new(total_bytes, args.quiet);
+    let mut described = Vec::new();
+    let mut batches = 0;
+    let mut done_bytes = 0u64;
+    let mut sources: Vec<Box<dyn BatchSource>> = Vec::new();
+    if let Some(n) = args.random {
+        sources.push(Box::new(RandomSource::new(n, args.seed)));
+    }
+    let mut inputs = args.inputs.iter();
+    loop {
+        let mut source = match sources.pop() {
+            Some(s) => s,
+            None => match inputs.next() {
+                None => break,
+                Some(p) if p.as_os_str() == "-" => microbatch::source::open_reader(
+                    Box::new(std::io::stdin().lock()),
+                    "<stdin>",
+                    options,
+                )?,
+                Some(p) => microbatch::source::open(p, options)?,
+            },
+        };
+        batches += remote
+            .send_all(source.as_mut())
+            .with_context(|| format!("sending {}", source.describe()))?;
+        done_bytes += source.bytes_read();
+        progress.update(done_bytes);
+        described.push(Described {
+            name: source.describe(),
+            shape: source.shape().map(<[u64]>::to_vec),
+            skipped: source.skipped(),
+            nulls: source.nulls(),
+            dtype: source.dtype_name(),
+            precision: source.element().name(),
+        });
+    }
+    let (partial, servers, backend) = remote.finish()?;
+    progress.finish();
+    let kind = match backend.as_ref().and_then(|b| b["kind"].as_str()) {
+        Some("gpu") => microbatch::BackendKind::Gpu,
+        _ => microbatch::BackendKind::Cpu,
+    };
+    let report = Report {
+        stats: partial.finish(args.stats.ddof, args.stats.skip_nan),
+        backend: microbatch::BackendInfo {
+            kind,
+            adapter: format!(
+                "remote: {} ({})",
+                args.remote.join(", "),
+                backend
+                    .as_ref()
+                    .and_then(|b| b["adapter"].as_str())
+                    .unwrap_or("no batch sent")
+            ),
+            api: "http".to_string(),
+            device_type: "remote".to_string(),
+            workgroups: 0,
+        },
+        batches: microbatch::report::BatchCounts {
+            count: batches,
+            size: batch,
+            workgroups: 0,
+        },
+        // The servers' own stage times are theirs: here only the whole run's.
+        timings: microbatch::report::Timings {
+            read: std::time::Duration::ZERO,
+            upload: std::time::Duration::ZERO,
+            compute: std::time::Duration::ZERO,
+            readback: std::time::Duration::ZERO,
+            merge: std::time::Duration::ZERO,
+            total: start.elapsed(),
+            compute_clock: microbatch::backend::ComputeClock::Wall,
+        },
+        partial,
+    };
+    let skipped: u64 = described.iter().map(|d| d.skipped).sum();
+    if let Some(path) = &args.partial {
+        let file = PartialFile {
+            partial,
+            ddof: args.stats.ddof,
+            skip_nan: args.stats.skip_nan,
+            inputs: args
+                .inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            skipped_invalid: skipped,
+        };
+        write_json_file(path, &file.to_json())?;
+    }
+    let per_server: Vec<serde_json::Value> = servers
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "url": s.url,
+                "batches": s.batches,
+                "bytes": s.bytes,
+                "retries": s.retries,
+                "busy_s": s.busy.as_secs_f64(),
+                "last_error": s.last_error,
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.stats.json {
+        let mut v = report.to_json();
+        v["input"] = serde_json::json!({
+            "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
+            "skipped_invalid": skipped,
+        });
+        v["remote"] = serde_json::json!({ "servers": per_server });
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        for d in &described {
+            writeln!(out, "input        {}", d.name)?;
+        }
+        writeln!(out, "{report}")?;
+        for s in &servers {
+            writeln!(
+                out,
+                "server       {}: {} batches, {:.1} MB, {} retries, busy {:.3} s",
+                s.url,
+                s.batches,
+                s.bytes as f64 / 1e6,
+                s.retries,
+                s.busy.as_secs_f64()
+            )?;
         }
     }
     out.flush()?;

@@ -1766,6 +1766,16 @@ fn report_json(
         partial,
     };
     let mut v = report.to_json();
+    // The batch's mergeable state, as in a partial file: a batching client (`run --remote`)
+    // merges these exactly, nothing rebuilt from rounded statistics.
+    v["partial"] = PartialFile {
+        partial,
+        ddof,
+        skip_nan: false,
+        inputs: vec!["<request body>".to_string()],
+        skipped_invalid: info.skipped,
+    }
+    .to_json();
     v["input"] = json!({
         "sources": [{
             "name": "<request body>",

@@ -1,6 +1,7 @@
 //! Command-line parsing (clap) → validated configuration → library calls → output.
 
 mod bench;
+mod choose;
 mod remote;
 mod serve;
 mod store;
@@ -37,6 +38,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the engine over HTTP: producers send micro-batches, one process owns the device.
     Serve(serve::ServeArgs),
+    /// Measure this machine's backends (S and D of T = N/P × S + D) and write the profile
+    /// `--backend auto` chooses by (under the user's cache directory).
+    Calibrate {
+        /// Calibrate this GPU adapter (name substring; software ones allowed) instead of the
+        /// hardware GPU `auto` would take.
+        #[arg(long, value_name = "TEXT")]
+        adapter: Option<String>,
+        /// Write the profile here instead (`MICROBATCH_PROFILE` names where `auto` reads it).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// List the GPU adapters wgpu can see, with the limits that matter here.
     Devices {
         /// Print one JSON array instead of a table.
@@ -47,7 +59,8 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// A hardware GPU if there is one, else the CPU backend.
+    /// The backend the cost model predicts fastest for this input (see `calibrate`): the CPU
+    /// unless a GPU's start-up pays off; a GPU is only probed when it is predicted to win.
     Auto,
     /// A GPU adapter, software ones (lavapipe) included.
     Gpu,
@@ -257,12 +270,13 @@ pub fn main() -> Result<()> {
         Command::Merge(args) => merge(args),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Calibrate { adapter, output } => choose::calibrate(adapter, output),
         Command::Devices { json } => devices(json),
     }
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         backend: match args.backend {
             BackendArg::Auto => BackendChoice::Auto,
             BackendArg::Gpu => BackendChoice::Gpu,
@@ -317,7 +331,37 @@ fn run(args: RunArgs) -> Result<()> {
     if !args.remote.is_empty() {
         return run_remote(&args, &options, total_bytes);
     }
-    let mut engine = Engine::new(&config)?;
+    // `auto` without an adapter: the cost model decides, before any GPU is probed. The input's
+    // size in f32-sized elements stands for N (an upper bound for text, exact for f32).
+    let choice = if args.backend == BackendArg::Auto && args.adapter.is_none() {
+        let n = args.random.or(total_bytes.map(|b| b / 4));
+        let c = choose::choose(n)?;
+        match &c.gpu {
+            None => config.backend = BackendChoice::Cpu,
+            Some(name) if name.is_empty() => config.backend = BackendChoice::Auto,
+            Some(name) => {
+                config.backend = BackendChoice::Gpu;
+                config.adapter = Some(name.clone());
+            }
+        }
+        Some(c)
+    } else {
+        None
+    };
+    let mut engine = match Engine::new(&config) {
+        // The profile's adapter is gone (another machine's profile, a driver removed): the
+        // CPU, saying so.
+        Err(microbatch::Error::AdapterNotFound { .. }) if choice.is_some() => {
+            eprintln!(
+                "microbatch: the calibrated GPU {:?} is not here; reducing on the CPU (run `microbatch calibrate` again)",
+                config.adapter.as_deref().unwrap_or("")
+            );
+            config.backend = BackendChoice::Cpu;
+            config.adapter = None;
+            Engine::new(&config)?
+        }
+        other => other?,
+    };
     if args.batch_size.is_none() {
         engine.set_buffered_batch_size(microbatch::BUFFERED_BATCH_SIZE);
     }
@@ -393,6 +437,9 @@ fn run(args: RunArgs) -> Result<()> {
             "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
             "skipped_invalid": skipped,
         });
+        if let Some(c) = &choice {
+            v["choice"] = c.json.clone();
+        }
         if args.per_file {
             v["files"] = reports
                 .iter()
@@ -415,6 +462,9 @@ fn run(args: RunArgs) -> Result<()> {
             writeln!(out, "skipped      {skipped} invalid field(s)")?;
         }
         writeln!(out, "{report}")?;
+        if let Some(c) = &choice {
+            writeln!(out, "chosen       {}", c.line)?;
+        }
         if args.per_file {
             for (r, d) in reports.iter().zip(&described) {
                 writeln!(out, "\nfile         {}", d.name)?;

@@ -386,14 +386,7 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
         done_bytes += source.bytes_read();
-        described.push(Described {
-            name: source.describe(),
-            shape: source.shape().map(<[u64]>::to_vec),
-            skipped: source.skipped(),
-            nulls: source.nulls(),
-            dtype: source.dtype_name(),
-            precision: source.element().name(),
-        });
+        described.push(Described::of(source.as_ref()));
         reports.push(report);
         Ok(())
     };
@@ -520,14 +513,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             .with_context(|| format!("sending {}", source.describe()))?;
         done_bytes += source.bytes_read();
         progress.update(done_bytes);
-        described.push(Described {
-            name: source.describe(),
-            shape: source.shape().map(<[u64]>::to_vec),
-            skipped: source.skipped(),
-            nulls: source.nulls(),
-            dtype: source.dtype_name(),
-            precision: source.element().name(),
-        });
+        described.push(Described::of(source.as_ref()));
     }
     let (partial, servers, backend) = remote.finish()?;
     progress.finish();
@@ -640,6 +626,18 @@ struct Described {
 }
 
 impl Described {
+    /// What `source` says of itself once read.
+    fn of(source: &dyn BatchSource) -> Self {
+        Self {
+            name: source.describe(),
+            shape: source.shape().map(<[u64]>::to_vec),
+            skipped: source.skipped(),
+            nulls: source.nulls(),
+            dtype: source.dtype_name(),
+            precision: source.element().name(),
+        }
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name,

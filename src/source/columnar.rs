@@ -517,7 +517,7 @@ impl BatchSource for ColumnarSource {
         match self.serve(max)? {
             BatchRef::F32(v) => buf.extend(v.iter().map(|&x| f64::from(x))),
             BatchRef::F64(v) => buf.extend_from_slice(v),
-            BatchRef::Int(v, off) => buf.extend(v.iter().map(|&x| (i128::from(x) + off) as f64)),
+            BatchRef::Int(v, off) => super::widen_ints(v, off, buf),
         }
         Ok(buf.len())
     }

@@ -181,12 +181,9 @@ impl BatchSource for MappedSource {
 
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         if self.dtype.element() == Element::Int {
-            // Widened exactly up to 2^53 (reading integers as f64 is the caller's choice).
             let mut ints = Vec::new();
             let n = self.next_batch_int(&mut ints, max)?;
-            let off = self.dtype.int_offset();
-            buf.clear();
-            buf.extend(ints.iter().map(|&v| (i128::from(v) + off) as f64));
+            super::widen_ints(&ints, self.dtype.int_offset(), buf);
             return Ok(n);
         }
         let (start, bytes) = self.take(max);

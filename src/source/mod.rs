@@ -159,6 +159,13 @@ pub trait BatchSource {
     fn describe(&self) -> String;
 }
 
+/// Integers stored as value − `offset`, widened to f64 into `out` (exactly up to 2^53: reading
+/// integers as f64 is the caller's choice; the engine reduces them exactly instead).
+pub(crate) fn widen_ints(ints: &[i64], offset: i128, out: &mut Vec<f64>) {
+    out.clear();
+    out.extend(ints.iter().map(|&v| (i128::from(v) + offset) as f64));
+}
+
 /// A borrowed slice served in batches (copies each batch; [`crate::Engine::reduce`] avoids even that).
 #[derive(Debug)]
 pub struct SliceSource<'a> {

@@ -250,8 +250,12 @@ pub(crate) fn calibrate(adapter: Option<String>, out: Option<PathBuf>) -> Result
                 startup_s: startup,
             })
         }
-        Ok(_) => {
-            eprintln!("gpu: none with what the kernel needs (auto will take the CPU)");
+        Ok(e) => {
+            eprintln!(
+                "gpu: none here that auto would take ({}); auto will take the CPU",
+                e.notice()
+                    .unwrap_or("no hardware GPU: `--adapter NAME` calibrates a software one")
+            );
             None
         }
         Err(e) => {

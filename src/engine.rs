@@ -202,43 +202,35 @@ impl Engine {
         let result = (|| {
             loop {
                 let t = Instant::now();
-                // A mapped file lends its batches in place: no copy into `buf`.
-                if let Some(lent) = source.lend_batch(self.batch_size)? {
-                    read += t.elapsed();
-                    if lent.is_empty() {
-                        return Ok(());
-                    }
-                    match lent {
-                        BatchRef::F32(v) => self.reducer.push(v)?,
-                        BatchRef::F64(v) => {
-                            self.note_host_kernels();
-                            self.reducer.push_f64(v)?;
-                        }
-                        BatchRef::Int(v, offset) => {
-                            self.note_host_kernels();
-                            self.reducer.push_int_tagged(0, v, offset)?;
+                // A mapped file, parsed text or a decoded column lends its batches in place (no
+                // copy into `buf`); other sources fill `buf`.
+                let lent = source.lend_batch(self.batch_size)?;
+                let batch = match lent {
+                    Some(b) => b,
+                    None => {
+                        let (_, element) =
+                            read_batch(&mut *source, &mut buf, self.buffered_batch_size)?;
+                        size = self.buffered_batch_size;
+                        match element {
+                            Element::F32 => BatchRef::F32(&buf.f32),
+                            Element::F64 => BatchRef::F64(&buf.f64),
+                            Element::Int => BatchRef::Int(&buf.int, source.int_offset()),
                         }
                     }
-                    batches += 1;
-                    observe(&*source);
-                    continue;
-                }
-                let (n, element) = read_batch(&mut *source, &mut buf, self.buffered_batch_size)?;
-                size = self.buffered_batch_size;
+                };
                 read += t.elapsed();
-                if n == 0 {
+                if batch.is_empty() {
                     return Ok(());
                 }
-                match element {
-                    Element::F32 => self.reducer.push(&buf.f32)?,
-                    Element::F64 => {
+                match batch {
+                    BatchRef::F32(v) => self.reducer.push(v)?,
+                    BatchRef::F64(v) => {
                         self.note_host_kernels();
-                        self.reducer.push_f64(&buf.f64)?;
+                        self.reducer.push_f64(v)?;
                     }
-                    Element::Int => {
+                    BatchRef::Int(v, offset) => {
                         self.note_host_kernels();
-                        self.reducer
-                            .push_int_tagged(0, &buf.int, source.int_offset())?;
+                        self.reducer.push_int_tagged(0, v, offset)?;
                     }
                 }
                 batches += 1;

@@ -541,9 +541,11 @@ impl BatchSource for ColumnarSource {
     }
 
     fn int_offset(&self) -> i128 {
-        match self.dtype.as_str() {
-            "UInt64" => 1i128 << 63,
-            _ => 0,
+        // The offset `serve` lends u64 batches with (the type is fixed per column).
+        if self.dtype == DataType::UInt64.to_string() {
+            1i128 << 63
+        } else {
+            0
         }
     }
 

@@ -153,6 +153,70 @@ fn remote_runs_equal_the_local_run_with_one_server_or_three() {
     let merged = json(&run(&["merge", partial.to_str().unwrap(), "--json"]));
     assert_eq!(merged["stats"], local1["stats"]);
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&partial);
+}
+
+/// `--remote unix:PATH` reaches a `serve --unix` server: the same bits as the local run, and
+/// the report's stages filled from what happened (read here, the servers' compute, P).
+#[cfg(unix)]
+#[test]
+fn remote_over_a_unix_socket_equals_the_local_run_and_reports_its_stages() {
+    let path = data_file("unix", 300_001);
+    let p = path.to_str().unwrap();
+    let sock = std::env::temp_dir().join(format!("mb-remote-{}.sock", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
+        .args(["serve", "--unix", sock.to_str().unwrap(), "--in-memory"])
+        .args(["--backend", "cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        child,
+        url: format!("unix:{}", sock.display()),
+    };
+    let local = json(&run(&[
+        "run",
+        p,
+        "--backend",
+        "cpu",
+        "-b",
+        "32768",
+        "--json",
+    ]));
+    let v = json(&run(&[
+        "run",
+        p,
+        "--remote",
+        &server.url,
+        "-b",
+        "32768",
+        "--json",
+    ]));
+    assert_eq!(v["stats"], local["stats"]);
+    assert_eq!(v["batches"]["count"], 10);
+    assert_eq!(v["remote"]["servers"][0]["batches"], 10);
+    assert_eq!(v["remote"]["servers"][0]["bytes"], 300_001 * 4);
+    let t = &v["timings_s"];
+    for k in ["read", "compute", "merge"] {
+        assert!(t[k].as_f64().unwrap() > 0.0, "{k}: {t}");
+    }
+    assert!(t["compute"].as_f64() < t["total"].as_f64(), "{t}");
+    assert!(v["batches"]["workgroups"].as_u64().unwrap() >= 1, "{v}");
+    // The table names the socket.
+    let o = run(&["run", p, "--remote", &server.url]);
+    assert!(o.status.success());
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains(&format!("server       unix:{}", sock.display())),
+        "{table}"
+    );
+    drop(server);
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Requests `/v1/reduce` has answered 200, from the server's metrics.

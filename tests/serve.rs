@@ -142,7 +142,8 @@ fn backends() -> Vec<&'static str> {
 fn reduce_equals_run_for_every_body_format() {
     let mut rng = fresh_rng("serve_reduce");
     let data = normal(&mut rng, 300_007, 50.0, 4.0);
-    let path = std::env::temp_dir().join(format!("serve-{}.f32", std::process::id()));
+    let scratch = Scratch::new("serve-reduce");
+    let path = scratch.join("data.f32");
     std::fs::write(&path, f32_bytes(&data)).unwrap();
     for backend in backends() {
         let server = Server::start(&["--backend", backend, "--batch-size", "65536"]);

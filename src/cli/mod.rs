@@ -2,6 +2,7 @@
 
 mod bench;
 mod choose;
+mod http;
 mod remote;
 mod serve;
 mod store;
@@ -478,14 +479,13 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
         .as_deref()
         .map(remote::read_token)
         .transpose()?;
-    for url in &args.remote {
-        anyhow::ensure!(
-            url.starts_with("http://"),
-            "--remote {url}: give a base URL like http://HOST:PORT (https is not supported)"
-        );
-    }
+    let endpoints = args
+        .remote
+        .iter()
+        .map(|url| http::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("--remote {e}")))
+        .collect::<Result<Vec<_>>>()?;
     let batch = args.batch_size.unwrap_or(1 << 20);
-    let mut remote = remote::Remote::start(&args.remote, token, args.stats.ddof, batch);
+    let mut remote = remote::Remote::start(&args.remote, endpoints, token, args.stats.ddof, batch);
     let progress = Progress::new(total_bytes, args.quiet);
     let mut described = Vec::new();
     let mut batches = 0;
@@ -515,7 +515,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
         progress.update(done_bytes);
         described.push(Described::of(source.as_ref()));
     }
-    let (partial, servers, backend) = remote.finish()?;
+    let (partial, servers, backend, times) = remote.finish()?;
     progress.finish();
     let kind = match backend.as_ref().and_then(|b| b["kind"].as_str()) {
         Some("gpu") => microbatch::BackendKind::Gpu,
@@ -535,20 +535,21 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             ),
             api: "http".to_string(),
             device_type: "remote".to_string(),
-            workgroups: 0,
+            workgroups: times.workgroups,
         },
         batches: microbatch::report::BatchCounts {
             count: batches,
             size: batch,
-            workgroups: 0,
+            workgroups: times.workgroups,
         },
-        // The servers' own stage times are theirs: here only the whole run's.
+        // The stages as a remote run has them: read here, upload = waiting on the network and
+        // the servers, compute = the servers' own (summed over batches), merge here.
         timings: microbatch::report::Timings {
-            read: std::time::Duration::ZERO,
-            upload: std::time::Duration::ZERO,
-            compute: std::time::Duration::ZERO,
+            read: times.read,
+            upload: times.wait,
+            compute: times.server_compute,
             readback: std::time::Duration::ZERO,
-            merge: std::time::Duration::ZERO,
+            merge: times.merge,
             total: start.elapsed(),
             compute_clock: microbatch::backend::ComputeClock::Wall,
         },

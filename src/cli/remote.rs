@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::http::{Client, Endpoint, HttpError};
 use microbatch::Partial;
 use microbatch::backend::BatchRef;
 use microbatch::shard::{PARTIAL_VERSION, PartialFile};
@@ -28,6 +29,8 @@ const DOWN_AFTER: u32 = 3;
 /// Times one batch may fail before the run gives up: with every server down, about 8 s of
 /// pauses.
 const MAX_TRIES: u32 = 8;
+/// A request with no progress for this long has failed (and is sent again).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One batch on its way: its index, body and query.
 struct Job {
@@ -69,8 +72,27 @@ struct State {
     fatal: Option<String>,
     /// No more jobs will be queued.
     closed: bool,
-    /// The first answer's backend description.
+    /// The first answer's backend description and P.
     backend: Option<Value>,
+    workgroups: u32,
+    /// The servers' compute time, summed over batches (from their answers).
+    server_compute: Duration,
+    /// Merging the answers here.
+    merge: Duration,
+}
+
+/// Where a remote run's time went, for the report's stages.
+pub(crate) struct RemoteTimes {
+    /// Reading the inputs and cutting them into request bodies, here.
+    pub read: Duration,
+    /// Waiting for a free window: the time the network and the servers set the pace.
+    pub wait: Duration,
+    /// The servers' own compute time, summed over batches.
+    pub server_compute: Duration,
+    /// Merging the answers' partials, here.
+    pub merge: Duration,
+    /// The servers' workgroups per batch (P), from the first answer.
+    pub workgroups: u32,
 }
 
 /// The client side of the processing services.
@@ -80,11 +102,19 @@ pub(crate) struct Remote {
     batch_size: usize,
     next_index: u64,
     capacity: usize,
+    read: Duration,
+    wait: Duration,
 }
 
 impl Remote {
     /// Starts `WINDOW` workers per server. `token` is sent as a bearer token.
-    pub fn start(urls: &[String], token: Option<String>, ddof: u32, batch_size: usize) -> Self {
+    pub fn start(
+        urls: &[String],
+        endpoints: Vec<Endpoint>,
+        token: Option<String>,
+        ddof: u32,
+        batch_size: usize,
+    ) -> Self {
         let state = Arc::new((
             Mutex::new(State {
                 servers: urls
@@ -103,17 +133,13 @@ impl Remote {
             Condvar::new(),
         ));
         let mut workers = Vec::new();
-        for (s, url) in urls.iter().enumerate() {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(300)))
-                .http_status_as_error(false)
-                .build()
-                .into();
+        for (s, (url, endpoint)) in urls.iter().zip(endpoints).enumerate() {
             for _ in 0..WINDOW {
-                let (state, agent, token) = (Arc::clone(&state), agent.clone(), token.clone());
-                let url = format!("{}/v1/reduce", url.trim_end_matches('/'));
+                let (state, token) = (Arc::clone(&state), token.clone());
+                let (url, endpoint) = (url.clone(), endpoint.clone());
                 workers.push(std::thread::spawn(move || {
-                    work(s, &url, &agent, token.as_deref(), ddof, &state)
+                    let mut client = Client::new(endpoint, REQUEST_TIMEOUT);
+                    work(s, &url, &mut client, token.as_deref(), ddof, &state)
                 }));
             }
         }
@@ -123,6 +149,8 @@ impl Remote {
             batch_size,
             next_index: 0,
             capacity: urls.len() * WINDOW * 2,
+            read: Duration::ZERO,
+            wait: Duration::ZERO,
         }
     }
 
@@ -131,6 +159,7 @@ impl Remote {
         let mut sent = 0;
         let mut buf = BatchBuf::default();
         loop {
+            let t = Instant::now();
             let (body, dtype) = match source.lend_batch(self.batch_size)? {
                 Some(lent) => match body_of(lent) {
                     Some(b) => b,
@@ -149,6 +178,7 @@ impl Remote {
                     body_of(lent).expect("non-empty")
                 }
             };
+            self.read += t.elapsed();
             self.push(body, dtype)?;
             sent += 1;
         }
@@ -158,9 +188,11 @@ impl Remote {
         let (lock, wake) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded: wait while the queue and the windows are full.
+        let t = Instant::now();
         while st.fatal.is_none() && st.queue.len() + st.in_flight >= self.capacity {
             st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        self.wait += t.elapsed();
         if let Some(e) = &st.fatal {
             bail!("{e}");
         }
@@ -176,17 +208,19 @@ impl Remote {
         Ok(())
     }
 
-    /// Waits for every batch; returns the merged partial, each server's figures and the
-    /// backend the first answer named.
-    pub fn finish(self) -> Result<(Partial, Vec<ServerStats>, Option<Value>)> {
+    /// Waits for every batch; returns the merged partial, each server's figures, the
+    /// backend the first answer named and where the time went.
+    pub fn finish(mut self) -> Result<(Partial, Vec<ServerStats>, Option<Value>, RemoteTimes)> {
         let (lock, wake) = &*self.state;
         {
             let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
             st.closed = true;
             wake.notify_all();
+            let t = Instant::now();
             while st.fatal.is_none() && st.next < self.next_index {
                 st = wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
+            self.wait += t.elapsed();
             // Workers stop once closed and idle (or on a fatal error).
             wake.notify_all();
         }
@@ -197,7 +231,14 @@ impl Remote {
         if let Some(e) = &st.fatal {
             bail!("{e}");
         }
-        Ok((st.merged, st.servers.clone(), st.backend.clone()))
+        let times = RemoteTimes {
+            read: self.read,
+            wait: self.wait,
+            server_compute: st.server_compute,
+            merge: st.merge,
+            workgroups: st.workgroups,
+        };
+        Ok((st.merged, st.servers.clone(), st.backend.clone(), times))
     }
 }
 
@@ -224,7 +265,7 @@ fn body_of(batch: BatchRef<'_>) -> Option<(Vec<u8>, &'static str)> {
 fn work(
     s: usize,
     url: &str,
-    agent: &ureq::Agent,
+    client: &mut Client,
     token: Option<&str>,
     ddof: u32,
     state: &(Mutex<State>, Condvar),
@@ -264,13 +305,18 @@ fn work(
             }
         };
         let t = Instant::now();
-        let outcome = send(url, agent, token, ddof, &job);
+        let outcome = send(url, client, token, ddof, &job);
         let busy = t.elapsed();
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         st.in_flight -= 1;
         st.servers[s].busy += busy;
         match outcome {
-            Ok((partial, backend)) => {
+            Ok(Answer {
+                partial,
+                backend,
+                workgroups,
+                compute,
+            }) => {
                 st.failures[s] = 0;
                 st.rest_until[s] = None;
                 st.backoff[s] = Duration::from_millis(250);
@@ -278,9 +324,12 @@ fn work(
                 st.servers[s].bytes += job.body.len() as u64;
                 if st.backend.is_none() {
                     st.backend = Some(backend);
+                    st.workgroups = workgroups;
                 }
+                st.server_compute += compute;
                 st.done.insert(job.index, partial);
                 // Merge in batch order: the result does not depend on who answered when.
+                let t = Instant::now();
                 loop {
                     let next = st.next;
                     let Some(p) = st.done.remove(&next) else {
@@ -289,6 +338,7 @@ fn work(
                     st.merged.merge(&p);
                     st.next += 1;
                 }
+                st.merge += t.elapsed();
             }
             Err(Failure::Fatal(e)) => {
                 st.fatal = Some(format!("{url}: {e}"));
@@ -340,30 +390,39 @@ enum Failure {
     Fatal(String),
 }
 
-/// Sends one batch; the answer's partial and backend.
+/// What a server answered for one batch.
+struct Answer {
+    partial: Partial,
+    /// The answer's `backend` object.
+    backend: Value,
+    /// Its P.
+    workgroups: u32,
+    /// Its compute time.
+    compute: Duration,
+}
+
+/// Sends one batch; what the server answered.
 fn send(
     url: &str,
-    agent: &ureq::Agent,
+    client: &mut Client,
     token: Option<&str>,
     ddof: u32,
     job: &Job,
-) -> std::result::Result<(Partial, Value), Failure> {
-    let mut req = agent
-        .post(format!("{url}?dtype={}&ddof={ddof}", job.dtype))
-        .header("Content-Type", "application/octet-stream");
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut resp = req
-        .send(&job.body[..])
-        .map_err(|e| Failure::Retry(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(16 << 20)
-        .read_to_string()
-        .map_err(|e| Failure::Retry(format!("reading the answer: {e}")))?;
+) -> std::result::Result<Answer, Failure> {
+    let route = format!("/v1/reduce?dtype={}&ddof={ddof}", job.dtype);
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("Authorization", b))
+        .into_iter()
+        .collect();
+    let (status, answer) = client
+        .post(&route, &headers, &job.body)
+        .map_err(|e| match e {
+            HttpError::Transport(e) => Failure::Retry(e),
+            HttpError::Protocol(e) => Failure::Fatal(e),
+        })?;
+    let text = String::from_utf8_lossy(&answer);
     if status >= 500 || status == 408 || status == 429 {
         return Err(Failure::Retry(format!("{status}: {}", text.trim())));
     }
@@ -389,7 +448,15 @@ fn send(
             file.ddof
         )));
     }
-    Ok((file.partial, v["backend"].clone()))
+    Ok(Answer {
+        partial: file.partial,
+        backend: v["backend"].clone(),
+        workgroups: v["batches"]["workgroups"].as_u64().unwrap_or(0) as u32,
+        compute: v["timings_s"]["compute"]
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(Duration::ZERO, Duration::from_secs_f64),
+    })
 }
 
 /// Reads a bearer token from `path`.

@@ -178,3 +178,27 @@ pub fn check_stats(what: &str, stats: &microbatch::Stats, data: &[f32], depth: f
     let tol = r.var_rel_tolerance() * var + f64::MIN_POSITIVE;
     assert_close(&format!("{what}: var"), stats.var.unwrap(), var, tol);
 }
+
+/// A scratch directory for one test, removed when dropped (also when the test fails).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// `$TMPDIR/mb-NAME-PID`, empty.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// A path inside it.
+    pub fn join(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuReducer;
+#[cfg(feature = "gpu")]
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
 use crate::report::{BatchCounts, Report, Timings};
@@ -91,10 +92,6 @@ impl Engine {
     /// Opens the backend `config` asks for.
     pub fn new(config: &EngineConfig) -> Result<Self> {
         validate(config)?;
-        let gpu = |selector: AdapterSelector| -> Result<Box<dyn BatchReducer + Send>> {
-            let ctx = GpuContext::new(&selector)?;
-            Ok(Box::new(GpuReducer::new(&ctx, gpu_config(config))?))
-        };
         let mut notice = None;
         // An adapter that cannot run the kernel (no SHADER_F64) hands the work to the CPU
         // backend, with a notice saying why, rather than to a kernel that would lose precision.
@@ -108,18 +105,19 @@ impl Engine {
             other => other,
         };
         let reducer: Box<dyn BatchReducer + Send> = match (config.backend, &config.adapter) {
-            (BackendChoice::Cpu, Some(_)) => {
-                return Err(Error::InvalidConfig(
-                    "--adapter selects a GPU adapter and cannot be combined with the CPU backend"
-                        .to_string(),
-                ));
+            (BackendChoice::Cpu, Some(name)) => {
+                return Err(Error::InvalidConfig(format!(
+                    "adapter {name:?} names a GPU adapter, which the CPU backend cannot use"
+                )));
             }
             (BackendChoice::Cpu, None) => Box::new(CpuReducer::new()),
-            (_, Some(name)) => or_cpu(gpu(AdapterSelector::named(name.clone())))?,
-            (BackendChoice::Gpu, None) => or_cpu(gpu(AdapterSelector::any()))?,
-            (BackendChoice::Auto, None) => match or_cpu(gpu(AdapterSelector::hardware())) {
+            (_, Some(name)) => or_cpu(open_gpu(config, Adapter::Named(name)))?,
+            (BackendChoice::Gpu, None) => or_cpu(open_gpu(config, Adapter::Any))?,
+            (BackendChoice::Auto, None) => match or_cpu(open_gpu(config, Adapter::Hardware)) {
                 Ok(r) => r,
-                Err(Error::AdapterNotFound { .. }) => Box::new(CpuReducer::new()),
+                Err(Error::AdapterNotFound { .. } | Error::GpuNotBuilt) => {
+                    Box::new(CpuReducer::new())
+                }
                 Err(e) => return Err(e),
             },
         };
@@ -363,6 +361,32 @@ fn validate(config: &EngineConfig) -> Result<()> {
     Ok(())
 }
 
+/// Which GPU adapter [`Engine::new`] opens.
+#[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+enum Adapter<'a> {
+    Named(&'a str),
+    Any,
+    /// A hardware one (not llvmpipe/lavapipe).
+    Hardware,
+}
+
+#[cfg(feature = "gpu")]
+fn open_gpu(config: &EngineConfig, adapter: Adapter<'_>) -> Result<Box<dyn BatchReducer + Send>> {
+    let selector = match adapter {
+        Adapter::Named(name) => AdapterSelector::named(name.to_string()),
+        Adapter::Any => AdapterSelector::any(),
+        Adapter::Hardware => AdapterSelector::hardware(),
+    };
+    let ctx = GpuContext::new(&selector)?;
+    Ok(Box::new(GpuReducer::new(&ctx, gpu_config(config))?))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn open_gpu(_: &EngineConfig, _: Adapter<'_>) -> Result<Box<dyn BatchReducer + Send>> {
+    Err(Error::GpuNotBuilt)
+}
+
+#[cfg(feature = "gpu")]
 fn gpu_config(config: &EngineConfig) -> GpuConfig {
     let mut gpu = GpuConfig::new(config.batch_size);
     gpu.workgroups = config.workgroups;

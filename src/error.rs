@@ -59,6 +59,9 @@ pub enum Error {
     /// A setting is out of range (batch size 0, too many workgroups for the adapter, …).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A GPU backend was asked for from a library built without the `gpu` feature.
+    #[error("this build of microbatch has no GPU backend (built without the `gpu` feature)")]
+    GpuNotBuilt,
     /// No adapter matched what was asked for.
     #[error("no {wanted} found; available adapters: {}", list_or_none(available))]
     AdapterNotFound {

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "gpu")]
 pub mod bench;
 mod engine;
 mod error;
@@ -47,9 +48,11 @@ pub mod stats;
 
 /// The wgpu this crate is built with: hand its `Device`, `Queue` and `Buffer`s to
 /// [`GpuContext::from_device`] and [`GpuReducer::reduce_buffer`] without a version mismatch.
+#[cfg(feature = "gpu")]
 pub use wgpu;
 
 pub use backend::cpu::CpuReducer;
+#[cfg(feature = "gpu")]
 pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };

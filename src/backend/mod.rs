@@ -8,6 +8,7 @@ use crate::Result;
 use crate::stats::Partial;
 
 pub mod cpu;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 
 /// Which kind of backend ran.

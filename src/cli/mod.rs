@@ -3,8 +3,12 @@
 mod bench;
 mod choose;
 mod http;
+#[cfg(feature = "plot")]
+mod plot;
 mod remote;
+#[cfg(feature = "serve")]
 mod serve;
+#[cfg(feature = "serve")]
 mod store;
 
 use std::io::Write;
@@ -38,6 +42,7 @@ enum Command {
     /// Benchmark CPU against GPU: sweep N, B and P, measure the ceilings, fit T = N/P × S + D.
     Bench(bench::BenchArgs),
     /// Serve the engine over HTTP: producers send micro-batches, one process owns the device.
+    #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
     /// Measure this machine's backends (S and D of T = N/P × S + D) and write the profile
     /// `--backend auto` chooses by (under the user's cache directory).
@@ -269,6 +274,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Merge(args) => merge(args),
+        #[cfg(feature = "serve")]
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Calibrate { adapter, output } => choose::calibrate(adapter, output),

@@ -3,13 +3,11 @@
 //! with one server or three, also when one of three is killed mid-run; servers all down, a
 //! wrong token and a server that answers without a mergeable partial are clear errors.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 struct Server {

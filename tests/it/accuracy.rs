@@ -3,8 +3,6 @@
 //!
 //! cargo test --release --test accuracy -- --ignored --nocapture
 
-mod common;
-
 use microbatch::source::{BatchSource, RandomSource};
 use microbatch::{CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report};
 
@@ -67,7 +65,7 @@ fn relative_error_on_1e8_uniform_values() {
         sum,
         var,
     );
-    if let Some(ctx) = common::gpu() {
+    if let Some(ctx) = crate::common::gpu() {
         let reducer = GpuReducer::new(ctx, GpuConfig::new(BATCH)).unwrap();
         let mut gpu = Engine::with_reducer(Box::new(reducer), &config);
         check(

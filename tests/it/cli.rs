@@ -1,7 +1,5 @@
 //! The `microbatch` binary: JSON schema, exit codes, error messages.
 
-mod common;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -129,7 +127,7 @@ fn file_and_stdin_give_the_f64_reference() {
         .collect();
     let bytes = f32_bytes(&values);
     let path = tmp("values.f32", &bytes);
-    let r = common::reference(&values);
+    let r = crate::common::reference(&values);
     let from_file = json(&run(&[
         "run",
         path.to_str().unwrap(),
@@ -162,7 +160,7 @@ fn file_and_stdin_give_the_f64_reference() {
         assert_eq!(v["stats"]["min"].as_f64(), Some(r.min));
         assert_eq!(v["stats"]["max"].as_f64(), Some(r.max));
         let sum = v["stats"]["sum"].as_f64().unwrap();
-        common::assert_close("sum", sum, r.sum, r.sum_tolerance(common::CPU_DEPTH));
+        crate::common::assert_close("sum", sum, r.sum, r.sum_tolerance(crate::common::CPU_DEPTH));
     }
 }
 
@@ -361,7 +359,7 @@ fn table_output_names_backend_and_stages() {
 
 #[test]
 fn gpu_backend_through_the_binary() {
-    if common::gpu().is_none() {
+    if crate::common::gpu().is_none() {
         return;
     }
     let v = json(&run(&[
@@ -397,8 +395,8 @@ fn gpu_backend_through_the_binary() {
         c["stats"]["sum"].as_f64().unwrap(),
     );
     // 2e5 values in [0,1): GPU depth ≤ 12 + CPU depth 68, ε·n·range each.
-    let tol = (12.0 + common::CPU_DEPTH) * common::EPS32 * 2e5;
-    common::assert_close("gpu vs cpu sum", gs, cs, tol);
+    let tol = (12.0 + crate::common::CPU_DEPTH) * crate::common::EPS32 * 2e5;
+    crate::common::assert_close("gpu vs cpu sum", gs, cs, tol);
     let devices = run(&["devices", "--json"]);
     let list: Value = serde_json::from_slice(&devices.stdout).unwrap();
     let first = &list[0];

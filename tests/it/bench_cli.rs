@@ -1,8 +1,6 @@
 //! `microbatch bench` end to end: a tiny sweep on the CPU (and the GPU where there is one),
 //! exported to JSON, CSV and SVG.
 
-mod common;
-
 use std::process::Command;
 
 #[test]
@@ -10,7 +8,7 @@ fn bench_exports_every_point_and_the_fit() {
     let dir = std::env::temp_dir().join(format!("microbatch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, csv, svg) = (dir.join("b.json"), dir.join("b.csv"), dir.join("b.svg"));
-    let backends = if common::gpu().is_some() {
+    let backends = if crate::common::gpu().is_some() {
         "cpu,gpu"
     } else {
         "cpu"

@@ -3,9 +3,7 @@
 //! Every test here needs an adapter: without one it is skipped, unless MICROBATCH_REQUIRE_GPU=1,
 //! in which case it fails (CI sets it).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use microbatch::backend::BatchRef;
 use microbatch::{
     BackendChoice, BatchReducer, CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report,

@@ -2,8 +2,6 @@
 //! test either) while the process's peak resident set (VmHWM in /proc) is watched. It must stay
 //! within a bound set by the batch size, not by N.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -127,7 +125,7 @@ fn cpu_streams_2_gib_in_bounded_memory() {
 
 #[test]
 fn gpu_streams_2_gib_in_bounded_memory() {
-    if common::gpu().is_none() {
+    if crate::common::gpu().is_none() {
         return;
     }
     // Engine buffer, three staging and three input buffers (on lavapipe device memory is host
@@ -206,7 +204,7 @@ fn tiny_npy() -> Vec<u8> {
 fn backends() -> Vec<(&'static str, u64)> {
     // Batches a backend holds beyond the baseline's: as for stdin above.
     let mut b = vec![("cpu", 2)];
-    if common::gpu().is_some() {
+    if crate::common::gpu().is_some() {
         b.push(("gpu", 8));
     }
     b

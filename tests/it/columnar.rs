@@ -2,20 +2,17 @@
 //! arrow-rs writers (several row groups, nulls, dictionary pages, snappy and zstd, every numeric
 //! type), checked against the values written: integers exactly, floats within the derived bound,
 //! nulls counted apart. Also the Arrow IPC stream on stdin and the errors.
-#![cfg(feature = "arrow")]
-
-mod common;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use crate::common::*;
 use arrow_array::{
     ArrayRef, Float16Array, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array,
     Int64Array, RecordBatch, StringArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
 };
-use common::*;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;

@@ -6,9 +6,7 @@
 //! 1e-12·Σ|x|), variance within 1e-12 relative while mean²/var ≤ 1e12 (else 1e-12·mean²
 //! absolute), count, NaN count, min and max exact.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use microbatch::{CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Stats};
 use rand::RngExt;
 

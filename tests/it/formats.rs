@@ -3,13 +3,11 @@
 //! and files these tests write. Also stdin for every format, several inputs, partial files and
 //! merge, and the bad-input errors.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 use microbatch::source::npy;
 use rand::RngExt;
 use serde_json::Value;

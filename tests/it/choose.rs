@@ -3,8 +3,6 @@
 //! GPU cheaper takes the GPU, a stream takes the CPU and says why, a profile whose adapter is gone
 //! falls back to the CPU, and `calibrate` writes a profile `auto` reads.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str], profile: Option<&std::path::Path>) -> Output {
@@ -64,7 +62,7 @@ fn the_reference_case_takes_the_cpu_without_loading_vulkan() {
     assert!(cpu < gpu, "{}", v["choice"]);
     assert!(!loaded_vulkan(&o), "auto loaded Vulkan for 1e6 values");
     // The observable can fail: a forced GPU run does load it.
-    if common::gpu().is_some() {
+    if crate::common::gpu().is_some() {
         let o = run(
             &["run", "--random", "1000", "--backend", "gpu", "--json"],
             None,
@@ -86,7 +84,7 @@ fn the_reference_case_takes_the_cpu_without_loading_vulkan() {
 #[test]
 fn a_profile_that_makes_the_gpu_cheaper_takes_the_gpu() {
     let dir = std::env::temp_dir().join(format!("mb-choose-{}", std::process::id()));
-    let Some(ctx) = common::gpu() else {
+    let Some(ctx) = crate::common::gpu() else {
         return;
     };
     let adapter = ctx.adapter().name.clone();

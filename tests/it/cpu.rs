@@ -1,8 +1,6 @@
 //! The CPU backend against f64 references, on fresh random and adversarial data.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use microbatch::{BackendChoice, Engine, EngineConfig, Stats};
 use rand::RngExt;
 

@@ -2,14 +2,12 @@
 //! streams, bad input, limits, authentication, a bounded load test, a client that disconnects
 //! mid-body, and graceful shutdown.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::Value;

@@ -55,7 +55,7 @@ fn reduce_block_fast<const FMA: bool>(
 /// The fast path over any block of at most [`BLOCK`] values (a batch's last, short block too).
 #[inline(always)]
 fn reduce_fast<const FMA: bool>(block: &[f32], range: &mut LaneRange) -> Option<PivotMoments> {
-    debug_assert!(!block.is_empty() && block.len() <= BLOCK);
+    assert!(!block.is_empty() && block.len() <= BLOCK);
     let mut s = [0.0f32; LANES];
     let mut lo = range.lo;
     let mut hi = range.hi;
@@ -152,7 +152,7 @@ const SLOW_LANES: usize = 8;
 /// Reduces a block of at most [`BLOCK`] values with every value classified: NaN and ±inf counted
 /// apart, the pivot from an f64 sum (no f32 overflow), min/max by order key (−0 below +0).
 fn reduce_block_slow(block: &[f32]) -> PivotMoments {
-    debug_assert!(block.len() <= BLOCK);
+    assert!(block.len() <= BLOCK);
     let mut pm = PivotMoments::EMPTY;
     let finite = |x: f32| x.to_bits() & ABS_MASK < INF_BITS;
     let mut s = [0.0f64; SLOW_LANES];
@@ -347,7 +347,7 @@ impl LaneRangeF64 {
 
 /// Reduces a block of at most [`BLOCK_F64`] f64 values with every value classified.
 fn reduce_block_slow_f64(block: &[f64]) -> PivotMoments {
-    debug_assert!(block.len() <= BLOCK_F64);
+    assert!(block.len() <= BLOCK_F64);
     let mut pm = PivotMoments::EMPTY;
     let mut s = [0.0f64; SLOW_LANES];
     for (i, &x) in block.iter().enumerate() {
@@ -458,7 +458,7 @@ const LANES_INT: usize = 16;
 /// taken from exact i64 differences converted to f64 (a block whose range passes i64's takes
 /// i128 differences).
 fn reduce_block_int(block: &[i64], offset: i128) -> Partial {
-    debug_assert!(!block.is_empty() && block.len() <= BLOCK_INT);
+    assert!(!block.is_empty() && block.len() <= BLOCK_INT);
     let mut lo_sum = [0u64; LANES_INT];
     let mut hi_sum = [0i64; LANES_INT];
     let mut lo = [i64::MAX; LANES_INT];

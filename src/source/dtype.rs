@@ -9,7 +9,7 @@ use std::str::FromStr;
 macro_rules! decode_as {
     ($dtype:expr, $endian:expr, $bytes:expr, $out:expr, |$v:ident| $conv:expr) => {{
         let (bytes, out): (&[u8], &mut [_]) = ($bytes, $out);
-        debug_assert_eq!(bytes.len(), out.len() * $dtype.size());
+        assert_eq!(bytes.len(), out.len() * $dtype.size());
         match $dtype {
             Dtype::F32 => decode_as!(@each f32, $endian, bytes, out, |$v| $conv),
             Dtype::F64 => decode_as!(@each f64, $endian, bytes, out, |$v| $conv),

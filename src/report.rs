@@ -3,13 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::backend::{BackendInfo, ComputeClock};
 use crate::stats::{Partial, Stats};
 
 /// How the input was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchCounts {
     /// Micro-batches reduced.
     pub count: u64,
@@ -20,7 +21,7 @@ pub struct BatchCounts {
 }
 
 /// Time per stage. On the GPU the stages overlap, so they can add up to more than `total`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Producing batches: reading files, generating random values.
     pub read: Duration,
@@ -39,7 +40,10 @@ pub struct Timings {
 }
 
 /// Everything a run produced.
-#[derive(Debug, Clone)]
+///
+/// Its serde form holds every field (lossless: it round-trips); [`Report::to_json`] is the
+/// command line's report (`microbatch run --json`), shaped for reading.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The statistics.
     pub stats: Stats,
@@ -56,9 +60,16 @@ pub struct Report {
 impl Report {
     /// One report for runs of the same engine over consecutive inputs: their partials merged
     /// (so the statistics are those of the concatenated inputs), stage times and batch counts
-    /// added. `None` for no reports.
+    /// added. `None` for no reports, or for reports of different backends or statistics options
+    /// (`ddof`, `skip_nan`), which no one report describes: merge their partials instead.
     pub fn combine(parts: &[Report]) -> Option<Report> {
         let first = parts.first()?;
+        if parts.iter().any(|r| {
+            r.backend != first.backend
+                || (r.stats.ddof, r.stats.skip_nan) != (first.stats.ddof, first.stats.skip_nan)
+        }) {
+            return None;
+        }
         let mut partial = Partial::EMPTY;
         let mut timings = first.timings;
         let mut batches = first.batches;
@@ -178,7 +189,7 @@ fn rate(amount: f64, time: Duration) -> f64 {
 }
 
 /// A JSON number, or the strings numpy prints for the non-finite values.
-pub fn number(x: f64) -> Value {
+pub(crate) fn number(x: f64) -> Value {
     if x.is_nan() {
         Value::from("NaN")
     } else if x == f64::INFINITY {
@@ -264,5 +275,68 @@ impl fmt::Display for Report {
             si(self.elements_per_s(), "elements/s"),
             si(self.bytes_per_s(), "B/s")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+
+    fn report(kind: BackendKind, data: &[f32]) -> Report {
+        let partial = Partial::from_slice_f64(data);
+        Report {
+            stats: partial.finish(1, false),
+            backend: BackendInfo {
+                kind,
+                adapter: "test".into(),
+                api: "native".into(),
+                device_type: "Cpu".into(),
+                workgroups: 4,
+            },
+            batches: BatchCounts {
+                count: 2,
+                size: 3,
+                workgroups: 4,
+            },
+            timings: Timings {
+                read: Duration::from_nanos(1),
+                upload: Duration::from_nanos(22),
+                compute: Duration::from_micros(333),
+                readback: Duration::ZERO,
+                merge: Duration::from_nanos(5),
+                total: Duration::from_millis(7),
+                compute_clock: ComputeClock::Timestamps,
+            },
+            partial,
+        }
+    }
+
+    #[test]
+    fn reports_round_trip_through_json() {
+        for data in [&[][..], &[f32::NAN, 1.0][..], &[1.0, -3.5, 1e30][..]] {
+            let r = report(BackendKind::Gpu, data);
+            let text = serde_json::to_string(&r).unwrap();
+            let back: Report = serde_json::from_str(&text).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{r:?}"), "{text}");
+        }
+    }
+
+    #[test]
+    fn combine_merges_one_backends_reports_and_refuses_mixed_ones() {
+        let (a, b) = (
+            report(BackendKind::Cpu, &[1.0, 2.0]),
+            report(BackendKind::Cpu, &[4.0]),
+        );
+        let c = Report::combine(&[a.clone(), b]).unwrap();
+        assert_eq!((c.stats.count, c.stats.sum), (3, Some(7.0)));
+        assert_eq!(c.batches.count, 4);
+        assert_eq!(c.timings.total, Duration::from_millis(14));
+        let gpu = report(BackendKind::Gpu, &[4.0]);
+        assert!(Report::combine(&[a.clone(), gpu]).is_none());
+        let mut ddof0 = a.clone();
+        ddof0.stats.ddof = 0;
+        assert!(Report::combine(&[a, ddof0]).is_none());
+        assert!(Report::combine(&[]).is_none());
     }
 }

@@ -55,8 +55,6 @@ pub struct PartialFile {
 impl PartialFile {
     /// The JSON object described in the module documentation.
     pub fn to_json(&self) -> Value {
-        let p = &self.partial;
-        let extreme = |x: f64| if p.count > 0 { number(x) } else { Value::Null };
         json!({
             "format": PARTIAL_FORMAT,
             "version": PARTIAL_VERSION,
@@ -64,26 +62,52 @@ impl PartialFile {
             "options": {"ddof": self.ddof, "skip_nan": self.skip_nan},
             "inputs": self.inputs,
             "skipped_invalid": self.skipped_invalid,
-            "partial": {
-                "count": p.count,
-                "nan_count": p.nan_count,
-                "pos_inf_count": p.pos_inf_count,
-                "neg_inf_count": p.neg_inf_count,
-                "sum": number(p.sum),
-                "sum_err": number(p.sum_err),
-                "m2": number(p.m2),
-                "m2_err": number(p.m2_err),
-                "min": extreme(p.min),
-                "max": extreme(p.max),
-                // Exact integers as decimal strings (they may pass what a JSON reader's
-                // numbers hold).
-                "int": p.int.map(|i| json!({
-                    "sum": i.sum.to_string(),
-                    "min": i.min.to_string(),
-                    "max": i.max.to_string(),
-                })),
-            },
+            "partial": partial_to_json(&self.partial),
         })
+    }
+
+    /// Reads the partial file at `path` (what [`PartialFile::write`] wrote, or any version this
+    /// microbatch reads).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::IncompatiblePartial {
+            path: path.to_path_buf(),
+            message: format!("not JSON: {e}"),
+        })?;
+        Self::from_json(&v, path)
+    }
+
+    /// Writes the partial file to `path`: to a temporary file beside it, then renamed into
+    /// place, so a reader never sees half a file and a failed write leaves no file behind.
+    /// A path that is not a regular file (`/dev/stdout`, a named pipe, a symbolic link) is
+    /// written in place.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text =
+            serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialize") + "\n";
+        let io = |error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        };
+        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+            return std::fs::write(path, text).map_err(io);
+        }
+        let name = path.file_name().map_or_else(
+            || std::ffi::OsString::from("partial"),
+            std::ffi::OsStr::to_os_string,
+        );
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(&name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io(e)
+            })
     }
 
     /// Reads a partial file's JSON; `path` names it in errors. Another format, another version
@@ -119,63 +143,8 @@ impl PartialFile {
                 .as_u64()
                 .ok_or_else(|| bad(format!("field {name:?} is not a non-negative integer")))
         };
-        let float = |obj: &Value, name: &str, none: f64| -> Result<f64> {
-            match field(obj, name)? {
-                Value::Number(n) => n
-                    .as_f64()
-                    .ok_or_else(|| bad(format!("field {name:?} is not a number"))),
-                Value::String(s) => match s.as_str() {
-                    "inf" => Ok(f64::INFINITY),
-                    "-inf" => Ok(f64::NEG_INFINITY),
-                    "NaN" => Ok(f64::NAN),
-                    _ => Err(bad(format!("field {name:?} is not a number: {s:?}"))),
-                },
-                Value::Null => Ok(none),
-                _ => Err(bad(format!("field {name:?} is not a number"))),
-            }
-        };
         let options = field(v, "options")?;
-        let p = field(v, "partial")?;
-        let low_part = |name: &str| -> Result<f64> {
-            if version == Some(1) {
-                Ok(0.0)
-            } else {
-                float(&p, name, f64::NAN)
-            }
-        };
-        let partial = Partial {
-            count: uint(&p, "count")?,
-            nan_count: uint(&p, "nan_count")?,
-            pos_inf_count: uint(&p, "pos_inf_count")?,
-            neg_inf_count: uint(&p, "neg_inf_count")?,
-            sum: float(&p, "sum", f64::NAN)?,
-            sum_err: low_part("sum_err")?,
-            m2: float(&p, "m2", f64::NAN)?,
-            m2_err: low_part("m2_err")?,
-            min: float(&p, "min", f64::INFINITY)?,
-            max: float(&p, "max", f64::NEG_INFINITY)?,
-            int: match p.get("int") {
-                None | Some(Value::Null) => None,
-                Some(i) => {
-                    let int = |name: &str| -> Result<i128> {
-                        i.get(name)
-                            .and_then(Value::as_str)
-                            .and_then(|t| t.parse::<i128>().ok())
-                            .ok_or_else(|| {
-                                bad(format!(
-                                    "field \"int.{name}\" is not an integer in a string"
-                                ))
-                            })
-                    };
-                    Some(IntPart {
-                        sum: int("sum")?,
-                        min: int("min")?,
-                        max: int("max")?,
-                    })
-                }
-            },
-        };
-        check_possible(&partial).map_err(bad)?;
+        let partial = partial_from_json(&field(v, "partial")?, version == Some(1)).map_err(bad)?;
         let ddof = uint(&options, "ddof")?;
         let skip_nan = field(&options, "skip_nan")?
             .as_bool()
@@ -245,6 +214,92 @@ impl PartialFile {
         }
         Ok(first.map_or((0, false), |(_, d, k)| (d, k)))
     }
+}
+
+/// A [`Partial`] as the `partial` object of a partial file (also its serde form): non-finite
+/// floats as the strings `"NaN"`, `"inf"`, `"-inf"`; `min` and `max` `null` when there are no
+/// finite values; the exact integer parts as decimal strings (they may pass what a JSON
+/// reader's numbers hold).
+pub(crate) fn partial_to_json(p: &Partial) -> Value {
+    let extreme = |x: f64| if p.count > 0 { number(x) } else { Value::Null };
+    json!({
+        "count": p.count,
+        "nan_count": p.nan_count,
+        "pos_inf_count": p.pos_inf_count,
+        "neg_inf_count": p.neg_inf_count,
+        "sum": number(p.sum),
+        "sum_err": number(p.sum_err),
+        "m2": number(p.m2),
+        "m2_err": number(p.m2_err),
+        "min": extreme(p.min),
+        "max": extreme(p.max),
+        "int": p.int.map(|i| json!({
+            "sum": i.sum.to_string(),
+            "min": i.min.to_string(),
+            "max": i.max.to_string(),
+        })),
+    })
+}
+
+/// Reads what [`partial_to_json`] writes (`v1`: a version-1 file, without the low parts) and
+/// refuses a partial no data can produce; the error names the field.
+pub(crate) fn partial_from_json(p: &Value, v1: bool) -> std::result::Result<Partial, String> {
+    let field = |name: &str| -> std::result::Result<&Value, String> {
+        p.get(name).ok_or_else(|| format!("missing field {name:?}"))
+    };
+    let uint = |name: &str| -> std::result::Result<u64, String> {
+        field(name)?
+            .as_u64()
+            .ok_or_else(|| format!("field {name:?} is not a non-negative integer"))
+    };
+    let float = |name: &str, none: f64| -> std::result::Result<f64, String> {
+        match field(name)? {
+            Value::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| format!("field {name:?} is not a number")),
+            Value::String(s) => match s.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" => Ok(f64::NAN),
+                _ => Err(format!("field {name:?} is not a number: {s:?}")),
+            },
+            Value::Null => Ok(none),
+            _ => Err(format!("field {name:?} is not a number")),
+        }
+    };
+    let low_part = |name: &str| if v1 { Ok(0.0) } else { float(name, f64::NAN) };
+    let partial = Partial {
+        count: uint("count")?,
+        nan_count: uint("nan_count")?,
+        pos_inf_count: uint("pos_inf_count")?,
+        neg_inf_count: uint("neg_inf_count")?,
+        sum: float("sum", f64::NAN)?,
+        sum_err: low_part("sum_err")?,
+        m2: float("m2", f64::NAN)?,
+        m2_err: low_part("m2_err")?,
+        min: float("min", f64::INFINITY)?,
+        max: float("max", f64::NEG_INFINITY)?,
+        int: match p.get("int") {
+            None | Some(Value::Null) => None,
+            Some(i) => {
+                let int = |name: &str| -> std::result::Result<i128, String> {
+                    i.get(name)
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<i128>().ok())
+                        .ok_or_else(|| {
+                            format!("field \"int.{name}\" is not an integer in a string")
+                        })
+                };
+                Some(IntPart {
+                    sum: int("sum")?,
+                    min: int("min")?,
+                    max: int("max")?,
+                })
+            }
+        },
+    };
+    check_possible(&partial)?;
+    Ok(partial)
 }
 
 /// Refuses a partial no data can produce; the message names the field.
@@ -346,6 +401,46 @@ fn check_possible(p: &Partial) -> std::result::Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn partial_files_write_and_read_back_and_failed_writes_leave_nothing() {
+        let dir = std::env::temp_dir().join(format!("mb-shard-rw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = PartialFile {
+            partial: Partial::from_slice_f64(&[1.0, f32::NAN, -2.0]),
+            ddof: 1,
+            skip_nan: true,
+            inputs: vec!["a.f32".into()],
+            skipped_invalid: 3,
+        };
+        let path = dir.join("p.json");
+        file.write(&path).unwrap();
+        // Written again over the old one.
+        file.write(&path).unwrap();
+        let back = PartialFile::read(&path).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{file:?}"));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("p.json")],
+            "no temporary file left"
+        );
+        let e = file.write(&dir.join("missing/p.json")).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        let e = PartialFile::read(&dir.join("nope.json")).unwrap_err();
+        assert!(e.to_string().contains("nope.json"), "{e}");
+        std::fs::write(dir.join("bad.json"), "{").unwrap();
+        let e = PartialFile::read(&dir.join("bad.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.json") && e.contains("not JSON"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     fn shard(values: &[f32]) -> PartialFile {

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 /// Finite values feed `count`, `sum`, `m2`, `min` and `max`; NaN and the two infinities are only
 /// counted, so the moments stay meaningful and IEEE's rules are applied once, in
 /// [`Partial::finish`], exactly as numpy would apply them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized (serde) as the `partial` object of a partial file ([`crate::PartialFile`]), so it
+/// round-trips through JSON whatever it holds (an empty or NaN-only input included), and a
+/// partial no data can produce (a negative `m2`, `min` above `max`…) fails to deserialize.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Partial {
     /// Number of finite values.
     pub count: u64,
@@ -57,6 +61,19 @@ impl IntPart {
             min: self.min.min(other.min),
             max: self.max.max(other.max),
         }
+    }
+}
+
+impl Serialize for Partial {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::shard::partial_to_json(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Partial {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        crate::shard::partial_from_json(&v, false).map_err(serde::de::Error::custom)
     }
 }
 
@@ -203,9 +220,16 @@ impl Partial {
     }
 }
 
-/// Final statistics of a reduction. `None` marks a value that is undefined for this input (the mean
-/// of nothing, the variance of one value with `ddof = 1`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Final statistics of a reduction.
+///
+/// `None` marks a value that is undefined for this input: the mean of nothing, the variance of
+/// one value with `ddof = 1`. `Some(NaN)` is a value the data made NaN, as numpy's would be (a
+/// NaN in the input without `skip_nan`, `+inf` and `-inf` summed, an infinity in a variance).
+/// numpy answers NaN for both; keeping them apart tells "no data" from "bad data".
+///
+/// Serialized (serde) with non-finite values as the strings `"NaN"`, `"inf"`, `"-inf"` and
+/// undefined ones as `null`, so it round-trips through JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Number of values the statistics are over (NaNs excluded only with `skip_nan`).
     pub count: u64,
@@ -216,25 +240,95 @@ pub struct Stats {
     /// Whether NaNs were skipped (numpy's `nan*` functions).
     pub skip_nan: bool,
     /// Sum (0 for empty input, as numpy).
+    #[serde(with = "floats")]
     pub sum: Option<f64>,
     /// Arithmetic mean: total sum over total count.
+    #[serde(with = "floats")]
     pub mean: Option<f64>,
     /// Smallest value.
+    #[serde(with = "floats")]
     pub min: Option<f64>,
     /// Largest value.
+    #[serde(with = "floats")]
     pub max: Option<f64>,
     /// Variance with `ddof`.
+    #[serde(with = "floats")]
     pub var: Option<f64>,
     /// Standard deviation, `sqrt(var)`.
+    #[serde(with = "floats")]
     pub std: Option<f64>,
     /// Integer inputs: the exact sum, min and max (`sum`, `min`, `max` above are their nearest
     /// f64; reports print these instead).
     pub exact: Option<IntPart>,
 }
 
+/// Serde for `Option<f64>` as the JSON reports write it: `null` for `None`, a number, or the
+/// strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no non-finite numbers).
+mod floats {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match x {
+            None => s.serialize_none(),
+            Some(v) if v.is_nan() => s.serialize_str("NaN"),
+            Some(v) if *v == f64::INFINITY => s.serialize_str("inf"),
+            Some(v) if *v == f64::NEG_INFINITY => s.serialize_str("-inf"),
+            Some(v) => s.serialize_f64(*v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        // Through serde_json's Value: an untagged enum would not see numbers under its
+        // `arbitrary_precision` feature.
+        use serde_json::Value;
+        let bad = |what: &str| serde::de::Error::custom(format!("{what} is not a number"));
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            Value::Number(n) => n.as_f64().map(Some).ok_or_else(|| bad(&n.to_string())),
+            Value::String(t) => match t.as_str() {
+                "NaN" => Ok(Some(f64::NAN)),
+                "inf" => Ok(Some(f64::INFINITY)),
+                "-inf" => Ok(Some(f64::NEG_INFINITY)),
+                _ => Err(bad(&format!("{t:?}"))),
+            },
+            other => Err(bad(&other.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partials_and_stats_round_trip_through_json_whatever_they_hold() {
+        let cases: Vec<Partial> = vec![
+            Partial::EMPTY,
+            Partial::from_slice_f64(&[f32::NAN, f32::NAN]),
+            Partial::from_slice_f64(&[f32::INFINITY, -1.5, f32::NEG_INFINITY, f32::NAN]),
+            Partial::from_slice_f64(&[1e-30, 3.0e38, -2.5]),
+            crate::backend::cpu::reduce_slice_int(&[i64::MIN, i64::MAX, 7], 0),
+        ];
+        for p in cases {
+            let text = serde_json::to_string(&p).unwrap();
+            let back: Partial = serde_json::from_str(&text).unwrap();
+            // Bit for bit (PartialEq would fail on NaN fields).
+            assert_eq!(format!("{back:?}"), format!("{p:?}"), "{text}");
+            for (ddof, skip) in [(0, false), (1, true)] {
+                let st = p.finish(ddof, skip);
+                let text = serde_json::to_string(&st).unwrap();
+                let back: Stats = serde_json::from_str(&text).unwrap();
+                assert_eq!(format!("{back:?}"), format!("{st:?}"), "{text}");
+            }
+        }
+        // Impossible partials do not deserialize.
+        let mut v = serde_json::to_value(Partial::from_slice_f64(&[1.0, 2.0])).unwrap();
+        v["m2"] = serde_json::json!(-1.0);
+        let e = serde_json::from_value::<Partial>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m2"), "{e}");
+    }
 
     #[test]
     fn merge_in_any_grouping_matches_one_pass() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::stats::Partial;
@@ -12,7 +12,7 @@ pub mod cpu;
 pub mod gpu;
 
 /// Which kind of backend ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// wgpu on an adapter (hardware GPU, or a software one such as lavapipe when asked for).
@@ -31,7 +31,7 @@ impl std::fmt::Display for BackendKind {
 }
 
 /// What ran a reduction: reported with every result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendInfo {
     /// GPU or CPU.
     pub kind: BackendKind,
@@ -46,7 +46,7 @@ pub struct BackendInfo {
 }
 
 /// How the compute stage was timed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComputeClock {
     /// GPU timestamp queries around each dispatch.

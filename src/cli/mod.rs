@@ -428,7 +428,7 @@ fn run(args: RunArgs) -> Result<()> {
             },
             skipped_invalid: skipped,
         };
-        write_json_file(path, &file.to_json())?;
+        file.write(path)?;
     }
     let mut out = std::io::stdout().lock();
     if args.stats.json {
@@ -574,7 +574,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
                 .collect(),
             skipped_invalid: skipped,
         };
-        write_json_file(path, &file.to_json())?;
+        file.write(path)?;
     }
     let per_server: Vec<serde_json::Value> = servers
         .iter()
@@ -714,40 +714,22 @@ impl Progress {
     }
 }
 
-fn write_json_file(path: &std::path::Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)? + "\n";
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
 fn merge(args: MergeArgs) -> Result<()> {
     let mut shards: Vec<(PathBuf, PartialFile)> = Vec::new();
     for p in &args.partials {
-        let values: Vec<serde_json::Value> = if p.as_os_str() == "-" {
-            serde_json::Deserializer::from_reader(std::io::stdin().lock())
-                .into_iter::<serde_json::Value>()
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| microbatch::Error::IncompatiblePartial {
-                    path: "<stdin>".into(),
-                    message: format!("not JSON: {e}"),
-                })?
-        } else {
-            let text = std::fs::read_to_string(p).map_err(|error| microbatch::Error::Io {
-                path: p.clone(),
-                error,
+        if p.as_os_str() != "-" {
+            shards.push((p.clone(), PartialFile::read(p)?));
+            continue;
+        }
+        // Standard input: any number of partials, one after another (`cat *.json | merge -`).
+        let name = PathBuf::from("<stdin>");
+        for v in serde_json::Deserializer::from_reader(std::io::stdin().lock())
+            .into_iter::<serde_json::Value>()
+        {
+            let v = v.map_err(|e| microbatch::Error::IncompatiblePartial {
+                path: name.clone(),
+                message: format!("not JSON: {e}"),
             })?;
-            vec![serde_json::from_str(&text).map_err(|e| {
-                microbatch::Error::IncompatiblePartial {
-                    path: p.clone(),
-                    message: format!("not JSON: {e}"),
-                }
-            })?]
-        };
-        let name = if p.as_os_str() == "-" {
-            PathBuf::from("<stdin>")
-        } else {
-            p.clone()
-        };
-        for v in values {
             shards.push((name.clone(), PartialFile::from_json(&v, &name)?));
         }
     }
@@ -764,7 +746,7 @@ fn merge(args: MergeArgs) -> Result<()> {
     merged.skip_nan = skip_nan;
     let stats: Stats = merged.partial.finish(ddof, skip_nan);
     if let Some(path) = &args.partial {
-        write_json_file(path, &merged.to_json())?;
+        merged.write(path)?;
     }
     let mut out = std::io::stdout().lock();
     if args.json {

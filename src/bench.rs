@@ -511,10 +511,8 @@ pub fn run(
             "bench needs at least one size, one batch size and one run".to_string(),
         ));
     }
-    if config.batch_sizes.contains(&0) {
-        return Err(Error::InvalidConfig(
-            "batch sizes must be at least 1".to_string(),
-        ));
+    for &b in &config.batch_sizes {
+        crate::engine::check_batch_size(b)?;
     }
     let want_gpu = config.backends.contains(&BackendKind::Gpu);
     let ctx = if want_gpu {

@@ -348,15 +348,29 @@ impl Engine {
 }
 
 fn validate(config: &EngineConfig) -> Result<()> {
-    if config.batch_size == 0 {
-        return Err(Error::InvalidConfig(
-            "batch size must be at least 1".to_string(),
-        ));
-    }
+    check_batch_size(config.batch_size)?;
     if config.workgroups == Some(0) {
-        return Err(Error::InvalidConfig(
-            "workgroups must be at least 1".to_string(),
-        ));
+        return Err(Error::OutOfRange {
+            setting: "workgroups",
+            value: 0,
+            min: 1,
+            max: u64::from(u32::MAX),
+            on: None,
+        });
+    }
+    Ok(())
+}
+
+/// The one check of a batch size (engine, GPU reducer, bench): at least one element.
+pub(crate) fn check_batch_size(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::OutOfRange {
+            setting: "batch_size",
+            value: 0,
+            min: 1,
+            max: usize::MAX as u64,
+            on: None,
+        });
     }
     Ok(())
 }

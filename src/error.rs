@@ -6,12 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An input could not be opened or read.
-    #[error("{}: {error}", path.display())]
+    /// An input could not be opened or read, or an output written. The message names the
+    /// file; what the OS said is the [`std::error::Error::source`].
+    #[error("{}", path.display())]
     Io {
         /// The file (or `<stdin>`).
         path: PathBuf,
-        /// What the OS said (part of the message, so it is not repeated as a source).
+        /// What the OS said.
+        #[source]
         error: std::io::Error,
     },
     /// An input ends partway through a value.
@@ -56,7 +58,48 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
-    /// A setting is out of range (batch size 0, too many workgroups for the adapter, …).
+    /// A setting outside the range it may take: a batch size of 0, more workgroups than the
+    /// adapter dispatches, … (`setting` names it as the library's fields do).
+    #[error("{setting} must be between {min} and {max}{}, got {value}", on.as_deref().map(|a| format!(" on {a}")).unwrap_or_default())]
+    OutOfRange {
+        /// Which setting (`batch_size`, `workgroups`, `vec_per_thread`).
+        setting: &'static str,
+        /// What was given.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+        /// The adapter whose limit `max` is, when it is one.
+        on: Option<String>,
+    },
+    /// A source was read as an element type it does not hold (f32 batches asked of an f64
+    /// file, say): [`crate::source::read_batch`] reads any source at its own precision.
+    #[error(
+        "{source_name} holds {holds} values, not {asked}: read it with read_batch, which keeps each type's precision"
+    )]
+    WrongElementType {
+        /// The source, as [`crate::source::BatchSource::describe`] names it.
+        source_name: String,
+        /// The type it holds (`f64`, `i64`, `text`, …).
+        holds: String,
+        /// The kind of batch asked for (`f32`, `f64`, `integer`).
+        asked: &'static str,
+    },
+    /// An input whose format is neither given nor recognisable (no known extension or magic
+    /// bytes): it must be named ([`crate::source::InputOptions::format`]).
+    #[error("{}: the format is not known: {}", path.display(), if *looks_like_text {
+        "this looks like text: give the format, csv (comma-separated) or txt (whitespace-separated)"
+    } else {
+        "unknown binary content: give the format raw with its element type (f32, f64, i16, …), or name the file .f32, .f64, …"
+    })]
+    UnknownFormat {
+        /// The input.
+        path: PathBuf,
+        /// Whether its first bytes read as text.
+        looks_like_text: bool,
+    },
+    /// Settings that contradict each other, or a setting the input cannot honour.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// A GPU backend was asked for from a library built without the `gpu` feature.
@@ -80,7 +123,7 @@ pub enum Error {
     GpuUnsupported {
         /// The adapter's name.
         adapter: String,
-        /// What it lacks.
+        /// What it lacks (a wgpu feature, e.g. `SHADER_F64` or `SUBGROUP`).
         missing: String,
     },
     /// The GPU reported an error (validation, out of memory, device lost, a failed map).

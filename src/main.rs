@@ -19,6 +19,13 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("microbatch: error: {err:#}");
+            if let Some(hint) = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<microbatch::Error>())
+                .and_then(cli::hint)
+            {
+                eprintln!("microbatch: hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

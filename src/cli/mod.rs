@@ -714,6 +714,31 @@ impl Progress {
     }
 }
 
+/// The command-line flags that mend a library error, where there are some (the library's
+/// messages name its own options, not the flags).
+pub(crate) fn hint(e: &microbatch::Error) -> Option<&'static str> {
+    use microbatch::{Error, Location};
+    Some(match e {
+        Error::UnknownFormat {
+            looks_like_text: true,
+            ..
+        } => "pass --format csv or --format txt",
+        Error::UnknownFormat { .. } => "pass --format raw --dtype f32 (or f64, i16, …)",
+        Error::InvalidInput {
+            at: Location::Line { .. },
+            message,
+            ..
+        } if message.starts_with("empty field") => {
+            "--null '' counts empty fields as nulls; --skip-invalid skips invalid fields"
+        }
+        Error::InvalidInput {
+            at: Location::Line { .. },
+            ..
+        } => "--skip-invalid counts and skips fields that are not numbers",
+        _ => return None,
+    })
+}
+
 fn merge(args: MergeArgs) -> Result<()> {
     let mut shards: Vec<(PathBuf, PartialFile)> = Vec::new();
     for p in &args.partials {

@@ -394,7 +394,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     }
                     Err(e) => {
                         for job in group {
-                            let _ = job.reply.send(Err(e.to_string()));
+                            let _ = job.reply.send(Err(message(&e)));
                         }
                     }
                 }
@@ -1654,7 +1654,19 @@ fn api_error(e: microbatch::Error) -> ApiError {
             return ApiError::new(StatusCode::REQUEST_TIMEOUT, inner.to_string());
         }
     }
-    ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    ApiError::new(StatusCode::BAD_REQUEST, message(&e))
+}
+
+/// An error and its sources, as one line (`<request body>: line 3: …`).
+fn message(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Reduces a request's body under the request timeout: a small body gathered and reduced on

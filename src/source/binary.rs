@@ -297,10 +297,11 @@ impl<R: Read> BinarySource<R> {
 impl<R: Read> BatchSource for BinarySource<R> {
     fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
         if self.dtype.element() != Element::F32 {
-            return Err(Error::InvalidConfig(format!(
-                "{} holds {} values, reduced at their own precision: read them with read_batch",
-                self.label, self.dtype
-            )));
+            return Err(Error::WrongElementType {
+                source_name: self.label.clone(),
+                holds: self.dtype.to_string(),
+                asked: "f32",
+            });
         }
         let native = self.dtype == Dtype::F32
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");
@@ -314,10 +315,11 @@ impl<R: Read> BatchSource for BinarySource<R> {
 
     fn next_batch_int(&mut self, buf: &mut Vec<i64>, max: usize) -> Result<usize> {
         if self.dtype.element() != Element::Int {
-            return Err(Error::InvalidConfig(format!(
-                "{} holds {} values, not integers",
-                self.label, self.dtype
-            )));
+            return Err(Error::WrongElementType {
+                source_name: self.label.clone(),
+                holds: self.dtype.to_string(),
+                asked: "integer",
+            });
         }
         let native = self.dtype == Dtype::I64
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");

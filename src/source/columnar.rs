@@ -501,10 +501,11 @@ impl BatchSource for ColumnarSource {
                 buf.extend_from_slice(v);
                 Ok(buf.len())
             }
-            _ => Err(Error::InvalidConfig(format!(
-                "{} holds {} values, reduced at their own precision: read them with read_batch",
-                self.label, self.dtype
-            ))),
+            _ => Err(Error::WrongElementType {
+                source_name: self.label.clone(),
+                holds: self.dtype.to_string(),
+                asked: "f32",
+            }),
         }
     }
 
@@ -529,10 +530,11 @@ impl BatchSource for ColumnarSource {
                 buf.extend_from_slice(v);
                 Ok(buf.len())
             }
-            _ => Err(Error::InvalidConfig(format!(
-                "{} holds {} values, not integers",
-                self.label, self.dtype
-            ))),
+            _ => Err(Error::WrongElementType {
+                source_name: self.label.clone(),
+                holds: self.dtype.to_string(),
+                asked: "integer",
+            }),
         }
     }
 

@@ -154,11 +154,12 @@ impl MappedSource {
         (start, bytes)
     }
 
-    fn wrong_type(&self, want: &str) -> Error {
-        Error::InvalidConfig(format!(
-            "{} holds {} values, reduced at their own precision: read them with read_batch ({want} asked)",
-            self.label, self.dtype
-        ))
+    fn wrong_type(&self, asked: &'static str) -> Error {
+        Error::WrongElementType {
+            source_name: self.label.clone(),
+            holds: self.dtype.to_string(),
+            asked,
+        }
     }
 }
 
@@ -196,10 +197,7 @@ impl BatchSource for MappedSource {
 
     fn next_batch_int(&mut self, buf: &mut Vec<i64>, max: usize) -> Result<usize> {
         if self.dtype.element() != Element::Int {
-            return Err(Error::InvalidConfig(format!(
-                "{} holds {} values, not integers",
-                self.label, self.dtype
-            )));
+            return Err(self.wrong_type("integer"));
         }
         let (start, bytes) = self.take(max);
         let n = bytes / self.dtype.size();

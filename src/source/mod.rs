@@ -99,10 +99,11 @@ pub trait BatchSource {
     /// [`BatchSource::next_batch`] for sources of [`Element::Int`]: each value minus
     /// [`BatchSource::int_offset`]. Other sources refuse it.
     fn next_batch_int(&mut self, _buf: &mut Vec<i64>, _max: usize) -> Result<usize> {
-        Err(crate::Error::InvalidConfig(format!(
-            "{} does not hold integers",
-            self.describe()
-        )))
+        Err(crate::Error::WrongElementType {
+            source_name: self.describe(),
+            holds: "non-integer".to_string(),
+            asked: "integer",
+        })
     }
 
     /// Lends the next batch of up to `max` values straight from the source's memory (a

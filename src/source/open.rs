@@ -314,7 +314,7 @@ pub fn open_reader_sized(
 fn check_dtype_format(options: &InputOptions, format: Format) -> Result<()> {
     if options.dtype.is_some() && format != Format::Raw {
         return Err(Error::InvalidConfig(
-            "--dtype applies to raw binary input only (a .npy header gives its own type; text is parsed to f64)"
+            "an element type (dtype) applies to raw binary input only (a .npy header gives its own type; text is parsed to f64)"
                 .to_string(),
         ));
     }
@@ -387,17 +387,15 @@ fn open_stream(
                 });
             }
             Content::Text => {
-                return Err(Error::InvalidInput {
+                return Err(Error::UnknownFormat {
                     path: name.to_path_buf(),
-                    at: Location::Offset(0),
-                    message: "this looks like text: pass --format csv (comma-separated) or --format txt (whitespace-separated)".into(),
+                    looks_like_text: true,
                 });
             }
             _ => {
-                return Err(Error::InvalidInput {
+                return Err(Error::UnknownFormat {
                     path: name.to_path_buf(),
-                    at: Location::Offset(0),
-                    message: "unknown binary format: pass --format raw with --dtype (f32, f64, i16, …) for raw values, or name the file .f32/.f64/…".into(),
+                    looks_like_text: false,
                 });
             }
         },

@@ -475,7 +475,9 @@ fn classify(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
         return Field::Null;
     }
     if text.is_empty() {
-        return Field::Invalid("empty field (--null '' counts empty fields as nulls)".into());
+        return Field::Invalid(
+            "empty field (an empty null token counts empty fields as nulls)".into(),
+        );
     }
     let Ok(s) = std::str::from_utf8(text) else {
         return Field::Invalid("the field is not UTF-8".to_string());
@@ -659,7 +661,7 @@ impl TextSource {
             }
             (Column::Name(n), None) => {
                 return Err(Error::InvalidConfig(format!(
-                    "column {n:?} is a name, but the input has no header (--no-header): give a 0-based index"
+                    "column {n:?} is a name, but the input has no header: give a 0-based index"
                 )));
             }
         };
@@ -773,7 +775,7 @@ impl TextSource {
                         line: self.line + line,
                         column: Some(self.column_label.clone()),
                     },
-                    message: format!("{message} (--skip-invalid counts and skips such fields)"),
+                    message: format!("{message} (skip_invalid counts and skips such fields)"),
                 });
                 break;
             }
@@ -847,10 +849,11 @@ fn csv_error(path: &std::path::Path, e: csv::Error) -> Error {
 
 impl BatchSource for TextSource {
     fn next_batch(&mut self, _buf: &mut Vec<f32>, _max: usize) -> Result<usize> {
-        Err(Error::InvalidConfig(format!(
-            "{}: text is parsed to f64: read it with next_batch_f64",
-            self.label
-        )))
+        Err(Error::WrongElementType {
+            source_name: self.label.clone(),
+            holds: "text (parsed to f64)".to_string(),
+            asked: "f32",
+        })
     }
 
     fn element(&self) -> Element {

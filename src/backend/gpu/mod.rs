@@ -295,29 +295,32 @@ impl std::fmt::Debug for GpuReducer {
 impl GpuReducer {
     /// Builds the pipeline and buffers for batches of up to `config.batch_size` elements.
     pub fn new(ctx: &GpuContext, config: GpuConfig) -> Result<Self> {
-        if config.batch_size == 0 {
-            return Err(Error::InvalidConfig(
-                "batch size must be at least 1".to_string(),
-            ));
-        }
+        crate::engine::check_batch_size(config.batch_size)?;
         let limits = &ctx.limits;
         let max_wg = limits.max_compute_workgroups_per_dimension;
         let workgroups = config
             .workgroups
             .unwrap_or_else(|| default_workgroups(&ctx.report));
         if workgroups == 0 || workgroups > max_wg {
-            return Err(Error::InvalidConfig(format!(
-                "workgroups must be between 1 and {max_wg} on {}, got {workgroups}",
-                ctx.report.name
-            )));
+            return Err(Error::OutOfRange {
+                setting: "workgroups",
+                value: workgroups.into(),
+                min: 1,
+                max: max_wg.into(),
+                on: Some(ctx.report.name.clone()),
+            });
         }
         let vec_per_thread = config
             .vec_per_thread
             .unwrap_or_else(|| default_vec_per_thread(&ctx.report));
         if !(1..=MAX_VEC_PER_THREAD).contains(&vec_per_thread) {
-            return Err(Error::InvalidConfig(format!(
-                "vec4 loads per thread must be between 1 and {MAX_VEC_PER_THREAD}, got {vec_per_thread}"
-            )));
+            return Err(Error::OutOfRange {
+                setting: "vec_per_thread",
+                value: vec_per_thread.into(),
+                min: 1,
+                max: MAX_VEC_PER_THREAD.into(),
+                on: None,
+            });
         }
         if !ctx.report.f64 {
             return Err(Error::GpuUnsupported {
@@ -330,10 +333,10 @@ impl GpuReducer {
             // issue 10): subgroup shuffles of f64 state are no cheaper than workgroup memory.
             None => false,
             Some(true) if !ctx.subgroups => {
-                return Err(Error::InvalidConfig(format!(
-                    "{} has no subgroup operations",
-                    ctx.report.name
-                )));
+                return Err(Error::GpuUnsupported {
+                    adapter: ctx.report.name.clone(),
+                    missing: "SUBGROUP (subgroup operations in compute shaders)".to_string(),
+                });
             }
             Some(wanted) => wanted,
         };
@@ -349,10 +352,12 @@ impl GpuReducer {
             || WORKGROUP_SIZE > limits.max_compute_workgroup_size_x
             || wg_storage > limits.max_compute_workgroup_storage_size
         {
-            return Err(Error::InvalidConfig(format!(
-                "{} cannot run workgroups of {WORKGROUP_SIZE} invocations",
-                ctx.report.name
-            )));
+            return Err(Error::GpuUnsupported {
+                adapter: ctx.report.name.clone(),
+                missing: format!(
+                    "room for workgroups of {WORKGROUP_SIZE} invocations with {wg_storage} bytes of workgroup memory"
+                ),
+            });
         }
 
         // The most bytes one dispatch may bind: the adapter's binding and buffer limits, rounded
@@ -367,9 +372,13 @@ impl GpuReducer {
         }
         let bind_limit_elems = (bind_limit / 16 * 4) as usize;
         if bind_limit_elems == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "storage binding limit of {bind_limit} bytes is too small"
-            )));
+            return Err(Error::OutOfRange {
+                setting: "max_binding_bytes",
+                value: bind_limit,
+                min: 16,
+                max: 1 << 30,
+                on: Some(ctx.report.name.clone()),
+            });
         }
         let chunk_elems = config.batch_size.next_multiple_of(4).min(bind_limit_elems);
 

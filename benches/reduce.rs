@@ -8,9 +8,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use microbatch::backend::cpu::{SimdLevel, reduce_slice_with};
 use microbatch::source::{BatchSource, RandomSource};
-use microbatch::{
-    AdapterSelector, CpuReducer, Engine, EngineConfig, GpuConfig, GpuContext, GpuReducer,
-};
+use microbatch::{AdapterSelector, CpuReducer, Engine, GpuConfig, GpuContext, GpuReducer};
 
 fn workload() -> (usize, Vec<usize>) {
     if std::env::var_os("CI").is_some() {
@@ -36,17 +34,14 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes((n * 4) as u64));
     group.sample_size(10);
     for &b in &batch_sizes {
-        let config = EngineConfig {
-            batch_size: b,
-            ..Default::default()
-        };
-        let mut cpu = Engine::with_reducer(Box::new(CpuReducer::new()), &config);
+        let mut cpu = Engine::with_reducer(Box::new(CpuReducer::new()));
+        cpu.set_batch_size(b).unwrap();
         group.bench_with_input(BenchmarkId::new("cpu", b), &b, |bench, _| {
             bench.iter(|| cpu.reduce(&data).unwrap().stats.sum)
         });
         if let Some(ctx) = &gpu {
             let reducer = GpuReducer::new(ctx, GpuConfig::new(b)).unwrap();
-            let mut engine = Engine::with_reducer(Box::new(reducer), &config);
+            let mut engine = Engine::with_reducer(Box::new(reducer));
             group.bench_with_input(BenchmarkId::new("gpu", b), &b, |bench, _| {
                 bench.iter(|| engine.reduce(&data).unwrap().stats.sum)
             });

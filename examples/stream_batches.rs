@@ -30,7 +30,8 @@ fn main() -> Result<(), microbatch::Error> {
         let ctx = GpuContext::new(&AdapterSelector::any())?;
         let reducer =
             microbatch::GpuReducer::new(&ctx, microbatch::GpuConfig::new(config.batch_size))?;
-        Engine::with_reducer(Box::new(reducer), &config)
+        // Batches of the reducer's own size, population variance: Engine::with_reducer.
+        Engine::with_reducer(Box::new(reducer))
     } else {
         Engine::new(&config)?
     };

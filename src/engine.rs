@@ -8,7 +8,7 @@ use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
 use crate::report::{BatchCounts, Report, Timings};
 use crate::source::{BatchBuf, BatchSource, Element, read_batch};
-use crate::stats::Partial;
+use crate::stats::{Partial, Stats};
 use crate::{Error, Result};
 
 /// Default micro-batch: 16 Mi elements (64 MiB). Each batch has a fixed cost (the GPU's submit
@@ -121,21 +121,72 @@ impl Engine {
                 Err(e) => return Err(e),
             },
         };
-        let mut engine = Self::with_reducer(reducer, config);
+        let mut engine = Self::with_reducer(reducer);
+        engine.batch_size = config.batch_size;
+        engine.buffered_batch_size = config.batch_size;
+        engine.set_stats_options(config.ddof, config.skip_nan);
         engine.notice = notice;
         Ok(engine)
     }
 
-    /// An engine over a reducer you built yourself (e.g. a [`GpuReducer`] on your own context).
-    pub fn with_reducer(reducer: Box<dyn BatchReducer + Send>, config: &EngineConfig) -> Self {
+    /// An engine over a reducer you built yourself: a `GpuReducer` on your own device (shared
+    /// with other reducers, or with your application), or a [`CpuReducer`]. Inputs are cut to
+    /// the reducer's own batch size (a `GpuReducer`'s `GpuConfig::batch_size`;
+    /// [`DEFAULT_BATCH_SIZE`] for the CPU backend); statistics with `ddof` 0, NaN propagated:
+    /// see [`Engine::set_batch_size`] and [`Engine::set_stats_options`].
+    pub fn with_reducer(reducer: Box<dyn BatchReducer + Send>) -> Self {
+        let batch_size = reducer.batch_size().unwrap_or(DEFAULT_BATCH_SIZE).max(1);
         Self {
             reducer,
-            batch_size: config.batch_size.max(1),
-            buffered_batch_size: config.batch_size.max(1),
-            ddof: config.ddof,
-            skip_nan: config.skip_nan,
+            batch_size,
+            buffered_batch_size: batch_size,
+            ddof: 0,
+            skip_nan: false,
             buf: BatchBuf::default(),
             notice: None,
+        }
+    }
+
+    /// Elements per micro-batch from now on (≥ 1; see [`Engine::set_buffered_batch_size`] for
+    /// inputs read through a buffer, which this sets too).
+    pub fn set_batch_size(&mut self, n: usize) -> Result<()> {
+        check_batch_size(n)?;
+        self.batch_size = n;
+        self.buffered_batch_size = n;
+        Ok(())
+    }
+
+    /// The options that shape the final statistics: `ddof` (the variance divides by
+    /// `count - ddof`) and `skip_nan` (leave NaNs out, as numpy's `nan*` functions do). They
+    /// change nothing in the reduction itself: [`Partial::finish`] applies them.
+    pub fn set_stats_options(&mut self, ddof: u32, skip_nan: bool) {
+        self.ddof = ddof;
+        self.skip_nan = skip_nan;
+    }
+
+    /// An incremental reduction: push batches as they come, read the running statistics at
+    /// any point ([`Accumulator::stats`]), finish with a [`Report`].
+    ///
+    /// ```
+    /// use microbatch::{BackendChoice, Engine, EngineConfig};
+    /// let mut engine = Engine::new(&EngineConfig { backend: BackendChoice::Cpu, ..Default::default() })?;
+    /// let mut acc = engine.accumulate();
+    /// acc.push(&[1.0, 2.0])?;
+    /// assert_eq!(acc.stats()?.mean, Some(1.5));
+    /// acc.push(&[6.0])?;
+    /// let report = acc.finish()?;
+    /// assert_eq!((report.stats.count, report.stats.mean), (3, Some(3.0)));
+    /// # Ok::<(), microbatch::Error>(())
+    /// ```
+    pub fn accumulate(&mut self) -> Accumulator<'_> {
+        Accumulator {
+            engine: self,
+            partial: Partial::EMPTY,
+            times: StageTimes::default(),
+            batches: 0,
+            pending: false,
+            start: Instant::now(),
+            failed: None,
         }
     }
 
@@ -297,20 +348,50 @@ impl Engine {
         I: IntoIterator<Item = B>,
         B: AsRef<[f32]>,
     {
+        self.try_reduce_batches(batches.into_iter().map(Ok::<B, std::convert::Infallible>))
+    }
+
+    /// Reduces batches from a producer that can fail (a socket, a decoder): the first `Err`
+    /// stops the run with [`Error::Producer`] (its source the producer's error), and no
+    /// statistics of the batches before it are returned as if they were the result.
+    pub fn try_reduce_batches<I, B, E>(&mut self, batches: I) -> Result<Report>
+    where
+        I: IntoIterator<Item = std::result::Result<B, E>>,
+        B: AsRef<[f32]>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let start = Instant::now();
         let mut count = 0u64;
-        for batch in batches {
+        let mut read = Duration::ZERO;
+        let mut batches = batches.into_iter();
+        loop {
+            let t = Instant::now();
+            let next = batches.next();
+            read += t.elapsed();
+            let batch = match next {
+                None => break,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    let _ = self.reducer.finish();
+                    return Err(Error::Producer {
+                        after: count,
+                        source: e.into(),
+                    });
+                }
+            };
             let batch = batch.as_ref();
             if batch.is_empty() {
                 continue;
             }
-            if let Err(e) = self.reducer.push(batch) {
-                let _ = self.reducer.finish();
-                return Err(e);
+            for piece in batch.chunks(self.batch_size) {
+                if let Err(e) = self.reducer.push(piece) {
+                    let _ = self.reducer.finish();
+                    return Err(e);
+                }
             }
             count += 1;
         }
-        self.finish(start, Duration::ZERO, count, self.batch_size)
+        self.finish(start, read, count, self.batch_size)
     }
 
     fn finish(
@@ -373,6 +454,137 @@ pub(crate) fn check_batch_size(n: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// An incremental reduction on an [`Engine`] ([`Engine::accumulate`]): batches pushed as they
+/// come, running statistics on demand. Reading them waits for the batches pushed so far (on the
+/// GPU, a readback): read them as often as you need them, not after every batch. Dropping it
+/// discards what was pushed; the engine is ready for other work either way.
+pub struct Accumulator<'e> {
+    engine: &'e mut Engine,
+    /// Everything finished so far.
+    partial: Partial,
+    times: StageTimes,
+    batches: u64,
+    /// Batches pushed since the last finish.
+    pending: bool,
+    start: Instant,
+    /// The first error: after it the accumulator refuses everything.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Accumulator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accumulator")
+            .field("batches", &self.batches)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accumulator<'_> {
+    fn guard(&mut self, push: impl FnOnce(&mut Engine) -> Result<()>) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(Error::Poisoned(e.clone()));
+        }
+        self.pending = true;
+        push(&mut *self.engine).inspect_err(|e| {
+            self.failed = Some(e.to_string());
+            let _ = self.engine.reducer.finish();
+            self.pending = false;
+        })?;
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Pushes f32 values (any length: cut to the engine's batch size).
+    pub fn push(&mut self, batch: &[f32]) -> Result<()> {
+        self.guard(|e| {
+            let n = e.batch_size;
+            batch.chunks(n).try_for_each(|c| e.reducer.push(c))
+        })
+    }
+
+    /// Pushes f64 values, reduced in f64.
+    pub fn push_f64(&mut self, batch: &[f64]) -> Result<()> {
+        self.guard(|e| {
+            e.note_host_kernels();
+            let n = e.batch_size;
+            batch.chunks(n).try_for_each(|c| e.reducer.push_f64(c))
+        })
+    }
+
+    /// Pushes i64 values, reduced exactly.
+    pub fn push_i64(&mut self, batch: &[i64]) -> Result<()> {
+        self.guard(|e| {
+            e.note_host_kernels();
+            let n = e.batch_size;
+            batch
+                .chunks(n)
+                .try_for_each(|c| e.reducer.push_int_tagged(0, c, 0))
+        })
+    }
+
+    /// The merged partial of everything pushed so far (waits for it to be reduced).
+    pub fn partial(&mut self) -> Result<Partial> {
+        if let Some(e) = &self.failed {
+            return Err(Error::Poisoned(e.clone()));
+        }
+        if self.pending {
+            self.pending = false;
+            let (p, t) = self.engine.reducer.finish().inspect_err(|e| {
+                self.failed = Some(e.to_string());
+            })?;
+            self.partial.merge(&p);
+            self.times.upload += t.upload;
+            self.times.compute += t.compute;
+            self.times.readback += t.readback;
+            self.times.merge += t.merge;
+            self.times.compute_clock = t.compute_clock;
+        }
+        Ok(self.partial)
+    }
+
+    /// The statistics of everything pushed so far, with the engine's `ddof` and `skip_nan`.
+    pub fn stats(&mut self) -> Result<Stats> {
+        let p = self.partial()?;
+        Ok(p.finish(self.engine.ddof, self.engine.skip_nan))
+    }
+
+    /// The report of everything pushed (stage times summed over the accumulator's life).
+    pub fn finish(mut self) -> Result<Report> {
+        let partial = self.partial()?;
+        let t = Instant::now();
+        let stats = partial.finish(self.engine.ddof, self.engine.skip_nan);
+        let info = self.engine.reducer.info().clone();
+        Ok(Report {
+            stats,
+            batches: BatchCounts {
+                count: self.batches,
+                size: self.engine.batch_size,
+                workgroups: info.workgroups,
+            },
+            backend: info,
+            timings: Timings {
+                read: Duration::ZERO,
+                upload: self.times.upload,
+                compute: self.times.compute,
+                readback: self.times.readback,
+                merge: self.times.merge + t.elapsed(),
+                total: self.start.elapsed(),
+                compute_clock: self.times.compute_clock,
+            },
+            partial,
+        })
+    }
+}
+
+impl Drop for Accumulator<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            let _ = self.engine.reducer.finish();
+        }
+    }
 }
 
 /// Which GPU adapter [`Engine::new`] opens.

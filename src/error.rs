@@ -99,6 +99,20 @@ pub enum Error {
         /// Whether its first bytes read as text.
         looks_like_text: bool,
     },
+    /// The caller's batch producer failed ([`crate::Engine::try_reduce_batches`]); nothing
+    /// reduced before it is reported as if it were the result.
+    #[error("the batch producer failed after {after} batches")]
+    Producer {
+        /// Batches reduced before the failure.
+        after: u64,
+        /// The producer's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An [`crate::Accumulator`] used after one of its calls failed: what it held may be
+    /// incomplete, so it gives nothing more.
+    #[error("this accumulator failed earlier ({0}); start a new one")]
+    Poisoned(String),
     /// Settings that contradict each other, or a setting the input cannot honour.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

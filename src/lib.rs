@@ -45,6 +45,7 @@ pub mod report;
 pub mod shard;
 pub mod source;
 pub mod stats;
+mod values;
 
 /// The wgpu this crate is built with: hand its `Device`, `Queue` and `Buffer`s to
 /// [`GpuContext::from_device`] and [`GpuReducer::reduce_buffer`] without a version mismatch.
@@ -57,8 +58,11 @@ pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer};
-pub use engine::{BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig};
+pub use engine::{
+    Accumulator, BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig,
+};
 pub use error::{Error, Location, Result};
 pub use report::Report;
 pub use shard::PartialFile;
 pub use stats::{Partial, Stats};
+pub use values::{Value, partial, stats};

@@ -165,6 +165,11 @@ pub trait BatchReducer {
     fn push_f64(&mut self, batch: &[f64]) -> Result<()> {
         self.push_f64_tagged(0, batch)
     }
+    /// The batch size the reducer was built for (a [`crate::GpuReducer`]'s buffers), if any:
+    /// [`crate::Engine::with_reducer`] cuts its inputs to it.
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
     /// Waits for all pushed batches and returns their merged partial and stage times.
     fn finish(&mut self) -> Result<(Partial, StageTimes)> {
         let (parts, times) = self.finish_tagged()?;

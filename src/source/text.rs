@@ -475,9 +475,7 @@ fn classify(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
         return Field::Null;
     }
     if text.is_empty() {
-        return Field::Invalid(
-            "empty field (an empty null token counts empty fields as nulls)".into(),
-        );
+        return Field::Invalid("empty field".into());
     }
     let Ok(s) = std::str::from_utf8(text) else {
         return Field::Invalid("the field is not UTF-8".to_string());
@@ -775,7 +773,7 @@ impl TextSource {
                         line: self.line + line,
                         column: Some(self.column_label.clone()),
                     },
-                    message: format!("{message} (skip_invalid counts and skips such fields)"),
+                    message,
                 });
                 break;
             }

@@ -3,8 +3,9 @@
 //!
 //! cargo test --release --test accuracy -- --ignored --nocapture
 
+use crate::common::engine_on;
 use microbatch::source::{BatchSource, RandomSource};
-use microbatch::{CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Report};
+use microbatch::{CpuReducer, GpuConfig, GpuReducer, Report};
 
 const N: u64 = 100_000_000;
 const SEED: u64 = 2026;
@@ -54,11 +55,7 @@ fn check(name: &str, report: &Report, sum: f64, var: f64) {
 #[ignore = "1e8 values: run in release with --ignored"]
 fn relative_error_on_1e8_uniform_values() {
     let (sum, var) = reference();
-    let config = EngineConfig {
-        batch_size: BATCH,
-        ..Default::default()
-    };
-    let mut cpu = Engine::with_reducer(Box::new(CpuReducer::new()), &config);
+    let mut cpu = engine_on(Box::new(CpuReducer::new()), BATCH, 0);
     check(
         "cpu",
         &cpu.run(&mut RandomSource::new(N, SEED)).unwrap(),
@@ -67,7 +64,7 @@ fn relative_error_on_1e8_uniform_values() {
     );
     if let Some(ctx) = crate::common::gpu() {
         let reducer = GpuReducer::new(ctx, GpuConfig::new(BATCH)).unwrap();
-        let mut gpu = Engine::with_reducer(Box::new(reducer), &config);
+        let mut gpu = engine_on(Box::new(reducer), BATCH, 0);
         check(
             &format!("gpu ({})", ctx.adapter().name),
             &gpu.run(&mut RandomSource::new(N, SEED)).unwrap(),

@@ -202,3 +202,15 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An engine over `reducer` with batches of `batch_size` and statistics with `ddof`.
+pub fn engine_on(
+    reducer: Box<dyn microbatch::BatchReducer + Send>,
+    batch_size: usize,
+    ddof: u32,
+) -> microbatch::Engine {
+    let mut e = microbatch::Engine::with_reducer(reducer);
+    e.set_batch_size(batch_size).unwrap();
+    e.set_stats_options(ddof, false);
+    e
+}

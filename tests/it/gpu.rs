@@ -19,19 +19,11 @@ fn gpu_engine(
     config.workgroups = workgroups;
     config.max_binding_bytes = max_binding_bytes;
     let reducer = GpuReducer::new(ctx, config).unwrap();
-    let engine_config = EngineConfig {
-        batch_size,
-        ..Default::default()
-    };
-    Some(Engine::with_reducer(Box::new(reducer), &engine_config))
+    Some(engine_on(Box::new(reducer), batch_size, 0))
 }
 
 fn cpu_report(data: &[f32], batch_size: usize) -> Report {
-    let config = EngineConfig {
-        batch_size,
-        ..Default::default()
-    };
-    Engine::with_reducer(Box::new(CpuReducer::new()), &config)
+    engine_on(Box::new(CpuReducer::new()), batch_size, 0)
         .reduce(data)
         .unwrap()
 }
@@ -176,10 +168,10 @@ fn gpu_skip_nan_matches_cpu() {
         ..Default::default()
     };
     let reducer = GpuReducer::new(ctx, GpuConfig::new(8192)).unwrap();
-    let s = Engine::with_reducer(Box::new(reducer), &config)
-        .reduce(&data)
-        .unwrap()
-        .stats;
+    // The reducer's own batch size; the options that shape the statistics set apart.
+    let mut engine = Engine::with_reducer(Box::new(reducer));
+    engine.set_stats_options(config.ddof, config.skip_nan);
+    let s = engine.reduce(&data).unwrap().stats;
     let cpu = Engine::new(&EngineConfig {
         backend: BackendChoice::Cpu,
         ..config.clone()
@@ -246,11 +238,7 @@ fn gpu_batch_larger_than_the_adapters_storage_binding_limit() {
     let data = uniform(&mut rng, n, 0.0, 1.0);
     let reducer = GpuReducer::new(ctx, GpuConfig::new(n)).unwrap();
     assert!(reducer.chunk_elems() < n, "the batch must be split");
-    let config = EngineConfig {
-        batch_size: n,
-        ..Default::default()
-    };
-    let r = Engine::with_reducer(Box::new(reducer), &config)
+    let r = Engine::with_reducer(Box::new(reducer))
         .reduce(&data)
         .unwrap();
     assert_eq!(r.batches.count, 1);
@@ -441,13 +429,7 @@ fn reduce_each_keeps_inputs_apart_on_both_backends() {
     let slices: Vec<BatchRef> = inputs.iter().map(|v| BatchRef::F32(v)).collect();
     let mut engines = vec![(
         "cpu",
-        Engine::with_reducer(
-            Box::new(CpuReducer::new()),
-            &EngineConfig {
-                batch_size: 8192,
-                ..Default::default()
-            },
-        ),
+        engine_on(Box::new(CpuReducer::new()), 8192, 0),
         CPU_DEPTH,
     )];
     if gpu().is_some() {

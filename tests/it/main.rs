@@ -8,6 +8,7 @@
 mod common;
 
 mod accuracy;
+mod api;
 mod bench_cli;
 mod choose;
 mod cli;

@@ -7,7 +7,7 @@
 //! absolute), count, NaN count, min and max exact.
 
 use crate::common::*;
-use microbatch::{CpuReducer, Engine, EngineConfig, GpuConfig, GpuReducer, Stats};
+use microbatch::{CpuReducer, Engine, GpuConfig, GpuReducer, Stats};
 use rand::RngExt;
 
 /// A backend to test: its name, an engine for a batch size (and P on the GPU), and its depth.
@@ -45,14 +45,7 @@ fn b_any() -> usize {
 }
 
 fn engine(r: Box<dyn microbatch::BatchReducer + Send>, batch_size: usize, ddof: u32) -> Engine {
-    Engine::with_reducer(
-        r,
-        &EngineConfig {
-            batch_size,
-            ddof,
-            ..Default::default()
-        },
-    )
+    engine_on(r, batch_size, ddof)
 }
 
 /// Checks `data` on every backend at every batch size in `batches`.

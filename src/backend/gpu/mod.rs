@@ -270,6 +270,8 @@ pub struct GpuReducer {
     next_slot: usize,
     /// Elements bound per dispatch (multiple of 4).
     chunk_elems: usize,
+    /// The batch size it was built for.
+    batch_size: usize,
     partials: wgpu::Buffer,
     partials_capacity: u32,
     partials_readback: wgpu::Buffer,
@@ -505,6 +507,7 @@ impl GpuReducer {
             ring: Vec::with_capacity(RING),
             next_slot: 0,
             chunk_elems,
+            batch_size: config.batch_size,
             partials,
             partials_capacity,
             partials_readback,
@@ -1129,6 +1132,10 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 impl BatchReducer for GpuReducer {
     fn info(&self) -> &BackendInfo {
         &self.info
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(self.batch_size)
     }
 
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {

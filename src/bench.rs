@@ -229,7 +229,7 @@ fn median_seconds(runs: usize, mut once: impl FnMut() -> Result<f64>) -> Result<
 }
 
 /// Host read bandwidth: a plain prefetched SIMD sum over `data` on all threads, cut and scheduled
-/// like the CPU backend ([`crate::backend::cpu::read_slice`]); median of `runs` passes.
+/// like the CPU backend (`read_slice`); median of `runs` passes.
 pub fn host_read_bandwidth(data: &[f32], runs: usize) -> f64 {
     let seconds =
         median_seconds(runs, || Ok(host_read_seconds(data))).expect("a host pass cannot fail");

@@ -57,12 +57,12 @@ pub use backend::cpu::CpuReducer;
 pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };
-pub use backend::{BackendInfo, BackendKind, BatchReducer};
+pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
 pub use engine::{
     Accumulator, BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig,
 };
 pub use error::{Error, Location, Result};
-pub use report::Report;
+pub use report::{BatchCounts, Report, Timings};
 pub use shard::PartialFile;
 pub use stats::{Partial, Stats};
 pub use values::{Value, partial, stats};

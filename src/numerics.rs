@@ -19,7 +19,7 @@
 //! step scales the data, so nothing overflows or underflows where the result is finite.
 //!
 //! Blocks merge into [`Partial`]s with Chan, Golub and LeVeque's formula, carried out in
-//! double-double arithmetic ([`two_sum`]) on the host: the sum and `M2` are each kept as an
+//! double-double arithmetic (`two_sum`) on the host: the sum and `M2` are each kept as an
 //! unevaluated pair `hi + lo`, and the difference of means `δ` is formed from the pairs, so that
 //! merging millions of partials (tiny batches, many threads, many shards) adds only O(ε²) per
 //! merge.
@@ -30,7 +30,7 @@
 //! Q = Σ(x − P)², exact shifts in exact arithmetic, no division), and threads merge by Chan's
 //! formula with δ formed from the exact difference of two f32 pivots plus small terms. Each
 //! workgroup's (n, P, T, M2) becomes a double-double on the host
-//! ([`PivotMoments::to_partial_with_m2`]).
+//! (`to_partial_with_m2`).
 //!
 //! # Bounds (ε = 2⁻⁵³, m = values per f64 accumulator lane in a block)
 //!
@@ -54,7 +54,7 @@ use crate::stats::Partial;
 /// `a + b` as an unevaluated pair `(s, e)` with `s = fl(a + b)` and `s + e = a + b` exactly
 /// (Knuth's TwoSum: no condition on the magnitudes).
 #[inline(always)]
-pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
+pub(crate) fn two_sum(a: f64, b: f64) -> (f64, f64) {
     let s = a + b;
     let bb = s - a;
     let e = (a - (s - bb)) + (b - bb);
@@ -63,7 +63,7 @@ pub fn two_sum(a: f64, b: f64) -> (f64, f64) {
 
 /// `(ah + al) + (bh + bl)` in double-double arithmetic, renormalised.
 #[inline(always)]
-pub fn dd_add(ah: f64, al: f64, bh: f64, bl: f64) -> (f64, f64) {
+pub(crate) fn dd_add(ah: f64, al: f64, bh: f64, bl: f64) -> (f64, f64) {
     let (s, e) = two_sum(ah, bh);
     let e = e + (al + bl);
     let hi = s + e;
@@ -72,7 +72,7 @@ pub fn dd_add(ah: f64, al: f64, bh: f64, bl: f64) -> (f64, f64) {
 
 /// `(hi + lo) / n` as a double-double: the quotient and its remainder's correction.
 #[inline(always)]
-pub fn dd_div(hi: f64, lo: f64, n: f64) -> (f64, f64) {
+pub(crate) fn dd_div(hi: f64, lo: f64, n: f64) -> (f64, f64) {
     let q = hi / n;
     // The residual hi − q·n is exact with one FMA.
     let r = (-q).mul_add(n, hi) + lo;
@@ -82,14 +82,14 @@ pub fn dd_div(hi: f64, lo: f64, n: f64) -> (f64, f64) {
 /// Order-preserving map from f32 bits to u32 (the shader's `order_key`): negative values flip
 /// all bits, positive ones set the sign bit. -0 orders just below +0.
 #[inline(always)]
-pub fn order_key(bits: u32) -> u32 {
+pub(crate) fn order_key(bits: u32) -> u32 {
     let mask = (((bits as i32) >> 31) as u32) | 0x8000_0000;
     bits ^ mask
 }
 
 /// Inverse of [`order_key`].
 #[inline]
-pub fn from_order_key(key: u32) -> f32 {
+pub(crate) fn from_order_key(key: u32) -> f32 {
     let bits = if key & 0x8000_0000 != 0 {
         key ^ 0x8000_0000
     } else {
@@ -101,7 +101,7 @@ pub fn from_order_key(key: u32) -> f32 {
 /// A block's moments around its pivot, before they become a [`Partial`]: `n` finite values,
 /// `t = Σ(x − pivot)`, `q = Σ(x − pivot)²`, and the counts and extremes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PivotMoments {
+pub(crate) struct PivotMoments {
     /// Finite values.
     pub count: u64,
     /// NaN values.
@@ -139,7 +139,7 @@ impl PivotMoments {
     /// The mergeable partial: sum = n·pivot + t (as a double-double; n·pivot is split exactly
     /// with an FMA), M2 = q − t²/n (the corrected two-pass formula).
     #[inline]
-    pub fn to_partial(&self) -> Partial {
+    pub(crate) fn to_partial(self) -> Partial {
         let m2 = if self.count > 0 {
             (self.q - self.t * (self.t / self.count as f64)).max(0.0)
         } else {
@@ -150,7 +150,7 @@ impl PivotMoments {
 
     /// [`PivotMoments::to_partial`] with M2 already formed (the GPU forms it; `q` is ignored).
     #[inline]
-    pub fn to_partial_with_m2(&self, m2: f64) -> Partial {
+    pub(crate) fn to_partial_with_m2(self, m2: f64) -> Partial {
         let mut p = Partial {
             count: self.count,
             nan_count: self.nan_count,
@@ -175,7 +175,7 @@ impl PivotMoments {
 
 /// `x` as a double-double: the nearest f64 and the rest (exact while the rest fits 53 bits, so
 /// for any sum of 64-bit integers of up to 2^106).
-pub fn dd_from_i128(x: i128) -> (f64, f64) {
+pub(crate) fn dd_from_i128(x: i128) -> (f64, f64) {
     let hi = x as f64;
     // hi is within half an ulp of x, so x − hi fits an i128 whatever x is.
     let rest = x.wrapping_sub(hi as i128);
@@ -186,7 +186,7 @@ pub fn dd_from_i128(x: i128) -> (f64, f64) {
 /// difference of the two means formed from their double-double sums, so that it carries an
 /// error relative to δ itself, not to the means' magnitude.
 #[inline]
-pub fn merge(a: &mut Partial, b: &Partial) {
+pub(crate) fn merge(a: &mut Partial, b: &Partial) {
     // The exact integer part survives only while both sides are integer data (or empty).
     a.int = match (a.int, b.int) {
         (Some(x), Some(y)) => Some(x.merge(y)),

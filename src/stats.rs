@@ -105,7 +105,7 @@ impl Partial {
     }
 
     /// Merges `other` into `self` (Chan, Golub and LeVeque's pairwise update, in double-double
-    /// arithmetic: [`crate::numerics::merge`]).
+    /// arithmetic: `merge`).
     pub fn merge(&mut self, other: &Partial) {
         crate::numerics::merge(self, other);
     }

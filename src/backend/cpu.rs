@@ -1,8 +1,8 @@
 //! The CPU backend: the shared block scheme of [`crate::numerics`] on all cores.
 //!
-//! Each block of [`BLOCK`] values (16 KiB, in L1) is reduced twice: a first pass sums it in f32
+//! Each block of `BLOCK` values (16 KiB, in L1) is reduced twice: a first pass sums it in f32
 //! lanes for a pivot and takes the float min/max; a second pass, over the same now-cached values,
-//! accumulates t = Σ(x − p) and q = Σ(x − p)² in f64 lanes ([`crate::numerics::PivotMoments`]).
+//! accumulates t = Σ(x − p) and q = Σ(x − p)² in f64 lanes (`PivotMoments`).
 //! A NaN, an infinity or an f32 overflow shows up as a non-finite first-pass sum; only then is the
 //! block redone with every value classified. (One consequence: where a block's extreme is a
 //! zero, the fast path may report +0 for -0 or the reverse; the values compare equal.) Blocks
@@ -10,7 +10,7 @@
 //! order, so the result never depends on which thread finished first.
 //!
 //! The kernel is compiled for AVX-512, AVX2 and the build's baseline and the best the processor
-//! has is chosen at run time ([`SimdLevel`]); it prefetches [`PREFETCH_AHEAD`] elements ahead,
+//! has is chosen at run time ([`SimdLevel`]); it prefetches `PREFETCH_AHEAD` elements ahead,
 //! which a core needs to reach its share of DRAM bandwidth.
 
 use std::time::Instant;
@@ -25,13 +25,13 @@ use crate::stats::{IntPart, Partial};
 
 /// f32 lanes of the first pass (two AVX-512 registers, so that the adds of consecutive
 /// iterations do not wait on each other); the second pass keeps as many f64 lanes.
-pub const LANES: usize = 32;
+pub(crate) const LANES: usize = 32;
 /// Values per block: both passes run over it while it sits in L1. Each f64 lane of the second
 /// pass sums `BLOCK / LANES` = 128 values, which bounds the rounding error (numerics.rs).
-pub const BLOCK: usize = 8192;
+pub(crate) const BLOCK: usize = 8192;
 /// Most elements one thread reduces as one task (1 MiB): big enough to amortise scheduling,
 /// small enough to balance the threads.
-pub const TASK: usize = 1 << 18;
+pub(crate) const TASK: usize = 1 << 18;
 
 const ABS_MASK: u32 = 0x7fff_ffff;
 const INF_BITS: u32 = 0x7f80_0000;
@@ -212,12 +212,12 @@ fn pairwise<T: Copy + std::ops::AddAssign, const N: usize>(mut v: [T; N]) -> T {
 /// alone leaves a core well short of its share of DRAM bandwidth on the 2-core Xeon we measure on
 /// (78% of a plain read); prefetching one cache line per 16 elements this far ahead closes the gap
 /// (BENCHMARKS.md, "CPU: software prefetch").
-pub const PREFETCH_AHEAD: usize = 512;
+pub(crate) const PREFETCH_AHEAD: usize = 512;
 
 /// Asks for the cache line holding `p` to be brought into L1. A hint: it never faults, even past
 /// the end of an allocation, so `p` may point anywhere.
 #[inline(always)]
-pub fn prefetch(p: *const f32) {
+pub(crate) fn prefetch(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT0 only hints the cache; it has no architectural effect and cannot fault.
     unsafe {
@@ -262,7 +262,7 @@ fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
 }
 
 /// Values per f64 block (32 KiB, in L1): both passes run over it there.
-pub const BLOCK_F64: usize = 4096;
+pub(crate) const BLOCK_F64: usize = 4096;
 /// f64 lanes of both passes (two AVX-512 registers).
 const LANES_F64: usize = 16;
 /// 1/BLOCK_F64: each value enters the first pass's sum scaled by it (exact, a power of two), so
@@ -449,7 +449,7 @@ pub fn reduce_slice_f64_with(level: SimdLevel, data: &[f64]) -> Partial {
 }
 
 /// Values per integer block (32 KiB of i64, in L1).
-pub const BLOCK_INT: usize = 4096;
+pub(crate) const BLOCK_INT: usize = 4096;
 const LANES_INT: usize = 16;
 
 /// One block of integers (each stored as value − `offset`, see
@@ -628,11 +628,11 @@ pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32]) -> Partial {
     }
 }
 
-/// A plain read of `data` on the calling thread: a sum in [`LANES`] f32 accumulators and nothing
+/// A plain read of `data` on the calling thread: a sum in `LANES` f32 accumulators and nothing
 /// else, with the prefetching and instruction set of the reduction kernel. `bench` times it over
 /// all threads as the host's read ceiling, so the ceiling is the best read this code knows, not a
 /// naive loop the kernel could beat.
-pub fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
+pub(crate) fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
     ensure_supported(level);
     match level {
         // SAFETY: the processor has the features these functions are compiled for (checked above).
@@ -645,7 +645,7 @@ pub fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
 }
 
 /// [`read_sum_with`] at the best level the processor runs.
-pub fn read_sum(data: &[f32]) -> f32 {
+pub(crate) fn read_sum(data: &[f32]) -> f32 {
     read_sum_with(simd_level(), data)
 }
 
@@ -703,8 +703,8 @@ pub fn reduce_slice(data: &[f32]) -> Partial {
 
 /// [`reduce_slice`] with the kernel compiled for `level` (one of [`SimdLevel::available`]).
 ///
-/// The slice is cut into pieces of whole blocks, at most [`TASK`] elements and at least
-/// [`MIN_PIECE`], so that even a small batch keeps every thread busy; the pieces' partials merge
+/// The slice is cut into pieces of whole blocks, at most `TASK` elements and at least
+/// `MIN_PIECE`, so that even a small batch keeps every thread busy; the pieces' partials merge
 /// in index order (bit-identical results whatever the thread timing).
 pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
     let piece = piece_len(data.len(), rayon::current_num_threads());
@@ -721,7 +721,7 @@ pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
 /// A plain read of `data` ([`read_sum`]) on all threads, cut and scheduled exactly like
 /// [`reduce_slice`]: `bench` times it as the host's read ceiling, so that the two differ only in
 /// what they compute per element.
-pub fn read_slice(data: &[f32]) -> f32 {
+pub(crate) fn read_slice(data: &[f32]) -> f32 {
     let piece = piece_len(data.len(), rayon::current_num_threads());
     let mut total = 0.0f32;
     for_each_piece(data, piece, read_sum, |s| total += s);
@@ -779,7 +779,7 @@ fn for_each_piece<E: Sync, T: Send>(
 
 /// Smallest piece worth a task of its own: a few microseconds of work, well above the cost of
 /// handing it to another thread.
-pub const MIN_PIECE: usize = 16 * BLOCK;
+pub(crate) const MIN_PIECE: usize = 16 * BLOCK;
 
 /// Piece length for `len` elements over `threads` threads: about four pieces per thread (so a
 /// slow thread does not hold the others up), whole blocks, between [`MIN_PIECE`] and [`TASK`].

@@ -74,11 +74,11 @@ pub struct StageTimes {
 /// Partials kept apart by tag: what a reducer returns from [`BatchReducer::finish_tagged`].
 /// A small map in first-seen order (a reducer sees few tags between two finishes).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Tagged(Vec<(u64, Partial)>);
+pub(crate) struct Tagged(Vec<(u64, Partial)>);
 
 impl Tagged {
     /// Merges `p` into the partial of `tag`.
-    pub fn merge(&mut self, tag: u64, p: &Partial) {
+    pub(crate) fn merge(&mut self, tag: u64, p: &Partial) {
         match self.0.iter_mut().find(|(t, _)| *t == tag) {
             Some((_, acc)) => acc.merge(p),
             None => self.0.push((tag, *p)),
@@ -86,7 +86,7 @@ impl Tagged {
     }
 
     /// Every tag's partial, in first-seen order, leaving this empty.
-    pub fn take(&mut self) -> Vec<(u64, Partial)> {
+    pub(crate) fn take(&mut self) -> Vec<(u64, Partial)> {
         std::mem::take(&mut self.0)
     }
 }

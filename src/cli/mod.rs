@@ -402,7 +402,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     for p in &args.inputs {
         let source = if p.as_os_str() == "-" {
-            microbatch::source::open_reader(Box::new(std::io::stdin().lock()), "<stdin>", &options)?
+            microbatch::source::open_reader(Box::new(std::io::stdin()), "<stdin>", &options)?
         } else {
             microbatch::source::open(p, &options)?
         };
@@ -506,11 +506,9 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             Some(s) => s,
             None => match inputs.next() {
                 None => break,
-                Some(p) if p.as_os_str() == "-" => microbatch::source::open_reader(
-                    Box::new(std::io::stdin().lock()),
-                    "<stdin>",
-                    options,
-                )?,
+                Some(p) if p.as_os_str() == "-" => {
+                    microbatch::source::open_reader(Box::new(std::io::stdin()), "<stdin>", options)?
+                }
                 Some(p) => microbatch::source::open(p, options)?,
             },
         };

@@ -1200,7 +1200,7 @@ const SMALL_BODY: u64 = 64 << 10;
 
 /// Refuses a text body's line longer than `max` bytes (counted from the last `\n` or `\r`).
 struct LineGuard {
-    inner: Box<dyn std::io::Read>,
+    inner: Box<dyn std::io::Read + Send>,
     run: u64,
     max: u64,
 }
@@ -1503,7 +1503,7 @@ fn reduce_reader(
     spec: &BodySpec,
     reducer: Reducer,
 ) -> Result<Reduced, ApiError> {
-    let reader: Box<dyn std::io::Read> = match spec.encoding {
+    let reader: Box<dyn std::io::Read + Send> = match spec.encoding {
         Encoding::Identity => Box::new(reader),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
         Encoding::Zstd => Box::new(
@@ -1512,7 +1512,7 @@ fn reduce_reader(
         ),
     };
     let options = &spec.options;
-    let reader: Box<dyn std::io::Read> = match options.format {
+    let reader: Box<dyn std::io::Read + Send> = match options.format {
         Some(Format::Csv | Format::Tsv | Format::Txt) => Box::new(LineGuard {
             inner: reader,
             run: 0,

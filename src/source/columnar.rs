@@ -26,17 +26,23 @@ use crate::{Error, Location, Result};
 const DECODE_ROWS: usize = 1 << 20;
 
 /// Where record batches come from.
-enum Batches {
+enum Batches<'a> {
     /// A Parquet file: its row groups, decoded on all cores by a thread of their own a round
     /// ahead of the engine, and received here in file order.
     Parquet(std::sync::mpsc::Receiver<std::result::Result<RecordBatch, String>>),
     /// An Arrow IPC file or stream, already projected to the column.
-    Ipc(Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow_schema::ArrowError>>>),
+    Ipc(
+        Box<
+            dyn Iterator<Item = std::result::Result<RecordBatch, arrow_schema::ArrowError>>
+                + Send
+                + 'a,
+        >,
+    ),
 }
 
 /// One numeric column of a Parquet or Arrow IPC input.
-pub struct ColumnarSource {
-    batches: Batches,
+pub struct ColumnarSource<'a> {
+    batches: Batches<'a>,
     path: PathBuf,
     element: Element,
     /// The column's type as stored (for reports).
@@ -55,7 +61,7 @@ pub struct ColumnarSource {
     label: String,
 }
 
-impl std::fmt::Debug for ColumnarSource {
+impl std::fmt::Debug for ColumnarSource<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ColumnarSource")
             .field("path", &self.path)
@@ -126,7 +132,7 @@ fn pick(schema: &Schema, column: &Column, path: &Path) -> Result<(usize, Element
     Ok((index, element, field.data_type().to_string()))
 }
 
-impl ColumnarSource {
+impl<'a> ColumnarSource<'a> {
     /// Opens a Parquet file's `column`.
     pub fn open_parquet(path: &Path, column: &Column) -> Result<Self> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -207,7 +213,7 @@ impl ColumnarSource {
 
     /// Reads an Arrow IPC stream (stdin, a pipe) named `name`.
     pub fn open_ipc_stream(
-        reader: Box<dyn std::io::Read>,
+        reader: Box<dyn std::io::Read + Send + 'a>,
         name: &Path,
         column: &Column,
     ) -> Result<Self> {
@@ -233,7 +239,7 @@ impl ColumnarSource {
     }
 
     fn new(
-        batches: Batches,
+        batches: Batches<'a>,
         path: &Path,
         element: Element,
         dtype: String,
@@ -395,7 +401,7 @@ macro_rules! gather {
     }};
 }
 
-impl ColumnarSource {
+impl<'a> ColumnarSource<'a> {
     /// Serves up to `max` rows of the current array (fetching the next when it is done):
     /// lent from the array where no conversion is needed, else converted into a scratch
     /// buffer. An empty batch is the end.
@@ -493,7 +499,7 @@ impl ColumnarSource {
     }
 }
 
-impl BatchSource for ColumnarSource {
+impl BatchSource for ColumnarSource<'_> {
     fn next_batch(&mut self, buf: &mut Vec<f32>, max: usize) -> Result<usize> {
         match self.serve(max)? {
             BatchRef::F32(v) => {

@@ -199,7 +199,7 @@ pub fn parse_descr(descr: &str) -> Result<(Dtype, Endian), String> {
 
 /// Parses numpy's header dict; returns (descr, fortran_order, shape). Errors carry the byte
 /// offset within `text`.
-pub fn parse_dict(text: &str) -> Result<(String, bool, Vec<u64>), (usize, String)> {
+pub(crate) fn parse_dict(text: &str) -> Result<(String, bool, Vec<u64>), (usize, String)> {
     let mut p = Parser {
         s: text.as_bytes(),
         i: 0,

@@ -160,7 +160,10 @@ fn extensions(path: &Path) -> (Option<String>, Option<Content>) {
 }
 
 /// Reads up to [`SNIFF`] bytes and hands back a reader that still yields them.
-fn peek(mut reader: Box<dyn Read>, name: &Path) -> Result<(Vec<u8>, Box<dyn Read>)> {
+fn peek<'a>(
+    mut reader: Box<dyn Read + Send + 'a>,
+    name: &Path,
+) -> Result<(Vec<u8>, Box<dyn Read + Send + 'a>)> {
     let mut head = vec![0u8; SNIFF];
     let mut n = 0;
     while n < SNIFF {
@@ -177,7 +180,8 @@ fn peek(mut reader: Box<dyn Read>, name: &Path) -> Result<(Vec<u8>, Box<dyn Read
         }
     }
     head.truncate(n);
-    let rest: Box<dyn Read> = Box::new(std::io::Cursor::new(head.clone()).chain(reader));
+    let rest: Box<dyn Read + Send + 'a> =
+        Box::new(std::io::Cursor::new(head.clone()).chain(reader));
     Ok((head, rest))
 }
 
@@ -185,7 +189,7 @@ fn peek(mut reader: Box<dyn Read>, name: &Path) -> Result<(Vec<u8>, Box<dyn Read
 /// (a `.npy` whose header is corrupt or promises more than the file holds) are found here, before
 /// anything is reduced. Named pipes, character devices (`/dev/stdin`) and `<(…)` are read as
 /// streams.
-pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>> {
+pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource + Send>> {
     let meta = std::fs::metadata(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
         error,
@@ -289,11 +293,11 @@ pub fn open(path: &Path, options: &InputOptions) -> Result<Box<dyn BatchSource>>
 
 /// Opens a reader (stdin) named `name` as the source `options` describe: the format as given,
 /// else from the content.
-pub fn open_reader(
-    reader: Box<dyn Read>,
+pub fn open_reader<'a>(
+    reader: Box<dyn Read + Send + 'a>,
     name: &str,
     options: &InputOptions,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send + 'a>> {
     open_stream(reader, Path::new(name), None, None, options, 0, None)
 }
 
@@ -302,12 +306,12 @@ pub fn open_reader(
 /// buffer, a raw input that is not a whole number of elements and a `.npy` whose header promises
 /// other than what follows are refused before anything is reduced. The reader must end with an
 /// error if it cannot deliver `len` bytes.
-pub fn open_reader_sized(
-    reader: Box<dyn Read>,
+pub fn open_reader_sized<'a>(
+    reader: Box<dyn Read + Send + 'a>,
     name: &str,
     options: &InputOptions,
     len: u64,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send + 'a>> {
     open_stream(reader, Path::new(name), None, None, options, 0, Some(len))
 }
 
@@ -323,15 +327,15 @@ fn check_dtype_format(options: &InputOptions, format: Format) -> Result<()> {
 
 /// A stream: the format from the options, the extension or the content; compressed content is
 /// decompressed on the fly and looked at again.
-fn open_stream(
-    reader: Box<dyn Read>,
+fn open_stream<'a>(
+    reader: Box<dyn Read + Send + 'a>,
     name: &Path,
     ext: Option<&str>,
     compressed: Option<Content>,
     options: &InputOptions,
     depth: u32,
     len: Option<u64>,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send + 'a>> {
     let (head, reader) = peek(reader, name)?;
     let content = sniff(&head);
     let explicit_raw = options.format == Some(Format::Raw) || options.dtype.is_some();
@@ -356,7 +360,7 @@ fn open_stream(
         _ => None,
     };
     if let Some(kind) = unpack {
-        let inner: Box<dyn Read> = match kind {
+        let inner: Box<dyn Read + Send + 'a> = match kind {
             Content::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
             _ => Box::new(
                 zstd::stream::read::Decoder::new(reader).map_err(|error| Error::Io {
@@ -447,7 +451,7 @@ fn columnar_file(
     path: &Path,
     format: Format,
     options: &InputOptions,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send>> {
     use super::columnar::ColumnarSource;
     Ok(Box::new(match format {
         Format::Parquet => ColumnarSource::open_parquet(path, &options.text.column)?,
@@ -460,17 +464,17 @@ fn columnar_file(
     path: &Path,
     _format: Format,
     _options: &InputOptions,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send>> {
     Err(without_arrow(path))
 }
 
 /// An Arrow IPC stream (stdin, a pipe).
 #[cfg(feature = "arrow")]
-fn arrow_stream(
-    reader: Box<dyn Read>,
+fn arrow_stream<'a>(
+    reader: Box<dyn Read + Send + 'a>,
     name: &Path,
     options: &InputOptions,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send + 'a>> {
     Ok(Box::new(super::columnar::ColumnarSource::open_ipc_stream(
         reader,
         name,
@@ -479,11 +483,11 @@ fn arrow_stream(
 }
 
 #[cfg(not(feature = "arrow"))]
-fn arrow_stream(
-    _reader: Box<dyn Read>,
+fn arrow_stream<'a>(
+    _reader: Box<dyn Read + Send + 'a>,
     name: &Path,
     _options: &InputOptions,
-) -> Result<Box<dyn BatchSource>> {
+) -> Result<Box<dyn BatchSource + Send + 'a>> {
     Err(without_arrow(name))
 }
 
@@ -498,7 +502,7 @@ fn without_arrow(path: &Path) -> Error {
 
 /// A `.npy` regular file: its header read and checked, its data mapped (read through a buffer
 /// where it cannot be).
-fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn BatchSource>> {
+fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn BatchSource + Send>> {
     let header = npy::read_header(&mut file).map_err(|(offset, message)| Error::InvalidInput {
         path: path.to_path_buf(),
         at: Location::Offset(offset),

@@ -95,8 +95,8 @@ const CHUNK: usize = 1 << 20;
 
 /// Cuts a byte stream into chunks that end at line ends outside CSV quotes, so each chunk parses
 /// on its own (every chunk starts outside quotes).
-struct Chunker {
-    reader: Box<dyn Read>,
+struct Chunker<'a> {
+    reader: Box<dyn Read + Send + 'a>,
     /// Bytes read but not yet handed out.
     buf: Vec<u8>,
     /// Whether `"` quotes fields (CSV-style delimiters; not whitespace-separated text).
@@ -106,7 +106,7 @@ struct Chunker {
     bytes: u64,
 }
 
-impl Chunker {
+impl Chunker<'_> {
     /// The next chunk of about `size` bytes (more when one record is longer), `None` at the end.
     fn next(&mut self, size: usize) -> std::io::Result<Option<Vec<u8>>> {
         let mut want = size;
@@ -231,8 +231,8 @@ impl MappedText {
 }
 
 /// Where a text source's bytes come from.
-enum TextInput {
-    Stream(Chunker),
+enum TextInput<'a> {
+    Stream(Chunker<'a>),
     Mapped(MappedText),
 }
 
@@ -489,8 +489,8 @@ fn classify(field: Option<&[u8]>, nulls: &[Vec<u8>]) -> Field {
 }
 
 /// One column of a delimited text input, as f64 values in batches, parsed on all cores.
-pub struct TextSource {
-    input: TextInput,
+pub struct TextSource<'a> {
+    input: TextInput<'a>,
     /// Bytes per chunk ([`CHUNK`]; tests cut smaller to cross many boundaries).
     chunk: usize,
     spec: RowSpec,
@@ -511,7 +511,7 @@ pub struct TextSource {
     label: String,
 }
 
-impl std::fmt::Debug for TextSource {
+impl std::fmt::Debug for TextSource<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextSource")
             .field("path", &self.path)
@@ -527,10 +527,10 @@ enum Field {
     Invalid(String),
 }
 
-impl TextSource {
+impl<'a> TextSource<'a> {
     /// Reads `reader` (named `name` in reports and errors; `len_bytes` its length if known).
     pub fn new(
-        reader: Box<dyn Read>,
+        reader: Box<dyn Read + Send + 'a>,
         name: impl Into<PathBuf>,
         len_bytes: Option<u64>,
         options: &TextOptions,
@@ -613,7 +613,7 @@ impl TextSource {
 
     /// Settles the header and the column from the input's first chunk `head`.
     fn with_input(
-        input: TextInput,
+        input: TextInput<'a>,
         head: &[u8],
         path: PathBuf,
         len_bytes: Option<u64>,
@@ -845,7 +845,7 @@ fn csv_error(path: &std::path::Path, e: csv::Error) -> Error {
     }
 }
 
-impl BatchSource for TextSource {
+impl BatchSource for TextSource<'_> {
     fn next_batch(&mut self, _buf: &mut Vec<f32>, _max: usize) -> Result<usize> {
         Err(Error::WrongElementType {
             source_name: self.label.clone(),
@@ -930,7 +930,7 @@ mod tests {
     }
 
     fn read_bytes(bytes: &[u8], options: &TextOptions) -> Result<(Vec<f64>, u64, u64)> {
-        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(bytes.to_vec()));
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(bytes.to_vec()));
         let mut s = TextSource::new(reader, "t.csv", None, options)?;
         let mut buf = Vec::new();
         let mut got = Vec::new();

@@ -185,3 +185,32 @@ fn an_empty_or_nan_only_partial_survives_json() {
         assert_eq!(format!("{back:?}"), format!("{p:?}"));
     }
 }
+
+#[test]
+fn sources_borrow_their_reader_and_move_to_another_thread() {
+    use microbatch::source::{Format, InputOptions, open_reader};
+    // A reader borrowed from this stack frame (no 'static), read on a scoped thread.
+    let text = String::from("value\n1\n2\n3.5\n-0.5\n");
+    let options = InputOptions {
+        format: Some(Format::Csv),
+        ..Default::default()
+    };
+    let source = open_reader(Box::new(text.as_bytes()), "<borrowed>", &options).unwrap();
+    let mut engine = engine_on(Box::new(CpuReducer::new()), 2, 1);
+    let report = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut source = source;
+            engine.run(source.as_mut())
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap();
+    assert_eq!((report.stats.count, report.stats.sum), (4, Some(6.0)));
+    assert_eq!(report.stats.ddof, 1);
+    // Engines and boxed sources are Send: an application can hand them to worker threads.
+    fn send<T: Send>() {}
+    send::<Engine>();
+    send::<Box<dyn microbatch::source::BatchSource + Send>>();
+    send::<microbatch::Report>();
+}

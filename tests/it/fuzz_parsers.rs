@@ -64,7 +64,7 @@ proptest! {
             prop_assert!(h.data_offset <= bytes.len() as u64);
         }
         let options = InputOptions { format: Some(Format::Npy), ..InputOptions::default() };
-        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(bytes));
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(bytes));
         if let Ok(mut s) = open_reader(reader, "<fuzz>", &options) {
             let _ = drain(s.as_mut());
         }
@@ -103,7 +103,7 @@ proptest! {
             delimiter: delimiter.map(|d| if d == b' ' { Delimiter::Whitespace } else { Delimiter::Byte(d) }),
             skip_invalid,
         };
-        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(bytes));
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(bytes));
         if let Ok(mut s) = TextSource::new(reader, "<fuzz>", None, &options) {
             let _ = drain(&mut s);
         }
@@ -139,7 +139,7 @@ proptest! {
         };
         let header = if detect { None } else { Some(true) };
         let options = TextOptions { column: Column::Index(column), header, delimiter, skip_invalid: false, nulls: vec![] };
-        let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(text.into_bytes()));
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(text.into_bytes()));
         let mut s = TextSource::new(reader, "<gen>", None, &options).unwrap();
         let got = drain(&mut s).unwrap();
         prop_assert_eq!(got.len(), want.len());

@@ -31,7 +31,7 @@ const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../shaders/reduce_subgrou
 /// The full WGSL source of the reduction kernel, with the subgroup or the tree entry point.
 /// (Naga 30 enables subgroup built-ins with the device feature and rejects the standard
 /// `enable subgroups;` directive, so there is none.)
-pub fn reduce_wgsl(subgroups: bool) -> String {
+pub(crate) fn reduce_wgsl(subgroups: bool) -> String {
     if subgroups {
         format!("{REDUCE_COMMON_WGSL}\n{REDUCE_SUBGROUP_WGSL}")
     } else {
@@ -122,7 +122,7 @@ pub struct GpuConfig {
     /// to exercise the split path on small data). `None`: the adapter's limit.
     pub max_binding_bytes: Option<u64>,
     /// vec4 loads each thread issues per loop iteration (the shader's `VEC_PER_THREAD`).
-    /// `None`: [`default_vec_per_thread`] for the adapter.
+    /// `None`: a default per adapter ([`MAX_VEC_PER_THREAD`] on software adapters, 8 on GPUs).
     pub vec_per_thread: Option<u32>,
     /// Whether workgroups combine with subgroup operations. `None`: the tree (measured as fast
     /// or faster); `Some(false)`: the workgroup-memory tree; `Some(true)`: an error without them.
@@ -175,7 +175,7 @@ impl std::fmt::Display for KernelShape {
 /// fastest of 1, 2, 4, 8 and 16 on an H200 (BENCHMARKS.md, issue 4); a software adapter runs
 /// the largest tile, over which the per-tile merge (one f64 division) is spread thinnest
 /// (lavapipe: 16 halves the time of 1, BENCHMARKS.md, issue 10).
-pub fn default_vec_per_thread(report: &AdapterReport) -> u32 {
+pub(crate) fn default_vec_per_thread(report: &AdapterReport) -> u32 {
     match report.device_type.as_str() {
         "Cpu" => MAX_VEC_PER_THREAD,
         _ => 8,

@@ -1075,7 +1075,7 @@ pub(crate) fn copy_parallel(dst: wgpu::WriteOnly<'_, [u8]>, src: &[u8]) {
 }
 
 /// An input buffer of `size` bytes, its params uniform, and the bind group over them and
-/// `partials` (the layout of `shaders/reduce.wgsl`'s group 0). Labels derive from `name`.
+/// `partials` (the layout of group 0 in `shaders/reduce_common.wgsl`). Labels derive from `name`.
 fn input_binding(
     device: &wgpu::Device,
     layout: &wgpu::BindGroupLayout,
@@ -1190,6 +1190,68 @@ impl BatchReducer for GpuReducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Rust mirrors of the kernel's buffers lay out as naga (wgpu's shader compiler) lays
+    /// out the WGSL structs: every member at the same offset, the same size. Checked for both
+    /// kernel variants, so an edit to one side alone fails here instead of corrupting partials.
+    #[test]
+    fn rust_mirrors_match_the_wgsl_structs() {
+        use std::mem::{offset_of, size_of};
+        for subgroups in [false, true] {
+            let module = naga::front::wgsl::parse_str(&reduce_wgsl(subgroups))
+                .unwrap_or_else(|e| panic!("the kernel does not parse: {e}"));
+            let layout = |name: &str| -> (Vec<(String, u32)>, u32) {
+                let ty = module
+                    .types
+                    .iter()
+                    .find(|(_, t)| t.name.as_deref() == Some(name))
+                    .unwrap_or_else(|| panic!("no struct {name} in the kernel"))
+                    .1;
+                match &ty.inner {
+                    naga::TypeInner::Struct { members, span } => (
+                        members
+                            .iter()
+                            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                            .collect(),
+                        *span,
+                    ),
+                    other => panic!("{name} is not a struct: {other:?}"),
+                }
+            };
+            let (members, span) = layout("Partial");
+            let rust = [
+                ("count", offset_of!(GpuPartial, count)),
+                ("nan_count", offset_of!(GpuPartial, nan_count)),
+                ("pos_inf", offset_of!(GpuPartial, pos_inf)),
+                ("neg_inf", offset_of!(GpuPartial, neg_inf)),
+                ("min_key", offset_of!(GpuPartial, min_key)),
+                ("max_key", offset_of!(GpuPartial, max_key)),
+                ("pivot", offset_of!(GpuPartial, pivot)),
+                ("_pad", offset_of!(GpuPartial, _pad)),
+                ("t", offset_of!(GpuPartial, t)),
+                ("m2", offset_of!(GpuPartial, m2)),
+            ];
+            let rust: Vec<(String, u32)> = rust
+                .iter()
+                .map(|(n, o)| (n.to_string(), *o as u32))
+                .collect();
+            assert_eq!(members, rust, "Partial (subgroups {subgroups})");
+            assert_eq!(span as usize, size_of::<GpuPartial>(), "Partial size");
+
+            let (members, span) = layout("Params");
+            let rust: Vec<(String, u32)> = [
+                ("len", offset_of!(GpuParams, len)),
+                ("out_base", offset_of!(GpuParams, out_base)),
+                ("_pad0", offset_of!(GpuParams, _pad0)),
+                ("_pad1", offset_of!(GpuParams, _pad1)),
+            ]
+            .iter()
+            .map(|(n, o)| (n.to_string(), *o as u32))
+            .collect();
+            assert_eq!(members, rust, "Params (subgroups {subgroups})");
+            assert_eq!(span as usize, size_of::<GpuParams>(), "Params size");
+        }
+    }
 
     #[test]
     fn copy_parallel_copies_every_byte_in_place() {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use microbatch::BackendKind;
@@ -29,11 +29,11 @@ pub struct BenchArgs {
 
     /// Backends to compare.
     #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
-    backends: Vec<String>,
+    backends: Vec<BackendArg>,
 
     /// Modes: streaming (host memory through the whole pipeline), resident (data on the device).
     #[arg(long, value_delimiter = ',', default_value = "streaming,resident")]
-    modes: Vec<String>,
+    modes: Vec<ModeArg>,
 
     /// Measured runs per point.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -56,7 +56,7 @@ pub struct BenchArgs {
     /// GPU kernel: combine workgroups with subgroup operations: auto (the workgroup-memory tree,
     /// measured as fast or faster), on, off
     #[arg(long, value_name = "WHEN", default_value = "auto")]
-    subgroups: String,
+    subgroups: Subgroups,
 
     /// Write every measured point, the ceilings and the fits as JSON.
     #[arg(long, value_name = "FILE")]
@@ -82,20 +82,44 @@ pub struct BenchArgs {
     files: Vec<PathBuf>,
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind> {
-    match s {
-        "cpu" => Ok(BackendKind::Cpu),
-        "gpu" => Ok(BackendKind::Gpu),
-        _ => anyhow::bail!("unknown backend {s:?} (expected cpu or gpu)"),
+/// A backend to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Gpu,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => BackendKind::Cpu,
+            BackendArg::Gpu => BackendKind::Gpu,
+        }
     }
 }
 
-fn parse_mode(s: &str) -> Result<Mode> {
-    match s {
-        "streaming" => Ok(Mode::Streaming),
-        "resident" => Ok(Mode::Resident),
-        _ => anyhow::bail!("unknown mode {s:?} (expected streaming or resident)"),
+/// Where the data start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Streaming,
+    Resident,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Streaming => Mode::Streaming,
+            ModeArg::Resident => Mode::Resident,
+        }
     }
+}
+
+/// Whether the kernel combines workgroups with subgroup operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Subgroups {
+    Auto,
+    On,
+    Off,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -110,26 +134,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         } else {
             args.workgroups.iter().map(|&p| Some(p)).collect()
         },
-        backends: args
-            .backends
-            .iter()
-            .map(|s| parse_backend(s))
-            .collect::<Result<_>>()?,
-        modes: args
-            .modes
-            .iter()
-            .map(|s| parse_mode(s))
-            .collect::<Result<_>>()?,
+        backends: args.backends.iter().map(|&b| b.into()).collect(),
+        modes: args.modes.iter().map(|&m| m.into()).collect(),
         runs: args.runs as usize,
         warmup: args.warmup as usize,
         seed: args.seed,
         adapter: args.adapter.clone(),
         vec_per_thread: args.vec_per_thread,
-        subgroups: match args.subgroups.as_str() {
-            "auto" => None,
-            "on" => Some(true),
-            "off" => Some(false),
-            other => anyhow::bail!("--subgroups takes auto, on or off, not {other:?}"),
+        subgroups: match args.subgroups {
+            Subgroups::Auto => None,
+            Subgroups::On => Some(true),
+            Subgroups::Off => Some(false),
         },
     };
     let bar = ProgressBar::new(0);
@@ -379,14 +394,14 @@ fn bench_files(args: &BenchArgs) -> Result<()> {
         let bytes = std::fs::metadata(file)
             .with_context(|| format!("reading {}", file.display()))?
             .len();
-        for backend in &args.backends {
-            parse_backend(backend)?;
+        for &backend in &args.backends {
+            let backend = BackendKind::from(backend).to_string();
             let once = || -> Result<(f64, serde_json::Value)> {
                 let t = std::time::Instant::now();
                 let out = std::process::Command::new(&exe)
                     .arg("run")
                     .arg(file)
-                    .args(["--json", "--quiet", "--backend", backend])
+                    .args(["--json", "--quiet", "--backend", &backend])
                     .output()?;
                 let secs = t.elapsed().as_secs_f64();
                 anyhow::ensure!(

@@ -1,0 +1,266 @@
+//! The kernel: the WGSL assembled from `shaders/`, the Rust mirrors of its buffers' structs,
+//! its shape and per-adapter defaults, and the bind group layout of its inputs.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::*;
+use crate::numerics::{PivotMoments, from_order_key};
+use crate::stats::Partial;
+
+/// The reduction kernel's common part, compiled into the binary from `shaders/`.
+pub(super) const REDUCE_COMMON_WGSL: &str = include_str!("../../../shaders/reduce_common.wgsl");
+/// Entry point combining a workgroup through a tree in workgroup memory (any adapter).
+pub(super) const REDUCE_TREE_WGSL: &str = include_str!("../../../shaders/reduce_tree.wgsl");
+/// Entry point combining a workgroup with subgroup operations (adapters with `SUBGROUP`).
+pub(super) const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
+
+/// The full WGSL source of the reduction kernel, with the subgroup or the tree entry point.
+/// (Naga 30 enables subgroup built-ins with the device feature and rejects the standard
+/// `enable subgroups;` directive, so there is none.)
+pub(crate) fn reduce_wgsl(subgroups: bool) -> String {
+    if subgroups {
+        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_SUBGROUP_WGSL}")
+    } else {
+        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_TREE_WGSL}")
+    }
+}
+
+/// Invocations per workgroup (the shader's `WG_SIZE` override). 256 is a multiple of every
+/// subgroup size in use and needs 8 KiB of workgroup memory, half the WebGPU minimum.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Largest `VEC_PER_THREAD` the kernel's register tile holds (`MAX_VPT` in the shader).
+pub const MAX_VEC_PER_THREAD: u32 = 16;
+
+/// Most tiles one thread reduces per dispatch. A thread's T = Σ(x − P) and Q = Σ(x − P)² are
+/// f64 running sums around its first tile's pivot, whose rounding errors grow with the number
+/// of tiles k: the sum's as k·(k + 1)·ε·Σ|x|, M2's as (k + 20)·(k + 1)·ε·M2 in the worst case,
+/// at 32 tiles 1.2e-13 and 2e-13 (src/numerics.rs). A batch gets enough workgroups for that.
+pub const MAX_THREAD_TILES: u64 = 32;
+
+/// Size of one [`GpuPartial`] in bytes.
+pub(super) const PARTIAL_BYTES: u64 = std::mem::size_of::<GpuPartial>() as u64;
+
+/// Per-dispatch parameters. Kept in sync with `struct Params` in shaders/reduce_common.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub(super) struct GpuParams {
+    pub(super) len: u32,
+    pub(super) out_base: u32,
+    pub(super) _pad0: u32,
+    pub(super) _pad1: u32,
+}
+
+/// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce_common.wgsl
+/// (six u32, the f32 pivot and a named pad, then two f64 at offsets 32 and 40).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub(super) struct GpuPartial {
+    pub(super) count: u32,
+    pub(super) nan_count: u32,
+    pub(super) pos_inf: u32,
+    pub(super) neg_inf: u32,
+    pub(super) min_key: u32,
+    pub(super) max_key: u32,
+    pub(super) pivot: f32,
+    pub(super) _pad: u32,
+    /// Σ(x − pivot) over the finite values.
+    pub(super) t: f64,
+    pub(super) m2: f64,
+}
+
+impl GpuPartial {
+    pub(super) fn to_partial(self) -> Partial {
+        // The shader's M2 is already formed; q = M2 + t²/n hands it back through the same
+        // conversion as a CPU block (sum = n·pivot + t as a double-double).
+        let n = f64::from(self.count);
+        PivotMoments {
+            count: u64::from(self.count),
+            nan_count: u64::from(self.nan_count),
+            pos_inf: u64::from(self.pos_inf),
+            neg_inf: u64::from(self.neg_inf),
+            pivot: f64::from(self.pivot),
+            t: self.t,
+            q: 0.0,
+            min: f64::from(from_order_key(self.min_key)),
+            max: f64::from(from_order_key(self.max_key)),
+        }
+        .to_partial_with_m2(if n > 0.0 { self.m2 } else { 0.0 })
+    }
+}
+
+/// How the kernel was specialised for an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelShape {
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
+    /// vec4 loads per thread per loop iteration.
+    pub vec_per_thread: u32,
+    /// Whether workgroups combine with subgroup operations (else a workgroup-memory tree).
+    pub subgroups: bool,
+    /// Smallest and largest subgroup size the adapter reports.
+    pub subgroup_sizes: (u32, u32),
+}
+
+impl std::fmt::Display for KernelShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} threads/workgroup, {} vec4 loads/thread, {}",
+            self.workgroup_size,
+            self.vec_per_thread,
+            if self.subgroups {
+                "subgroup combine"
+            } else {
+                "tree combine"
+            }
+        )
+    }
+}
+
+/// Default vec4 loads per thread per tile: eight 16-byte loads in flight per thread were the
+/// fastest of 1, 2, 4, 8 and 16 on an H200 (BENCHMARKS.md, issue 4); a software adapter runs
+/// the largest tile, over which the per-tile merge (one f64 division) is spread thinnest
+/// (lavapipe: 16 halves the time of 1, BENCHMARKS.md, issue 10).
+pub(crate) fn default_vec_per_thread(report: &AdapterReport) -> u32 {
+    match report.device_type.as_str() {
+        "Cpu" => MAX_VEC_PER_THREAD,
+        _ => 8,
+    }
+}
+
+/// Default P for an adapter: on a discrete GPU 1024 workgroups of 256, the fastest of 1024, 4096
+/// and 16384 on an H100 with the f64 kernel of issue 10 (132 SMs; each workgroup's tree merge
+/// costs f64 divisions, so fewer, longer workgroups win; BENCHMARKS.md). A dispatch still gets
+/// at least enough workgroups for [`MAX_THREAD_TILES`]. Fewer on integrated parts, and few on a
+/// software adapter, whose workgroups run on the host's threads.
+pub fn default_workgroups(report: &AdapterReport) -> u32 {
+    match report.device_type.as_str() {
+        "DiscreteGpu" => 1024,
+        "IntegratedGpu" => 256,
+        "Cpu" => 16,
+        _ => 512,
+    }
+}
+
+/// An input buffer of `size` bytes, its params uniform, and the bind group over them and
+/// `partials` (the layout of group 0 in `shaders/reduce_common.wgsl`). Labels derive from `name`.
+pub(super) fn input_binding(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    partials: &wgpu::Buffer,
+    name: &str,
+    size: u64,
+) -> (wgpu::Buffer, wgpu::Buffer, wgpu::BindGroup) {
+    let input = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let params = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&format!("{name}.params")),
+        size: std::mem::size_of::<GpuParams>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&format!("{name}.bind_group")),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: input.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: partials.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: params.as_entire_binding(),
+            },
+        ],
+    });
+    (input, params, bind_group)
+}
+
+pub(super) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust mirrors of the kernel's buffers lay out as naga (wgpu's shader compiler) lays
+    /// out the WGSL structs: every member at the same offset, the same size. Checked for both
+    /// kernel variants, so an edit to one side alone fails here instead of corrupting partials.
+    #[test]
+    fn rust_mirrors_match_the_wgsl_structs() {
+        use std::mem::{offset_of, size_of};
+        for subgroups in [false, true] {
+            let module = naga::front::wgsl::parse_str(&reduce_wgsl(subgroups))
+                .unwrap_or_else(|e| panic!("the kernel does not parse: {e}"));
+            let layout = |name: &str| -> (Vec<(String, u32)>, u32) {
+                let ty = module
+                    .types
+                    .iter()
+                    .find(|(_, t)| t.name.as_deref() == Some(name))
+                    .unwrap_or_else(|| panic!("no struct {name} in the kernel"))
+                    .1;
+                match &ty.inner {
+                    naga::TypeInner::Struct { members, span } => (
+                        members
+                            .iter()
+                            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                            .collect(),
+                        *span,
+                    ),
+                    other => panic!("{name} is not a struct: {other:?}"),
+                }
+            };
+            let (members, span) = layout("Partial");
+            let rust = [
+                ("count", offset_of!(GpuPartial, count)),
+                ("nan_count", offset_of!(GpuPartial, nan_count)),
+                ("pos_inf", offset_of!(GpuPartial, pos_inf)),
+                ("neg_inf", offset_of!(GpuPartial, neg_inf)),
+                ("min_key", offset_of!(GpuPartial, min_key)),
+                ("max_key", offset_of!(GpuPartial, max_key)),
+                ("pivot", offset_of!(GpuPartial, pivot)),
+                ("_pad", offset_of!(GpuPartial, _pad)),
+                ("t", offset_of!(GpuPartial, t)),
+                ("m2", offset_of!(GpuPartial, m2)),
+            ];
+            let rust: Vec<(String, u32)> = rust
+                .iter()
+                .map(|(n, o)| (n.to_string(), *o as u32))
+                .collect();
+            assert_eq!(members, rust, "Partial (subgroups {subgroups})");
+            assert_eq!(span as usize, size_of::<GpuPartial>(), "Partial size");
+
+            let (members, span) = layout("Params");
+            let rust: Vec<(String, u32)> = [
+                ("len", offset_of!(GpuParams, len)),
+                ("out_base", offset_of!(GpuParams, out_base)),
+                ("_pad0", offset_of!(GpuParams, _pad0)),
+                ("_pad1", offset_of!(GpuParams, _pad1)),
+            ]
+            .iter()
+            .map(|(n, o)| (n.to_string(), *o as u32))
+            .collect();
+            assert_eq!(members, rust, "Params (subgroups {subgroups})");
+            assert_eq!(span as usize, size_of::<GpuParams>(), "Params size");
+        }
+    }
+}

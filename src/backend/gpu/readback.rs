@@ -1,0 +1,116 @@
+//! Reading partials back: one map per window of dispatches, merged per tag in dispatch order.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::stats::Partial;
+use crate::{Error, Result};
+
+impl GpuReducer {
+    /// Copies the window's partials and timestamps back in one map, and merges them.
+    pub(super) fn read_back(&mut self) -> Result<()> {
+        if self.window.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let device = &self.ctx.device;
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("microbatch.readback.encoder"),
+        });
+        let partial_bytes = u64::from(self.partials_used) * PARTIAL_BYTES;
+        encoder.copy_buffer_to_buffer(&self.partials, 0, &self.partials_readback, 0, partial_bytes);
+        let n_queries = self.window.len() as u32 * 2;
+        if let Some((set, resolve, readback)) = &self.queries {
+            encoder.resolve_query_set(set, 0..n_queries, resolve, 0);
+            encoder.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+
+        let partial_slice = self.partials_readback.slice(..partial_bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        partial_slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let ts_slice = self
+            .queries
+            .as_ref()
+            .map(|(_, _, readback)| readback.slice(..u64::from(n_queries) * 8));
+        if let Some(s) = &ts_slice {
+            s.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx2.send(r);
+            });
+        } else {
+            drop(tx2);
+        }
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "waiting for partials".to_string(),
+                message: e.to_string(),
+            })?;
+        for r in rx.iter() {
+            r.map_err(|e| Error::Gpu {
+                context: "mapping partials for readback".to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        self.ctx.take_error("reducing a batch")?;
+        for slot in &mut self.ring {
+            slot.in_flight = None;
+        }
+
+        let partials: Vec<GpuPartial> = {
+            let view = partial_slice.get_mapped_range().map_err(|e| Error::Gpu {
+                context: "reading partials".to_string(),
+                message: e.to_string(),
+            })?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        self.partials_readback.unmap();
+        let compute = match &ts_slice {
+            Some(s) => {
+                let view = s.get_mapped_range().map_err(|e| Error::Gpu {
+                    context: "reading timestamps".to_string(),
+                    message: e.to_string(),
+                })?;
+                let ticks: &[u64] = bytemuck::cast_slice(&view);
+                let period = f64::from(self.ctx.queue.get_timestamp_period());
+                let ns: f64 = ticks
+                    .chunks_exact(2)
+                    .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+                    .sum();
+                drop(view);
+                Some(Duration::from_secs_f64(ns * 1e-9))
+            }
+            None => None,
+        };
+        if let Some((_, _, readback)) = &self.queries {
+            readback.unmap();
+        }
+        let readback_done = Instant::now();
+        self.times.readback += readback_done - start;
+        match compute {
+            Some(c) => self.times.compute += c,
+            None => {
+                if let Some(s) = self.wall_compute_start {
+                    self.times.compute += readback_done - s;
+                }
+            }
+        }
+        self.wall_compute_start = None;
+
+        for d in self.window.drain(..) {
+            // Workgroup order: the result does not depend on which workgroup finished first.
+            let range = d.first as usize..(d.first + d.workgroups) as usize;
+            let mut total = Partial::EMPTY;
+            for p in &partials[range] {
+                total.merge(&p.to_partial());
+            }
+            self.acc.merge(d.tag, &total);
+        }
+        self.partials_used = 0;
+        self.times.merge += readback_done.elapsed();
+        Ok(())
+    }
+}

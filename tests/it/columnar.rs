@@ -3,9 +3,8 @@
 //! type), checked against the values written: integers exactly, floats within the derived bound,
 //! nulls counted apart. Also the Arrow IPC stream on stdin and the errors.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 
 use crate::common::*;
@@ -19,46 +18,10 @@ use parquet::file::properties::WriterProperties;
 use rand::RngExt;
 use serde_json::Value;
 
-fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.unwrap_or_default().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
-
-fn json(o: &Output) -> Value {
-    assert!(
-        o.status.success(),
-        "exit {:?}, stderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("microbatch-columnar-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn backends() -> Vec<&'static str> {
-    if gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
 }
 
 /// A column's name and its values as written (integers exact, floats widened exactly).
@@ -232,28 +195,28 @@ fn parquet_every_type_with_nulls_row_groups_and_codecs() {
         w.close().unwrap();
         for backend in backends() {
             for (name, ints, floats) in &want {
-                let v = json(&run(
-                    &[
-                        "run",
-                        path.to_str().unwrap(),
-                        "--column",
-                        name,
-                        "--json",
-                        "--backend",
-                        backend,
-                    ],
-                    None,
-                ));
+                let v = json(&run(&[
+                    "run",
+                    path.to_str().unwrap(),
+                    "--column",
+                    name,
+                    "--json",
+                    "--backend",
+                    backend,
+                ]));
                 check_column(&format!("{codec} {name} on {backend}"), &v, ints, floats);
             }
         }
         // By index, and the default (column 0).
-        let by_index = json(&run(
-            &["run", path.to_str().unwrap(), "--column", "9", "--json"],
-            None,
-        ));
+        let by_index = json(&run(&[
+            "run",
+            path.to_str().unwrap(),
+            "--column",
+            "9",
+            "--json",
+        ]));
         assert_eq!(by_index["input"]["sources"][0]["dtype"], "Float32");
-        let first = json(&run(&["run", path.to_str().unwrap(), "--json"], None));
+        let first = json(&run(&["run", path.to_str().unwrap(), "--json"]));
         assert_eq!(first["input"]["sources"][0]["dtype"], "Int8");
     }
 }
@@ -292,18 +255,15 @@ fn arrow_ipc_files_and_streams() {
     for backend in backends() {
         for (name, ints, floats) in &want {
             for path in [&file, &feather, &unnamed] {
-                let v = json(&run(
-                    &[
-                        "run",
-                        path.to_str().unwrap(),
-                        "--column",
-                        name,
-                        "--json",
-                        "--backend",
-                        backend,
-                    ],
-                    None,
-                ));
+                let v = json(&run(&[
+                    "run",
+                    path.to_str().unwrap(),
+                    "--column",
+                    name,
+                    "--json",
+                    "--backend",
+                    backend,
+                ]));
                 check_column(
                     &format!("{} {name} on {backend}", path.display()),
                     &v,
@@ -311,7 +271,7 @@ fn arrow_ipc_files_and_streams() {
                     floats,
                 );
             }
-            let v = json(&run(
+            let v = json(&run_stdin(
                 &[
                     "run",
                     "-",
@@ -323,7 +283,7 @@ fn arrow_ipc_files_and_streams() {
                     "--backend",
                     backend,
                 ],
-                Some(&stream),
+                &stream,
             ));
             check_column(&format!("stream {name} on {backend}"), &v, ints, floats);
         }
@@ -344,33 +304,33 @@ fn columnar_errors_name_the_file_and_the_columns() {
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
     let p = path.to_str().unwrap();
-    let e = err(run(&["run", p, "--column", "name"], None));
+    let e = err(run(&["run", p, "--column", "name"]));
     assert!(
         e.contains("e.parquet") && e.contains("Utf8") && e.contains("f64 (Float64)"),
         "{e}"
     );
-    let e = err(run(&["run", p, "--column", "nope"], None));
+    let e = err(run(&["run", p, "--column", "nope"]));
     assert!(
         e.contains("no column \"nope\"") && e.contains("i8 (Int8)"),
         "{e}"
     );
-    let e = err(run(&["run", p, "--column", "99"], None));
+    let e = err(run(&["run", p, "--column", "99"]));
     assert!(e.contains("no column 99"), "{e}");
     // Truncated: the footer is gone, or a page is cut short.
     let bytes = std::fs::read(&path).unwrap();
     for cut in [bytes.len() - 3, bytes.len() / 2, 100] {
         let t = dir().join(format!("cut-{cut}.parquet"));
         std::fs::write(&t, &bytes[..cut]).unwrap();
-        let e = err(run(&["run", t.to_str().unwrap(), "--column", "f64"], None));
+        let e = err(run(&["run", t.to_str().unwrap(), "--column", "f64"]));
         assert!(e.contains(&format!("cut-{cut}.parquet")), "{e}");
     }
     // Parquet cannot stream.
-    let e = err(run(&["run", "-", "--format", "parquet"], Some(&bytes)));
+    let e = err(run_stdin(&["run", "-", "--format", "parquet"], &bytes));
     assert!(e.contains("must be a file"), "{e}");
     // An IPC stream that is not one.
-    let e = err(run(
+    let e = err(run_stdin(
         &["run", "-", "--format", "arrow"],
-        Some(b"not arrow at all"),
+        b"not arrow at all",
     ));
     assert!(e.contains("Arrow IPC"), "{e}");
 }

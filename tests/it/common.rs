@@ -214,3 +214,84 @@ pub fn engine_on(
     e.set_stats_options(ddof, false);
     e
 }
+
+/// The `microbatch` binary under test.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_microbatch"))
+}
+
+/// Runs the binary with `args` (standard input closed).
+pub fn run(args: &[&str]) -> std::process::Output {
+    bin()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the binary with `args`, writing `input` to its standard input from another thread (so a
+/// large input cannot deadlock against a full output pipe).
+pub fn run_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Standard output as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON a successful run printed (fails the test, with stderr, if it did not succeed).
+pub fn json(o: &std::process::Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}, stderr: {}",
+        o.status,
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+/// Writes `bytes` to `name` in this process's scratch directory for `group` (one per test file,
+/// so files of the same name in different files' tests do not collide).
+pub fn tmp_file(group: &str, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("microbatch-{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Little-endian bytes of f32 values (a raw `.f32` file).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The backends the CLI tests run on: the CPU, and the GPU where there is an adapter.
+pub fn backends() -> Vec<&'static str> {
+    if gpu().is_some() {
+        vec!["cpu", "gpu"]
+    } else {
+        vec!["cpu"]
+    }
+}

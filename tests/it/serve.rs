@@ -109,10 +109,6 @@ fn client() -> Client {
         .unwrap()
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 fn json_ok(r: reqwest::blocking::Response) -> Value {
     let status = r.status();
     let text = r.text().unwrap();
@@ -126,14 +122,6 @@ fn error_of(r: reqwest::blocking::Response, want: StatusCode) -> String {
     assert_eq!(status, want, "{v}");
     assert_eq!(v["status"], want.as_u16());
     v["error"].as_str().unwrap().to_string()
-}
-
-fn backends() -> Vec<&'static str> {
-    if gpu().is_some() {
-        vec!["cpu", "gpu"]
-    } else {
-        vec!["cpu"]
-    }
 }
 
 #[test]

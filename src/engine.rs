@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::backend::cpu::CpuReducer;
 #[cfg(feature = "gpu")]
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
-use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
+use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
 use crate::report::{BatchCounts, Report, Timings};
 use crate::source::{BatchBuf, BatchSource, Element, read_batch};
 use crate::stats::{Partial, Stats};
@@ -182,7 +182,7 @@ impl Engine {
         Accumulator {
             engine: self,
             partial: Partial::EMPTY,
-            times: StageTimes::default(),
+            times: Timings::default(),
             batches: 0,
             pending: false,
             start: Instant::now(),
@@ -199,7 +199,7 @@ impl Engine {
     /// Reduces independent inputs together, pipelined through the backend as one stream (on the
     /// GPU: one readback for all of them), and returns each input's own partial, in order, with
     /// the stage times of the whole pass. No input's values reach another's partial.
-    pub fn reduce_each(&mut self, inputs: &[BatchRef<'_>]) -> Result<(Vec<Partial>, StageTimes)> {
+    pub fn reduce_each(&mut self, inputs: &[BatchRef<'_>]) -> Result<(Vec<Partial>, Timings)> {
         for (i, data) in inputs.iter().enumerate() {
             if let Err(e) = data.push_to(&mut *self.reducer, i as u64, self.batch_size) {
                 let _ = self.reducer.finish_tagged();
@@ -416,12 +416,9 @@ impl Engine {
             backend: info,
             timings: Timings {
                 read,
-                upload: times.upload,
-                compute: times.compute,
-                readback: times.readback,
                 merge,
                 total: start.elapsed(),
-                compute_clock: times.compute_clock,
+                ..times
             },
             partial,
         })
@@ -464,7 +461,7 @@ pub struct Accumulator<'e> {
     engine: &'e mut Engine,
     /// Everything finished so far.
     partial: Partial,
-    times: StageTimes,
+    times: Timings,
     batches: u64,
     /// Batches pushed since the last finish.
     pending: bool,
@@ -536,11 +533,7 @@ impl Accumulator<'_> {
                 self.failed = Some(e.to_string());
             })?;
             self.partial.merge(&p);
-            self.times.upload += t.upload;
-            self.times.compute += t.compute;
-            self.times.readback += t.readback;
-            self.times.merge += t.merge;
-            self.times.compute_clock = t.compute_clock;
+            self.times += t;
         }
         Ok(self.partial)
     }
@@ -566,13 +559,9 @@ impl Accumulator<'_> {
             },
             backend: info,
             timings: Timings {
-                read: Duration::ZERO,
-                upload: self.times.upload,
-                compute: self.times.compute,
-                readback: self.times.readback,
                 merge: self.times.merge + t.elapsed(),
                 total: self.start.elapsed(),
-                compute_clock: self.times.compute_clock,
+                ..self.times
             },
             partial,
         })

@@ -135,7 +135,7 @@ pub use backend::cpu::CpuReducer;
 pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
 };
-pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock, StageTimes};
+pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
 pub use engine::{
     Accumulator, BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig,
 };

@@ -20,8 +20,11 @@ pub struct BatchCounts {
     pub workgroups: u32,
 }
 
-/// Time per stage. On the GPU the stages overlap, so they can add up to more than `total`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Time per stage: the one type for stage times everywhere. A backend fills the stages it owns
+/// (upload, compute, readback, merge) when it finishes; the engine adds `read` and `total`. On
+/// the GPU the stages overlap, so they can add up to more than `total`. `+=` adds every stage
+/// (several runs' or batches' times).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Producing batches: reading files, generating random values.
     pub read: Duration,
@@ -37,6 +40,35 @@ pub struct Timings {
     pub total: Duration,
     /// Whether `compute` comes from GPU timestamps or the wall clock.
     pub compute_clock: ComputeClock,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, t: Timings) {
+        if *self == Timings::default() {
+            self.compute_clock = t.compute_clock;
+        }
+        self.read += t.read;
+        self.upload += t.upload;
+        self.compute += t.compute;
+        self.readback += t.readback;
+        self.merge += t.merge;
+        self.total += t.total;
+    }
+}
+
+impl Timings {
+    /// Every stage scaled by `share` (a batch's share of a pass that reduced several).
+    pub fn scaled(&self, share: f64) -> Timings {
+        Timings {
+            read: self.read.mul_f64(share),
+            upload: self.upload.mul_f64(share),
+            compute: self.compute.mul_f64(share),
+            readback: self.readback.mul_f64(share),
+            merge: self.merge.mul_f64(share),
+            total: self.total.mul_f64(share),
+            compute_clock: self.compute_clock,
+        }
+    }
 }
 
 /// Everything a run produced.
@@ -76,13 +108,7 @@ impl Report {
         for (i, r) in parts.iter().enumerate() {
             partial.merge(&r.partial);
             if i > 0 {
-                let t = &r.timings;
-                timings.read += t.read;
-                timings.upload += t.upload;
-                timings.compute += t.compute;
-                timings.readback += t.readback;
-                timings.merge += t.merge;
-                timings.total += t.total;
+                timings += r.timings;
                 batches.count += r.batches.count;
             }
         }

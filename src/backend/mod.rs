@@ -1,7 +1,5 @@
 //! Backends: the GPU (wgpu + `shaders/reduce_common.wgsl`) and the CPU, behind one trait.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -10,6 +8,8 @@ use crate::stats::Partial;
 pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+
+pub use crate::report::Timings;
 
 /// Which kind of backend ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,21 +54,6 @@ pub enum ComputeClock {
     /// Host wall time (CPU backend, or an adapter without timestamp queries).
     #[default]
     Wall,
-}
-
-/// Time spent in the stages a backend owns. The engine adds `read` and `total`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct StageTimes {
-    /// Host time staging batches for the device (zero on the CPU backend).
-    pub upload: Duration,
-    /// Kernel time: summed timestamp intervals on the GPU, or wall time (see `compute_clock`).
-    pub compute: Duration,
-    /// Host time waiting for and copying partials back from the device.
-    pub readback: Duration,
-    /// Host time merging partials in f64.
-    pub merge: Duration,
-    /// Where `compute` came from.
-    pub compute_clock: ComputeClock,
 }
 
 /// Partials kept apart by tag: what a reducer returns from [`BatchReducer::finish_tagged`].
@@ -156,7 +141,7 @@ pub trait BatchReducer {
     fn push_int_tagged(&mut self, tag: u64, batch: &[i64], offset: i128) -> Result<()>;
     /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
     /// the stage times.
-    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)>;
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)>;
     /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
     fn push(&mut self, batch: &[f32]) -> Result<()> {
         self.push_tagged(0, batch)
@@ -171,7 +156,7 @@ pub trait BatchReducer {
         None
     }
     /// Waits for all pushed batches and returns their merged partial and stage times.
-    fn finish(&mut self) -> Result<(Partial, StageTimes)> {
+    fn finish(&mut self) -> Result<(Partial, Timings)> {
         let (parts, times) = self.finish_tagged()?;
         let mut all = Partial::EMPTY;
         for (_, p) in &parts {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use crate::backend::{BackendKind, BatchReducer, cpu::CpuReducer};
 use crate::model::{CostModel, Crossover, Observation, crossover};
+use crate::report::Timings;
 use crate::source::{BatchSource, RandomSource};
 use crate::{Error, Result};
 
@@ -226,25 +227,18 @@ fn generate(n: u64, seed: u64) -> Vec<f32> {
     v
 }
 
-/// One timed run's stage seconds and total.
-struct Sample {
-    total: f64,
-    upload: f64,
-    compute: f64,
-    readback: f64,
-    merge: f64,
-}
-
 fn point(
     backend: BackendKind,
     mode: Mode,
     n: u64,
     batch_size: usize,
     workgroups: u32,
-    samples: &[Sample],
+    samples: &[Timings],
 ) -> BenchPoint {
-    let med = |f: &dyn Fn(&Sample) -> f64| Spread::of(samples.iter().map(f).collect()).median;
-    let seconds = Spread::of(samples.iter().map(|s| s.total).collect());
+    let med = |f: &dyn Fn(&Timings) -> Duration| {
+        Spread::of(samples.iter().map(|s| f(s).as_secs_f64()).collect()).median
+    };
+    let seconds = Spread::of(samples.iter().map(|s| s.total.as_secs_f64()).collect());
     let per = |scale: f64| Spread {
         median: scale / seconds.median,
         min: scale / seconds.max,
@@ -260,7 +254,7 @@ fn point(
         elements_per_s: per(n as f64),
         bytes_per_s: per(n as f64 * 4.0),
         stages: StageMedians {
-            read: 0.0,
+            read: med(&|s| s.read),
             upload: med(&|s| s.upload),
             compute: med(&|s| s.compute),
             readback: med(&|s| s.readback),
@@ -408,7 +402,10 @@ pub fn run(
                                         measure(config, || {
                                             let t = Instant::now();
                                             let (_, times) = r.reduce_resident(&resident)?;
-                                            Ok(sample(t.elapsed(), &times))
+                                            Ok(Timings {
+                                                total: t.elapsed(),
+                                                ..times
+                                            })
                                         })?
                                     }
                                 }
@@ -502,27 +499,23 @@ fn streaming_crossover(report: &BenchReport) -> Option<Crossover> {
     ))
 }
 
-fn sample(total: Duration, t: &crate::backend::StageTimes) -> Sample {
-    Sample {
-        total: total.as_secs_f64(),
-        upload: t.upload.as_secs_f64(),
-        compute: t.compute.as_secs_f64(),
-        readback: t.readback.as_secs_f64(),
-        merge: t.merge.as_secs_f64(),
-    }
-}
-
 /// One streaming run: `data` pushed in batches of `batch_size`, then finished.
-fn stream(reducer: &mut dyn BatchReducer, data: &[f32], batch_size: usize) -> Result<Sample> {
+fn stream(reducer: &mut dyn BatchReducer, data: &[f32], batch_size: usize) -> Result<Timings> {
     let t = Instant::now();
     for batch in data.chunks(batch_size) {
         reducer.push(batch)?;
     }
     let (_, times) = reducer.finish()?;
-    Ok(sample(t.elapsed(), &times))
+    Ok(Timings {
+        total: t.elapsed(),
+        ..times
+    })
 }
 
-fn measure(config: &BenchConfig, mut once: impl FnMut() -> Result<Sample>) -> Result<Vec<Sample>> {
+fn measure(
+    config: &BenchConfig,
+    mut once: impl FnMut() -> Result<Timings>,
+) -> Result<Vec<Timings>> {
     for _ in 0..config.warmup {
         once()?;
     }

@@ -413,23 +413,7 @@ fn run(args: RunArgs) -> Result<()> {
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
 
     // Everything succeeded: only now is anything written.
-    if let Some(path) = &args.partial {
-        let file = PartialFile {
-            partial: report.partial,
-            ddof: args.stats.ddof,
-            skip_nan: args.stats.skip_nan,
-            inputs: match args.random {
-                Some(n) => vec![format!("random({n}, seed {})", args.seed)],
-                None => args
-                    .inputs
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            },
-            skipped_invalid: skipped,
-        };
-        file.write(path)?;
-    }
+    write_partial(&args, report.partial, skipped)?;
     let mut out = std::io::stdout().lock();
     if args.stats.json {
         let mut v = report.to_json();
@@ -473,6 +457,28 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Writes `--partial FILE` (if asked) once a run has succeeded.
+fn write_partial(args: &RunArgs, partial: microbatch::Partial, skipped: u64) -> Result<()> {
+    let Some(path) = &args.partial else {
+        return Ok(());
+    };
+    let mut inputs: Vec<String> = args
+        .random
+        .map(|n| format!("random({n}, seed {})", args.seed))
+        .into_iter()
+        .collect();
+    inputs.extend(args.inputs.iter().map(|p| p.display().to_string()));
+    PartialFile {
+        partial,
+        ddof: args.stats.ddof,
+        skip_nan: args.stats.skip_nan,
+        inputs,
+        skipped_invalid: skipped,
+    }
+    .write(path)?;
     Ok(())
 }
 
@@ -560,20 +566,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
         partial,
     };
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
-    if let Some(path) = &args.partial {
-        let file = PartialFile {
-            partial,
-            ddof: args.stats.ddof,
-            skip_nan: args.stats.skip_nan,
-            inputs: args
-                .inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            skipped_invalid: skipped,
-        };
-        file.write(path)?;
-    }
+    write_partial(args, partial, skipped)?;
     let per_server: Vec<serde_json::Value> = servers
         .iter()
         .map(|s| {

@@ -333,10 +333,7 @@ impl<R: Read> BatchSource for BinarySource<R> {
 
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         if self.dtype.element() == Element::Int {
-            let mut ints = Vec::new();
-            let n = self.next_batch_int(&mut ints, max)?;
-            super::widen_ints(&ints, self.dtype.int_offset(), buf);
-            return Ok(n);
+            return super::next_ints_as_f64(self, buf, max);
         }
         let native = self.dtype == Dtype::F64
             && (self.endian == Endian::Little) == cfg!(target_endian = "little");

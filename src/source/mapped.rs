@@ -182,10 +182,7 @@ impl BatchSource for MappedSource {
 
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
         if self.dtype.element() == Element::Int {
-            let mut ints = Vec::new();
-            let n = self.next_batch_int(&mut ints, max)?;
-            super::widen_ints(&ints, self.dtype.int_offset(), buf);
-            return Ok(n);
+            return super::next_ints_as_f64(self, buf, max);
         }
         let (start, bytes) = self.take(max);
         let n = bytes / self.dtype.size();

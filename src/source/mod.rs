@@ -167,6 +167,18 @@ pub(crate) fn widen_ints(ints: &[i64], offset: i128, out: &mut Vec<f64>) {
     out.extend(ints.iter().map(|&v| (i128::from(v) + offset) as f64));
 }
 
+/// [`BatchSource::next_batch_f64`] for a source of integers: its next batch widened to f64.
+pub(crate) fn next_ints_as_f64(
+    source: &mut (impl BatchSource + ?Sized),
+    buf: &mut Vec<f64>,
+    max: usize,
+) -> Result<usize> {
+    let mut ints = Vec::new();
+    let n = source.next_batch_int(&mut ints, max)?;
+    widen_ints(&ints, source.int_offset(), buf);
+    Ok(n)
+}
+
 /// A borrowed slice served in batches (copies each batch; [`crate::Engine::reduce`] avoids even that).
 #[derive(Debug)]
 pub struct SliceSource<'a> {

@@ -500,10 +500,9 @@ fn without_arrow(path: &Path) -> Error {
     }
 }
 
-/// A `.npy` regular file: its header read and checked, its data mapped (read through a buffer
-/// where it cannot be).
-fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn BatchSource + Send>> {
-    let header = npy::read_header(&mut file).map_err(|(offset, message)| Error::InvalidInput {
+/// Reads and checks a `.npy` header; its element count.
+fn npy_header(reader: &mut impl Read, path: &Path) -> Result<(npy::NpyHeader, u64)> {
+    let header = npy::read_header(reader).map_err(|(offset, message)| Error::InvalidInput {
         path: path.to_path_buf(),
         at: Location::Offset(offset),
         message,
@@ -513,6 +512,13 @@ fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn Ba
         at: Location::Offset(8),
         message: format!("shape {:?} holds more than 2^64 elements", header.shape),
     })?;
+    Ok((header, elements))
+}
+
+/// A `.npy` regular file: its header read and checked, its data mapped (read through a buffer
+/// where it cannot be).
+fn npy_file(mut file: std::fs::File, path: &Path, len: u64) -> Result<Box<dyn BatchSource + Send>> {
+    let (header, elements) = npy_header(&mut file, path)?;
     if let Some(mapped) = MappedSource::open_npy(&file, path, len, &header, elements)? {
         return Ok(Box::new(mapped));
     }
@@ -531,17 +537,7 @@ fn npy_source<R: Read>(
     path: &Path,
     file_len: Option<u64>,
 ) -> Result<BinarySource<R>> {
-    let header =
-        npy::read_header(&mut reader).map_err(|(offset, message)| Error::InvalidInput {
-            path: path.to_path_buf(),
-            at: Location::Offset(offset),
-            message,
-        })?;
-    let elements = header.elements().ok_or_else(|| Error::InvalidInput {
-        path: path.to_path_buf(),
-        at: Location::Offset(8),
-        message: format!("shape {:?} holds more than 2^64 elements", header.shape),
-    })?;
+    let (header, elements) = npy_header(&mut reader, path)?;
     let label = format!("{} ({})", path.display(), header.describe());
     BinarySource::from_reader(reader, path, header.dtype, header.endian).after_header(
         header.data_offset,

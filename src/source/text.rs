@@ -309,11 +309,7 @@ fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
     match spec.delimiter {
         Delimiter::Byte(d) if memchr::memchr(b'"', bytes).is_some() => {
             // Quoted fields: the csv crate's rules (escaped quotes, line ends inside quotes).
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(d)
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(bytes);
+            let mut reader = csv_reader(d, bytes);
             let mut record = csv::ByteRecord::new();
             loop {
                 match reader.read_byte_record(&mut record) {
@@ -792,11 +788,7 @@ fn first_row(
 ) -> Result<Option<(u64, Vec<Vec<u8>>)>> {
     match delimiter {
         Delimiter::Byte(d) => {
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(d)
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(bytes);
+            let mut reader = csv_reader(d, bytes);
             let mut record = csv::ByteRecord::new();
             loop {
                 if !reader
@@ -825,6 +817,16 @@ fn first_row(
                 )
             })),
     }
+}
+
+/// The csv crate's reader over `bytes` with delimiter `d`: no header row (headers are this
+/// parser's business), rows of any length (a short row is reported by line).
+fn csv_reader(d: u8, bytes: &[u8]) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .delimiter(d)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes)
 }
 
 fn csv_error(path: &std::path::Path, e: csv::Error) -> Error {

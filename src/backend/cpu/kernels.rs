@@ -1,7 +1,7 @@
 //! The CPU backend's SIMD kernels: one block of f32, f64 or integers reduced in registers (see
 //! the module above for the scheme), and the serial loops over blocks that each thread runs.
 
-use super::{SimdLevel, ensure_supported};
+use super::SimdLevel;
 use crate::numerics::{PivotMoments, order_key};
 use crate::stats::{IntPart, Partial};
 
@@ -387,29 +387,11 @@ fn reduce_serial_f64_impl<const FMA: bool>(data: &[f64]) -> Partial {
     acc
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn reduce_serial_f64_avx512(data: &[f64]) -> Partial {
-    reduce_serial_f64_impl::<true>(data)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn reduce_serial_f64_avx2(data: &[f64]) -> Partial {
-    reduce_serial_f64_impl::<true>(data)
-}
-
-/// [`reduce_serial_with`] for f64 values.
-pub(crate) fn reduce_serial_f64_with(level: SimdLevel, data: &[f64]) -> Partial {
-    ensure_supported(level);
-    match level {
-        // SAFETY: the processor has the features these functions are compiled for (checked above).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { reduce_serial_f64_avx512(data) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { reduce_serial_f64_avx2(data) },
-        _ => reduce_serial_f64_impl::<false>(data),
-    }
+simd_versions! {
+    /// [`reduce_serial_with`] for f64 values.
+    pub(crate) fn reduce_serial_f64_with(data: &[f64]) -> Partial;
+    avx512: "avx512f,fma", avx2: "avx2,fma";
+    |data, FMA| reduce_serial_f64_impl::<FMA>(data)
 }
 
 /// Values per integer block (32 KiB of i64, in L1).
@@ -494,28 +476,10 @@ pub(super) fn reduce_block_int(block: &[i64], offset: i128) -> Partial {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn reduce_serial_avx512(data: &[f32]) -> Partial {
-    reduce_serial_impl::<true>(data)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn reduce_serial_avx2(data: &[f32]) -> Partial {
-    reduce_serial_impl::<true>(data)
-}
-
-/// Reduces `data` on the calling thread with the kernel compiled for `level`, which must be one
-/// [`SimdLevel::available`] lists.
-pub(crate) fn reduce_serial_with(level: SimdLevel, data: &[f32]) -> Partial {
-    ensure_supported(level);
-    match level {
-        // SAFETY: the processor has the features these functions are compiled for (checked above).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { reduce_serial_avx512(data) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { reduce_serial_avx2(data) },
-        _ => reduce_serial_impl::<false>(data),
-    }
+simd_versions! {
+    /// Reduces `data` on the calling thread with the kernel compiled for `level`, which must be
+    /// one [`SimdLevel::available`] lists.
+    pub(crate) fn reduce_serial_with(data: &[f32]) -> Partial;
+    avx512: "avx512f,fma", avx2: "avx2,fma";
+    |data, FMA| reduce_serial_impl::<FMA>(data)
 }

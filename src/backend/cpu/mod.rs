@@ -18,10 +18,55 @@ use std::time::Instant;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
+use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, Tagged, Timings};
 use crate::Result;
 
 use crate::stats::Partial;
+
+/// Defines `fn $name(level: SimdLevel, data: &[T]) -> R`: `$body` compiled three times, for
+/// AVX-512, AVX2 (each with the listed target features, `$fast` the body's flag for them) and
+/// the build's baseline, and run at `level`, which the processor must have (checked).
+macro_rules! simd_versions {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident(data: &[$t:ty]) -> $r:ty;
+        avx512: $avx512:literal, avx2: $avx2:literal;
+        |$data:ident, $fast:ident| $body:expr
+    ) => {
+        $(#[$meta])*
+        $vis fn $name(level: SimdLevel, data: &[$t]) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = $avx512)]
+            fn avx512($data: &[$t]) -> $r {
+                #[allow(unused)]
+                const $fast: bool = true;
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = $avx2)]
+            fn avx2($data: &[$t]) -> $r {
+                #[allow(unused)]
+                const $fast: bool = true;
+                $body
+            }
+            fn baseline($data: &[$t]) -> $r {
+                #[allow(unused)]
+                const $fast: bool = false;
+                $body
+            }
+            $crate::backend::cpu::ensure_supported(level);
+            match level {
+                // SAFETY: the processor has the features these functions are compiled for
+                // (checked above).
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx512 => unsafe { avx512(data) },
+                #[cfg(target_arch = "x86_64")]
+                SimdLevel::Avx2 => unsafe { avx2(data) },
+                _ => baseline(data),
+            }
+        }
+    };
+}
 
 mod kernels;
 // The host read ceiling is measured by `bench`, which needs the GPU backend.
@@ -229,7 +274,7 @@ pub(super) fn piece_len(len: usize, threads: usize) -> usize {
 pub struct CpuReducer {
     info: BackendInfo,
     acc: Tagged,
-    times: StageTimes,
+    times: Timings,
 }
 
 impl CpuReducer {
@@ -245,9 +290,9 @@ impl CpuReducer {
                 workgroups: threads as u32,
             },
             acc: Tagged::default(),
-            times: StageTimes {
+            times: Timings {
                 compute_clock: ComputeClock::Wall,
-                ..StageTimes::default()
+                ..Timings::default()
             },
         }
     }
@@ -294,12 +339,12 @@ impl BatchReducer for CpuReducer {
         Ok(())
     }
 
-    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)> {
         let times = std::mem::replace(
             &mut self.times,
-            StageTimes {
+            Timings {
                 compute_clock: ComputeClock::Wall,
-                ..StageTimes::default()
+                ..Timings::default()
             },
         );
         Ok((self.acc.take(), times))

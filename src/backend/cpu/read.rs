@@ -3,22 +3,16 @@
 
 use super::kernels::pairwise;
 use super::kernels::{PREFETCH_AHEAD, prefetch};
-use super::{SimdLevel, ensure_supported, for_each_piece, piece_len, simd_level};
+use super::{SimdLevel, for_each_piece, piece_len, simd_level};
 
-/// A plain read of `data` on the calling thread: a sum in `LANES` f32 accumulators and nothing
-/// else, with the prefetching and instruction set of the reduction kernel. `bench` times it over
-/// all threads as the host's read ceiling, so the ceiling is the best read this code knows, not a
-/// naive loop the kernel could beat.
-pub(crate) fn read_sum_with(level: SimdLevel, data: &[f32]) -> f32 {
-    ensure_supported(level);
-    match level {
-        // SAFETY: the processor has the features these functions are compiled for (checked above).
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { read_sum_avx512(data) },
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { read_sum_avx2(data) },
-        _ => read_sum_impl(data),
-    }
+simd_versions! {
+    /// A plain read of `data` on the calling thread: a sum in `LANES` f32 accumulators and
+    /// nothing else, with the prefetching and instruction set of the reduction kernel. `bench`
+    /// times it over all threads as the host's read ceiling, so the ceiling is the best read
+    /// this code knows, not a naive loop the kernel could beat.
+    pub(crate) fn read_sum_with(data: &[f32]) -> f32;
+    avx512: "avx512f", avx2: "avx2";
+    |data, _FAST| read_sum_impl(data)
 }
 
 /// [`read_sum_with`] at the best level the processor runs.
@@ -42,18 +36,6 @@ fn read_sum_impl(data: &[f32]) -> f32 {
         }
     }
     pairwise(acc) + chunks.remainder().iter().sum::<f32>()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn read_sum_avx512(data: &[f32]) -> f32 {
-    read_sum_impl(data)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn read_sum_avx2(data: &[f32]) -> f32 {
-    read_sum_impl(data)
 }
 
 /// A plain read of `data` ([`read_sum`]) on all threads, cut and scheduled exactly like

@@ -25,7 +25,7 @@ pub use resident::GpuResident;
 pub(crate) use ring::copy_parallel;
 use ring::{DispatchRecord, RingSlot};
 
-use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, StageTimes, Tagged};
+use super::{BackendInfo, BackendKind, BatchReducer, ComputeClock, Tagged, Timings};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -92,9 +92,9 @@ pub struct GpuReducer {
     window: Vec<DispatchRecord>,
     partials_used: u32,
     acc: Tagged,
-    times: StageTimes,
+    times: Timings,
     /// Host time spent on f64 and integer batches (reduced by the CPU kernels), added at finish.
-    host_times: StageTimes,
+    host_times: Timings,
     wall_compute_start: Option<Instant>,
 }
 
@@ -328,11 +328,11 @@ impl GpuReducer {
             window: Vec::new(),
             partials_used: 0,
             acc: Tagged::default(),
-            times: StageTimes {
+            times: Timings {
                 compute_clock,
-                ..StageTimes::default()
+                ..Timings::default()
             },
-            host_times: StageTimes::default(),
+            host_times: Timings::default(),
             wall_compute_start: None,
         })
     }
@@ -390,19 +390,18 @@ impl BatchReducer for GpuReducer {
         Ok(())
     }
 
-    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, StageTimes)> {
+    fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)> {
         self.read_back()?;
         let clock = self.times.compute_clock;
         let mut times = std::mem::replace(
             &mut self.times,
-            StageTimes {
+            Timings {
                 compute_clock: clock,
-                ..StageTimes::default()
+                ..Timings::default()
             },
         );
         let host = std::mem::take(&mut self.host_times);
-        times.compute += host.compute;
-        times.merge += host.merge;
+        times += host;
         Ok((self.acc.take(), times))
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::*;
-use crate::backend::{BatchReducer, StageTimes};
+use crate::backend::{BatchReducer, Timings};
 use crate::stats::Partial;
 use crate::{Error, Result};
 
@@ -93,7 +93,7 @@ impl GpuReducer {
 
     /// Reduces data already on the device: every chunk is dispatched from one command buffer per
     /// readback window, then the partials come back in one map.
-    pub fn reduce_resident(&mut self, data: &GpuResident) -> Result<(Partial, StageTimes)> {
+    pub fn reduce_resident(&mut self, data: &GpuResident) -> Result<(Partial, Timings)> {
         if data.owner != self.id {
             return Err(Error::InvalidBuffer(
                 "this GpuResident was uploaded by another GpuReducer (its bindings point at that reducer's buffers): upload it with this one".to_string(),
@@ -132,7 +132,7 @@ impl GpuReducer {
         buffer: &wgpu::Buffer,
         offset: u64,
         len: usize,
-    ) -> Result<(Partial, StageTimes)> {
+    ) -> Result<(Partial, Timings)> {
         let bad = |m: String| Err(Error::InvalidBuffer(m));
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return bad(format!(

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use futures_util::StreamExt;
 
-use microbatch::backend::StageTimes;
+use microbatch::backend::Timings;
 use microbatch::source::{Format, InputOptions};
 
 use super::*;
@@ -514,9 +514,9 @@ pub(super) fn reduce_reader(
                     microbatch::backend::cpu::reduce_slice_int(v, off)
                 }
             };
-            let times = StageTimes {
+            let times = Timings {
                 compute: t.elapsed(),
-                ..StageTimes::default()
+                ..Timings::default()
             };
             state.metrics.observe(&times, 1);
             let done = Done {

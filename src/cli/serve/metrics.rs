@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::http::StatusCode;
 
-use microbatch::backend::StageTimes;
+use microbatch::backend::Timings;
 
 /// Prometheus metrics: requests by route and status, bytes, batches, queue depth, open streams,
 /// and a histogram of every engine stage's time per batch.
@@ -67,7 +67,7 @@ impl Metrics {
     }
 
     /// Records one engine pass over `batches` batches.
-    pub(super) fn observe(&self, t: &StageTimes, batches: usize) {
+    pub(super) fn observe(&self, t: &Timings, batches: usize) {
         self.engine_batches
             .fetch_add(batches as u64, Ordering::Relaxed);
         let mut h = self.stages.lock().unwrap_or_else(|e| e.into_inner());

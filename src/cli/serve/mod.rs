@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use clap::Args;
 use serde_json::{Value, json};
 
-use microbatch::backend::StageTimes;
+use microbatch::backend::Timings;
 use microbatch::{BackendInfo, Engine, EngineConfig, Partial};
 
 use super::{BackendArg, parse_batch, parse_count, store};
@@ -186,7 +186,7 @@ impl JobBatch {
 /// several requests are reduced in one pass; each is charged in proportion to its size).
 struct Done {
     partial: Partial,
-    times: StageTimes,
+    times: Timings,
     /// The batch's buffer, back for the next batch of the same body.
     buffer: Option<JobBatch>,
 }
@@ -385,13 +385,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                             .max(1) as f64;
                         for (job, partial) in group.into_iter().zip(parts) {
                             let share = job.batch.as_ref().len() as f64 / total;
-                            let times = StageTimes {
-                                upload: times.upload.mul_f64(share),
-                                compute: times.compute.mul_f64(share),
-                                readback: times.readback.mul_f64(share),
-                                merge: times.merge.mul_f64(share),
-                                compute_clock: times.compute_clock,
-                            };
+                            let times = times.scaled(share);
                             let _ = job.reply.send(Ok(Done {
                                 partial,
                                 times,

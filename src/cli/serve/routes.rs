@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use microbatch::backend::StageTimes;
 use microbatch::report::{BatchCounts, Timings};
 use microbatch::shard::PartialFile;
 use microbatch::source::{Column, Format, InputOptions, TextOptions};
@@ -265,14 +264,10 @@ pub(super) fn report_json(
     total: Duration,
 ) -> Value {
     let mut partial = Partial::EMPTY;
-    let mut t = StageTimes::default();
+    let mut t = Timings::default();
     for d in done {
         partial.merge(&d.partial);
-        t.upload += d.times.upload;
-        t.compute += d.times.compute;
-        t.readback += d.times.readback;
-        t.merge += d.times.merge;
-        t.compute_clock = d.times.compute_clock;
+        t += d.times;
     }
     let report = Report {
         stats: partial.finish(ddof, false),
@@ -284,12 +279,8 @@ pub(super) fn report_json(
         },
         timings: Timings {
             read: Duration::ZERO,
-            upload: t.upload,
-            compute: t.compute,
-            readback: t.readback,
-            merge: t.merge,
             total,
-            compute_clock: t.compute_clock,
+            ..t
         },
         partial,
     };

@@ -417,10 +417,7 @@ fn run(args: RunArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if args.stats.json {
         let mut v = report.to_json();
-        v["input"] = serde_json::json!({
-            "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
-            "skipped_invalid": skipped,
-        });
+        v["input"] = Described::inputs_json(&described, skipped);
         if let Some(c) = &choice {
             v["choice"] = c.json.clone();
         }
@@ -583,10 +580,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
     let mut out = std::io::stdout().lock();
     if args.stats.json {
         let mut v = report.to_json();
-        v["input"] = serde_json::json!({
-            "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
-            "skipped_invalid": skipped,
-        });
+        v["input"] = Described::inputs_json(&described, skipped);
         v["remote"] = serde_json::json!({ "servers": per_server });
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
@@ -609,6 +603,16 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
     }
     out.flush()?;
     Ok(())
+}
+
+impl Described {
+    /// The report's `input` object: every source, and the fields skipped as invalid.
+    fn inputs_json(described: &[Described], skipped: u64) -> serde_json::Value {
+        serde_json::json!({
+            "sources": described.iter().map(Described::to_json).collect::<Vec<_>>(),
+            "skipped_invalid": skipped,
+        })
+    }
 }
 
 /// What a report says about one input.

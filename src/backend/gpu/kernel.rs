@@ -198,6 +198,161 @@ pub(super) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLay
     }
 }
 
+/// Checks `config` against the adapter: the kernel's shape, P and the elements bound per
+/// dispatch (the batch size, or less where the adapter's binding limit is lower).
+pub(super) fn check(ctx: &GpuContext, config: &GpuConfig) -> Result<(KernelShape, u32, usize)> {
+    crate::engine::check_batch_size(config.batch_size)?;
+    let limits = &ctx.limits;
+    let max_wg = limits.max_compute_workgroups_per_dimension;
+    let workgroups = config
+        .workgroups
+        .unwrap_or_else(|| default_workgroups(&ctx.report));
+    if workgroups == 0 || workgroups > max_wg {
+        return Err(Error::OutOfRange {
+            setting: "workgroups",
+            value: workgroups.into(),
+            min: 1,
+            max: max_wg.into(),
+            on: Some(ctx.report.name.clone()),
+        });
+    }
+    let vec_per_thread = config
+        .vec_per_thread
+        .unwrap_or_else(|| default_vec_per_thread(&ctx.report));
+    if !(1..=MAX_VEC_PER_THREAD).contains(&vec_per_thread) {
+        return Err(Error::OutOfRange {
+            setting: "vec_per_thread",
+            value: vec_per_thread.into(),
+            min: 1,
+            max: MAX_VEC_PER_THREAD.into(),
+            on: None,
+        });
+    }
+    if !ctx.report.f64 {
+        return Err(Error::GpuUnsupported {
+            adapter: ctx.report.name.clone(),
+            missing: "SHADER_F64 (f64 arithmetic in shaders)".to_string(),
+        });
+    }
+    let subgroups = match config.subgroups {
+        // The tree was as fast or faster in every shape measured on an H100 (BENCHMARKS.md,
+        // issue 10): subgroup shuffles of f64 state are no cheaper than workgroup memory.
+        None => false,
+        Some(true) if !ctx.subgroups => {
+            return Err(Error::GpuUnsupported {
+                adapter: ctx.report.name.clone(),
+                missing: "SUBGROUP (subgroup operations in compute shaders)".to_string(),
+            });
+        }
+        Some(wanted) => wanted,
+    };
+    let shape = KernelShape {
+        workgroup_size: WORKGROUP_SIZE,
+        vec_per_thread,
+        subgroups,
+        subgroup_sizes: (ctx.report.subgroup_min_size, ctx.report.subgroup_max_size),
+    };
+    // Per invocation: a u32 count, a vec2<f64> sum, an f64 M2 and five u32.
+    let wg_storage = 48 * WORKGROUP_SIZE;
+    if WORKGROUP_SIZE > limits.max_compute_invocations_per_workgroup
+        || WORKGROUP_SIZE > limits.max_compute_workgroup_size_x
+        || wg_storage > limits.max_compute_workgroup_storage_size
+    {
+        return Err(Error::GpuUnsupported {
+            adapter: ctx.report.name.clone(),
+            missing: format!(
+                "room for workgroups of {WORKGROUP_SIZE} invocations with {wg_storage} bytes of workgroup memory"
+            ),
+        });
+    }
+
+    // The most bytes one dispatch may bind: the adapter's binding and buffer limits, rounded
+    // down to whole vec4s. A larger batch is split over several dispatches.
+    let mut bind_limit = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    // Element indices in the shader are u32: 1 GiB per dispatch keeps `i * 4` far from overflow.
+    bind_limit = bind_limit.min(1 << 30);
+    if let Some(cap) = config.max_binding_bytes {
+        bind_limit = bind_limit.min(cap);
+    }
+    let bind_limit_elems = (bind_limit / 16 * 4) as usize;
+    if bind_limit_elems == 0 {
+        return Err(Error::OutOfRange {
+            setting: "max_binding_bytes",
+            value: bind_limit,
+            min: 16,
+            max: 1 << 30,
+            on: Some(ctx.report.name.clone()),
+        });
+    }
+    let chunk_elems = config.batch_size.next_multiple_of(4).min(bind_limit_elems);
+    Ok((shape, workgroups, chunk_elems))
+}
+
+/// The compute pipeline for `shape` and its bind group layout (run inside the caller's error
+/// scope: a validation error is reported there).
+pub(super) fn pipeline(
+    ctx: &GpuContext,
+    shape: &KernelShape,
+) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+    let device = &ctx.device;
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some("microbatch.reduce"),
+        source: wgpu::ShaderSource::Wgsl(reduce_wgsl(shape.subgroups).into()),
+    };
+    // SAFETY: the kernel needs neither of the checks wgpu would add (measured on an H200,
+    // they cost a third of its throughput; BENCHMARKS.md):
+    // - bounds: every `input` index is below `params.len / 4` (or is the vec4 holding the
+    //   last partial one), and the host binds at least `params.len` elements rounded up to
+    //   a vec4 (`dispatch`, `upload`); `partials[out_base + wid]` stays below the buffer's
+    //   capacity because `window_full` reads back before it would not; workgroup arrays are
+    //   indexed by invocation or subgroup index, both below WG_SIZE.
+    // - loop bounding: every loop steps a u32 index by a positive stride towards a bound
+    //   below 2^26 (1 GiB of vec4s), with strides below 2^31, so none can wrap or spin.
+    let module = unsafe {
+        device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+    };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("microbatch.reduce.layout"),
+        entries: &[
+            storage_entry(0, true),
+            storage_entry(1, false),
+            wgpu::BindGroupLayoutEntry {
+                binding: 2,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: wgpu::BufferSize::new(16),
+                },
+                count: None,
+            },
+        ],
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("microbatch.reduce.pipeline_layout"),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let constants = [
+        ("WG_SIZE", f64::from(WORKGROUP_SIZE)),
+        ("VEC_PER_THREAD", f64::from(shape.vec_per_thread)),
+    ];
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("microbatch.reduce"),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("reduce"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    (pipeline, layout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

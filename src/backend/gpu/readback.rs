@@ -114,3 +114,52 @@ impl GpuReducer {
         Ok(())
     }
 }
+
+/// The timestamp query set, the buffer its results resolve into and the one they are read
+/// back through.
+pub(super) type Queries = (wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer);
+
+/// The partials buffer (room for 64 windows of `workgroups`, at least 64 Ki partials), its
+/// capacity, its readback buffer, and the timestamp queries where the device has them.
+pub(super) fn buffers(
+    ctx: &GpuContext,
+    workgroups: u32,
+) -> (wgpu::Buffer, u32, wgpu::Buffer, Option<Queries>) {
+    let device = &ctx.device;
+    let partials_capacity = (workgroups as usize * 64).max(1 << 16) as u32;
+    let partials = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("microbatch.partials"),
+        size: u64::from(partials_capacity) * PARTIAL_BYTES,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let partials_readback = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("microbatch.partials.readback"),
+        size: u64::from(partials_capacity) * PARTIAL_BYTES,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let queries = ctx.timestamps.then(|| {
+        let count = 2 * MAX_DISPATCHES_PER_READBACK as u32;
+        let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("microbatch.timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = u64::from(count) * 8;
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("microbatch.timestamps.resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("microbatch.timestamps.readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        (set, resolve, readback)
+    });
+    (partials, partials_capacity, partials_readback, queries)
+}

@@ -159,9 +159,29 @@ pub enum Location {
     Line {
         /// 1-based line number.
         line: u64,
-        /// The column, by name or 0-based index, as the user gave it.
-        column: Option<String>,
+        /// The column, when one is meant.
+        column: Option<ColumnRef>,
     },
+}
+
+/// A column of a text input: its 0-based index, its header name, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRef {
+    /// 0-based index, when known.
+    pub index: Option<usize>,
+    /// The header's name for it, when there is a header (or the name asked for).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for ColumnRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.index, &self.name) {
+            (Some(i), Some(n)) => write!(f, "{i} ({n:?})"),
+            (Some(i), None) => write!(f, "{i}"),
+            (None, Some(n)) => write!(f, "{n:?}"),
+            (None, None) => f.write_str("?"),
+        }
+    }
 }
 
 impl std::fmt::Display for Location {

@@ -139,7 +139,7 @@ pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock
 pub use engine::{
     Accumulator, BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig,
 };
-pub use error::{Error, Location, Result};
+pub use error::{ColumnRef, Error, Location, Result};
 pub use report::{BatchCounts, Report, Timings};
 pub use shard::PartialFile;
 pub use stats::{Partial, Stats};

@@ -19,7 +19,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::{BatchSource, Element};
-use crate::{Error, Location, Result};
+use crate::{ColumnRef, Error, Location, Result};
 
 /// Which column to reduce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -491,7 +491,7 @@ pub struct TextSource<'a> {
     chunk: usize,
     spec: RowSpec,
     path: PathBuf,
-    column_label: String,
+    column_ref: ColumnRef,
     /// Non-blank rows to skip at the start of the next chunk (the header).
     skip_rows: usize,
     /// Lines before the next chunk to parse.
@@ -621,7 +621,7 @@ impl<'a> TextSource<'a> {
             .iter()
             .map(|t| t.trim().as_bytes().to_vec())
             .collect();
-        let invalid = |line: u64, column: Option<String>, message: String| Error::InvalidInput {
+        let invalid = |line: u64, column: Option<ColumnRef>, message: String| Error::InvalidInput {
             path: path.clone(),
             at: Location::Line { line, column },
             message,
@@ -648,7 +648,10 @@ impl<'a> TextSource<'a> {
                 h.iter().position(|c| c == n.trim()).ok_or_else(|| {
                     invalid(
                         first_line,
-                        Some(format!("{n:?}")),
+                        Some(ColumnRef {
+                            index: None,
+                            name: Some(n.trim().to_string()),
+                        }),
                         format!("no such column; the header has: {}", h.join(", ")),
                     )
                 })?
@@ -659,9 +662,9 @@ impl<'a> TextSource<'a> {
                 )));
             }
         };
-        let column_label = match &header {
-            Some(h) if column < h.len() => format!("{column} ({:?})", h[column]),
-            _ => column.to_string(),
+        let column_ref = ColumnRef {
+            index: Some(column),
+            name: header.as_ref().and_then(|h| h.get(column).cloned()),
         };
         let kind = match delimiter {
             Delimiter::Byte(b'\t') => "tab-separated".to_string(),
@@ -670,7 +673,7 @@ impl<'a> TextSource<'a> {
         };
         let header_note = if header.is_some() { "" } else { ", no header" };
         let label = format!(
-            "{} ({kind} text, column {column_label}{header_note})",
+            "{} ({kind} text, column {column_ref}{header_note})",
             path.display()
         );
         Ok(Self {
@@ -683,7 +686,7 @@ impl<'a> TextSource<'a> {
                 skip_invalid: options.skip_invalid,
             },
             path,
-            column_label,
+            column_ref,
             skip_rows: usize::from(is_header),
             line: 0,
             ready: Vec::new(),
@@ -767,7 +770,7 @@ impl<'a> TextSource<'a> {
                     path: self.path.clone(),
                     at: Location::Line {
                         line: self.line + line,
-                        column: Some(self.column_label.clone()),
+                        column: Some(self.column_ref.clone()),
                     },
                     message,
                 });

@@ -214,3 +214,35 @@ fn sources_borrow_their_reader_and_move_to_another_thread() {
     send::<Box<dyn microbatch::source::BatchSource + Send>>();
     send::<microbatch::Report>();
 }
+
+#[test]
+fn a_bad_field_names_its_line_and_column_as_fields() {
+    use microbatch::source::{Column, Format, InputOptions, open_reader};
+    use microbatch::{ColumnRef, Location};
+    let mut options = InputOptions {
+        format: Some(Format::Csv),
+        ..Default::default()
+    };
+    options.text.column = Column::Name("b".into());
+    let text = "a,b\n1,2\n3,oops\n";
+    let mut source = open_reader(Box::new(text.as_bytes()), "t.csv", &options).unwrap();
+    let e = engine_on(Box::new(CpuReducer::new()), 1024, 0)
+        .run(source.as_mut())
+        .unwrap_err();
+    match e {
+        Error::InvalidInput {
+            at: Location::Line { line, column },
+            ..
+        } => {
+            assert_eq!(line, 3);
+            assert_eq!(
+                column,
+                Some(ColumnRef {
+                    index: Some(1),
+                    name: Some("b".into())
+                })
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

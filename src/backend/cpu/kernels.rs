@@ -82,29 +82,41 @@ fn reduce_fast<const FMA: bool>(block: &[f32], range: &mut LaneRange) -> Option<
     for (i, c) in block.chunks_exact(LANES).enumerate() {
         prefetch_l2(next.wrapping_add(BLOCK / 2 + i * 16));
         for j in 0..LANES {
-            let d = f64::from(c[j]) - pivot;
-            t[j] += d;
-            q[j] = if FMA {
-                d.mul_add(d, q[j])
-            } else {
-                q[j] + d * d
-            };
+            add_deviation::<FMA>(f64::from(c[j]) - pivot, &mut t[j], &mut q[j]);
         }
     }
     range.lo = lo;
     range.hi = hi;
-    Some(PivotMoments {
-        count: block.len() as u64,
+    Some(finite_moments(block.len(), pivot, t, q))
+}
+
+/// One deviation from the pivot into a lane's Σd and Σd² (fused where `FMA`).
+#[inline(always)]
+fn add_deviation<const FMA: bool>(d: f64, t: &mut f64, q: &mut f64) {
+    *t += d;
+    *q = if FMA { d.mul_add(d, *q) } else { *q + d * d };
+}
+
+/// A fast-path block's moments: `count` finite values around `pivot`, their lanes' Σd and Σd²
+/// summed pairwise. The extremes stay in the caller's `LaneRange` until the piece is done.
+#[inline(always)]
+fn finite_moments<const N: usize>(
+    count: usize,
+    pivot: f64,
+    t: [f64; N],
+    q: [f64; N],
+) -> PivotMoments {
+    PivotMoments {
+        count: count as u64,
         nan_count: 0,
         pos_inf: 0,
         neg_inf: 0,
         pivot,
         t: pairwise(t),
         q: pairwise(q),
-        // The extremes stay in `range`'s lanes until the piece is done.
         min: f64::INFINITY,
         max: f64::NEG_INFINITY,
-    })
+    }
 }
 
 /// The fast path's running min/max, lane by lane, folded once per piece
@@ -285,28 +297,12 @@ fn reduce_block_fast_f64<const FMA: bool>(
     for (i, c) in block.chunks_exact(LANES_F64).enumerate() {
         prefetch_l2(next.wrapping_add(BLOCK_F64 / 2 + i * 8));
         for j in 0..LANES_F64 {
-            let d = c[j] - pivot;
-            t[j] += d;
-            q[j] = if FMA {
-                d.mul_add(d, q[j])
-            } else {
-                q[j] + d * d
-            };
+            add_deviation::<FMA>(c[j] - pivot, &mut t[j], &mut q[j]);
         }
     }
     range.lo = lo;
     range.hi = hi;
-    Some(PivotMoments {
-        count: BLOCK_F64 as u64,
-        nan_count: 0,
-        pos_inf: 0,
-        neg_inf: 0,
-        pivot,
-        t: pairwise(t),
-        q: pairwise(q),
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    })
+    Some(finite_moments(BLOCK_F64, pivot, t, q))
 }
 
 /// [`LaneRange`] for the f64 kernel.

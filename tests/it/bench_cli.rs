@@ -1,11 +1,12 @@
 //! `microbatch bench` end to end: a tiny sweep on the CPU (and the GPU where there is one),
 //! exported to JSON, CSV and SVG.
 
+use crate::common::*;
 use std::process::Command;
 
 #[test]
 fn bench_exports_every_point_and_the_fit() {
-    let dir = std::env::temp_dir().join(format!("microbatch-bench-{}", std::process::id()));
+    let dir = scratch_root().join("microbatch-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let (json, csv, svg) = (dir.join("b.json"), dir.join("b.csv"), dir.join("b.svg"));
     let backends = if crate::common::gpu().is_some() {
@@ -72,7 +73,7 @@ fn bench_exports_every_point_and_the_fit() {
 /// `bench --files`: whole `run` processes per file and backend, each row's count the file's.
 #[test]
 fn bench_files_times_whole_runs_per_format() {
-    let dir = std::env::temp_dir().join(format!("microbatch-bench-files-{}", std::process::id()));
+    let dir = scratch_root().join("microbatch-bench-files");
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("v.f32");
     std::fs::write(

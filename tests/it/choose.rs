@@ -3,6 +3,7 @@
 //! GPU cheaper takes the GPU, a stream takes the CPU and says why, a profile whose adapter is gone
 //! falls back to the CPU, and `calibrate` writes a profile `auto` reads.
 
+use crate::common::*;
 use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str], profile: Option<&std::path::Path>) -> Output {
@@ -83,7 +84,7 @@ fn the_reference_case_takes_the_cpu_without_loading_vulkan() {
 
 #[test]
 fn a_profile_that_makes_the_gpu_cheaper_takes_the_gpu() {
-    let dir = std::env::temp_dir().join(format!("mb-choose-{}", std::process::id()));
+    let dir = scratch_root().join("mb-choose");
     let Some(ctx) = crate::common::gpu() else {
         return;
     };
@@ -121,7 +122,7 @@ fn a_profile_that_makes_the_gpu_cheaper_takes_the_gpu() {
 
 #[test]
 fn calibrate_writes_a_profile_auto_reads_and_bad_profiles_are_errors() {
-    let dir = std::env::temp_dir().join(format!("mb-calibrate-{}", std::process::id()));
+    let dir = scratch_root().join("mb-calibrate");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("profile.json");
     let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))

@@ -19,7 +19,7 @@ use rand::RngExt;
 use serde_json::Value;
 
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("microbatch-columnar-{}", std::process::id()));
+    let d = scratch_root().join("microbatch-columnar");
     std::fs::create_dir_all(&d).unwrap();
     d
 }

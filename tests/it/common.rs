@@ -179,13 +179,45 @@ pub fn check_stats(what: &str, stats: &microbatch::Stats, data: &[f32], depth: f
     assert_close(&format!("{what}: var"), stats.var.unwrap(), var, tol);
 }
 
+/// This test process's scratch directory, `$TMPDIR/microbatch-tests-PID`: every file a test
+/// writes goes below it. A test binary has no exit hook, so the first call removes the
+/// directories of earlier test processes that are no longer running (on Linux, where
+/// `/proc/PID` says so): repeated test runs leave at most one process's files behind.
+pub fn scratch_root() -> &'static std::path::Path {
+    static ROOT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        #[cfg(target_os = "linux")]
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("microbatch-tests-"))
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if pid != std::process::id()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = tmp.join(format!("microbatch-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    })
+}
+
 /// A scratch directory for one test, removed when dropped (also when the test fails).
 pub struct Scratch(pub std::path::PathBuf);
 
 impl Scratch {
     /// `$TMPDIR/mb-NAME-PID`, empty.
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mb-{name}-{}", std::process::id()));
+        let dir = scratch_root().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -275,7 +307,7 @@ pub fn json(o: &std::process::Output) -> serde_json::Value {
 /// Writes `bytes` to `name` in this process's scratch directory for `group` (one per test file,
 /// so files of the same name in different files' tests do not collide).
 pub fn tmp_file(group: &str, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("microbatch-{group}-{}", std::process::id()));
+    let dir = scratch_root().join(group);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();

@@ -757,7 +757,7 @@ fn detection_reads_right_or_says_what_to_pass() {
         seq.as_bytes(),
     ));
     assert_eq!(stats(&v), (10, 55.0));
-    let fifo = std::env::temp_dir().join(format!("microbatch-fifo-{}", std::process::id()));
+    let fifo = scratch_root().join("microbatch-fifo");
     let _ = std::fs::remove_file(&fifo);
     assert!(
         Command::new("mkfifo")

@@ -2,6 +2,7 @@
 //! test either) while the process's peak resident set (VmHWM in /proc) is watched. It must stay
 //! within a bound set by the batch size, not by N.
 
+use crate::common::*;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -214,7 +215,7 @@ fn backends() -> Vec<(&'static str, u64)> {
 /// 1 GiB file costs no more memory than a one-batch file plus what the backend holds anyway.
 #[test]
 fn mapped_files_are_reduced_in_bounded_memory() {
-    let dir = std::env::temp_dir().join(format!("mb-mem-{}", std::process::id()));
+    let dir = scratch_root().join("mb-mem");
     std::fs::create_dir_all(&dir).unwrap();
     let (small, big) = (dir.join("small.f32"), dir.join("big.f32"));
     std::fs::File::create(&small)
@@ -246,7 +247,7 @@ fn mapped_files_are_reduced_in_bounded_memory() {
 /// 5 MB one does, give or take a round.
 #[test]
 fn text_files_are_parsed_in_bounded_memory() {
-    let dir = std::env::temp_dir().join(format!("mb-mem-text-{}", std::process::id()));
+    let dir = scratch_root().join("mb-mem-text");
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, rows: usize| {
         let p = dir.join(name);
@@ -285,7 +286,7 @@ fn text_files_are_parsed_in_bounded_memory() {
 #[test]
 fn parquet_files_are_decoded_in_bounded_memory() {
     use std::sync::Arc;
-    let dir = std::env::temp_dir().join(format!("mb-mem-pq-{}", std::process::id()));
+    let dir = scratch_root().join("mb-mem-pq");
     std::fs::create_dir_all(&dir).unwrap();
     const GROUP: usize = 1 << 20;
     let write = |name: &str, groups: usize| {

@@ -51,7 +51,7 @@ impl Drop for Server {
 fn data_file(name: &str, n: usize) -> std::path::PathBuf {
     let mut rng = fresh_rng(name);
     let values = normal(&mut rng, n, 1e4, 7.0);
-    let path = std::env::temp_dir().join(format!("mb-remote-{}-{name}.f32", std::process::id()));
+    let path = scratch_root().join(format!("mb-remote-{name}.f32"));
     std::fs::write(
         &path,
         values
@@ -105,7 +105,7 @@ fn remote_runs_equal_the_local_run_with_one_server_or_three() {
         assert_eq!(per, 16, "every batch answered once: {}", v["remote"]);
     }
     // --partial and --ddof as for a local run.
-    let partial = std::env::temp_dir().join(format!("mb-remote-{}.json", std::process::id()));
+    let partial = scratch_root().join("mb-remote.json");
     let v = json(&run(&[
         "run",
         p,
@@ -144,7 +144,7 @@ fn remote_runs_equal_the_local_run_with_one_server_or_three() {
 fn remote_over_a_unix_socket_equals_the_local_run_and_reports_its_stages() {
     let path = data_file("unix", 300_001);
     let p = path.to_str().unwrap();
-    let sock = std::env::temp_dir().join(format!("mb-remote-{}.sock", std::process::id()));
+    let sock = scratch_root().join("mb-remote.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_microbatch"))
         .args(["serve", "--unix", sock.to_str().unwrap(), "--in-memory"])
         .args(["--backend", "cpu"])
@@ -309,7 +309,7 @@ fn dead_servers_wrong_tokens_and_foreign_answers_are_clear_errors() {
     );
 
     // A wrong token.
-    let dir = std::env::temp_dir().join(format!("mb-remote-tok-{}", std::process::id()));
+    let dir = scratch_root().join("mb-remote-tok");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("t"), "the-right-token-1234\n").unwrap();
     std::fs::write(dir.join("w"), "the-wrong-token-1234\n").unwrap();

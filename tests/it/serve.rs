@@ -372,7 +372,7 @@ fn streams_accumulate_merge_and_reject_bad_batches_whole() {
         .unwrap()
         .text()
         .unwrap();
-    let p = std::env::temp_dir().join(format!("stream-{}.json", std::process::id()));
+    let p = scratch_root().join("stream.json");
     std::fs::write(&p, &partial).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_microbatch"))
         .args(["merge", p.to_str().unwrap(), "--json"])
@@ -475,7 +475,7 @@ fn limits_answer_413_429_408_and_auth_401() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // Authentication: every route but /healthz needs the token; the scheme's case is free.
-    let token = std::env::temp_dir().join(format!("token-{}", std::process::id()));
+    let token = scratch_root().join("token");
     std::fs::write(&token, "s3cret-s3cret-s3cret\n").unwrap();
     let auth = Server::start(&["--backend", "cpu", "--token-file", token.to_str().unwrap()]);
     json_ok(c.get(auth.url("/healthz")).send().unwrap());
@@ -852,7 +852,7 @@ fn careless_requests_are_refused_before_anything_is_applied() {
 /// answer without being applied again.
 #[test]
 fn keyed_batches_count_exactly_once_through_kill_9() {
-    let dir = std::env::temp_dir().join(format!("microbatch-store-{}", std::process::id()));
+    let dir = scratch_root().join("microbatch-store");
     let _ = std::fs::remove_dir_all(&dir);
     let data_dir = dir.to_str().unwrap().to_string();
     let first = Server::start(&["--backend", "cpu", "--data-dir", &data_dir]);
@@ -1246,7 +1246,7 @@ fn malformed_request_lines_get_a_json_400() {
 fn a_unix_socket_serves_the_same_api_and_replaces_a_stale_socket() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixStream;
-    let dir = std::env::temp_dir().join(format!("mb-unix-{}", std::process::id()));
+    let dir = scratch_root().join("mb-unix");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("serve.sock");
     // A stale socket (bound, nobody listening) is replaced.
@@ -1312,7 +1312,7 @@ fn a_unix_socket_serves_the_same_api_and_replaces_a_stale_socket() {
 
 #[test]
 fn the_admin_token_lists_and_deletes_any_stream() {
-    let dir = std::env::temp_dir().join(format!("mb-admin-{}", std::process::id()));
+    let dir = scratch_root().join("mb-admin");
     std::fs::create_dir_all(&dir).unwrap();
     let (user, admin) = (dir.join("user"), dir.join("admin"));
     std::fs::write(&user, "user-token-user-token\n").unwrap();
@@ -1399,7 +1399,7 @@ fn the_admin_token_lists_and_deletes_any_stream() {
 
 #[test]
 fn idempotency_keys_are_forgotten_after_their_ttl_in_memory_and_on_disk() {
-    let dir = std::env::temp_dir().join(format!("mb-keyttl-{}", std::process::id()));
+    let dir = scratch_root().join("mb-keyttl");
     let _ = std::fs::remove_dir_all(&dir);
     let data_dir = dir.to_str().unwrap();
     let c = client();

@@ -187,6 +187,7 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&store);
 }
 
 /// Sends `data` over loopback TCP to a sink that only reads it (into a reused 4 MiB buffer,

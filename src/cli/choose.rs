@@ -1,9 +1,9 @@
 //! `--backend auto` by the cost model T = N/P·S + D, and `microbatch calibrate`, which measures
 //! S and D on this machine.
 //!
-//! For each candidate — the CPU backend (P = its threads) and the GPU a profile names (P = its
-//! workgroups) — T is predicted with D including the backend's start-up (for the GPU: Vulkan,
-//! the device, the pipelines), and the smaller wins. The GPU is probed (a wgpu instance
+//! For each candidate — the CPU backend (P = its threads) and every GPU adapter the profile
+//! holds (each with its own P, S and D) — T is predicted with D including the backend's
+//! start-up (for a GPU: Vulkan, the device, the pipelines), and the smallest wins. The GPU is probed (a wgpu instance
 //! created, adapters enumerated) only when it is predicted to win: small inputs never start
 //! Vulkan. Without a profile, built-in figures stand in, chosen so that the CPU is picked unless
 //! the input is large enough to pay a GPU's start-up many times over.
@@ -44,13 +44,18 @@ pub(crate) struct GpuFit {
     pub startup_s: f64,
 }
 
-/// What `calibrate` writes.
+/// What `calibrate` writes (version 2: every GPU adapter measured; version 1 held one, in
+/// `gpu`, and is still read).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Profile {
     pub format: String,
     pub version: u32,
     pub created: String,
     pub cpu: Fit,
+    #[serde(default)]
+    pub gpus: Vec<GpuFit>,
+    /// Version 1's single GPU.
+    #[serde(default, skip_serializing)]
     pub gpu: Option<GpuFit>,
 }
 
@@ -76,14 +81,28 @@ pub(crate) fn profile_path() -> Option<PathBuf> {
 fn load(path: &Path) -> Result<Profile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let p: Profile = serde_json::from_str(&text)
+    let mut p: Profile = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a calibration profile", path.display()))?;
     anyhow::ensure!(
-        p.format == PROFILE_FORMAT && p.version == 1,
-        "{}: a profile of format {:?} version {}, not {PROFILE_FORMAT:?} version 1 (run `microbatch calibrate` again)",
+        p.format == PROFILE_FORMAT && (1..=2).contains(&p.version),
+        "{}: a profile of format {:?} version {}, not {PROFILE_FORMAT:?} version 1 or 2 (run `microbatch calibrate` again)",
         path.display(),
         p.format,
         p.version
+    );
+    p.gpus.extend(p.gpu.take());
+    for g in &p.gpus {
+        anyhow::ensure!(
+            g.fit.p > 0.0 && g.fit.s >= 0.0 && g.fit.d >= 0.0,
+            "{}: GPU {:?} has an impossible fit (P, S and D must be positive)",
+            path.display(),
+            g.adapter
+        );
+    }
+    anyhow::ensure!(
+        p.cpu.p > 0.0 && p.cpu.s >= 0.0 && p.cpu.d >= 0.0,
+        "{}: the CPU has an impossible fit (P, S and D must be positive)",
+        path.display()
     );
     Ok(p)
 }
@@ -102,7 +121,7 @@ fn builtin(threads: usize) -> Profile {
             s: 1.0 / per_thread,
             d: 0.001,
         },
-        gpu: Some(GpuFit {
+        gpus: vec![GpuFit {
             adapter: String::new(),
             fit: Fit {
                 p: 1024.0,
@@ -110,7 +129,8 @@ fn builtin(threads: usize) -> Profile {
                 d: 0.3,
             },
             startup_s: 0.3,
-        }),
+        }],
+        gpu: None,
     }
 }
 
@@ -140,28 +160,51 @@ pub(crate) fn choose(n: Option<u64>) -> Result<Choice> {
         });
     };
     let t_cpu = profile.cpu.predict(n as f64);
-    let t_gpu = profile.gpu.as_ref().map(|g| g.fit.predict(n as f64));
-    let gpu_wins = t_gpu.is_some_and(|g| g < t_cpu);
+    // Every GPU candidate's prediction; the cheapest one competes with the CPU.
+    let gpus: Vec<(&GpuFit, f64)> = profile
+        .gpus
+        .iter()
+        .map(|g| (g, g.fit.predict(n as f64)))
+        .collect();
+    let best = gpus
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|&(g, t)| (g, t));
+    let gpu_wins = best.is_some_and(|(_, t)| t < t_cpu);
+    let name = |g: &GpuFit| {
+        if g.adapter.is_empty() {
+            "any hardware GPU".to_string()
+        } else {
+            g.adapter.clone()
+        }
+    };
     let json = json!({
         "backend": if gpu_wins { "gpu" } else { "cpu" },
+        "adapter": best.filter(|_| gpu_wins).map(|(g, _)| name(g)),
         "elements": n,
-        "predicted_s": {"cpu": t_cpu, "gpu": t_gpu},
+        "predicted_s": {"cpu": t_cpu, "gpu": best.map(|(_, t)| t)},
+        "gpus": gpus.iter().map(|(g, t)| json!({"adapter": name(g), "p": g.fit.p, "predicted_s": t})).collect::<Vec<_>>(),
         "profile": source,
     });
+    let mut predicted = vec![format!("cpu {}", secs(t_cpu))];
+    for (g, t) in &gpus {
+        predicted.push(if gpus.len() == 1 {
+            format!("gpu {}", secs(*t))
+        } else {
+            format!("{} {}", name(g), secs(*t))
+        });
+    }
     let line = format!(
-        "{} (predicted: cpu {}{}; profile {source})",
-        if gpu_wins { "gpu" } else { "cpu" },
-        secs(t_cpu),
-        t_gpu.map_or(String::new(), |g| format!(", gpu {}", secs(g)))
+        "{} (predicted: {}; profile {source})",
+        match best {
+            Some((g, _)) if gpu_wins && gpus.len() > 1 => format!("gpu ({})", name(g)),
+            _ if gpu_wins => "gpu".to_string(),
+            _ => "cpu".to_string(),
+        },
+        predicted.join(", ")
     );
     Ok(Choice {
-        gpu: gpu_wins.then(|| {
-            profile
-                .gpu
-                .as_ref()
-                .map(|g| g.adapter.clone())
-                .unwrap_or_default()
-        }),
+        gpu: best.filter(|_| gpu_wins).map(|(g, _)| g.adapter.clone()),
         json,
         line,
     })
@@ -220,52 +263,72 @@ pub(crate) fn calibrate(adapter: Option<String>, out: Option<PathBuf>) -> Result
         4.0 * threads as f64 / cpu.s / 1e9,
         cpu.d * 1e3
     );
-    let t = Instant::now();
-    let gpu_engine = Engine::new(&EngineConfig {
-        backend: if adapter.is_some() {
-            BackendChoice::Gpu
-        } else {
-            BackendChoice::Auto
-        },
-        adapter: adapter.clone(),
-        ..EngineConfig::default()
-    });
-    let startup = t.elapsed().as_secs_f64();
-    let gpu = match gpu_engine {
-        Ok(mut e) if e.backend().kind == microbatch::BackendKind::Gpu => {
-            let info = e.backend().clone();
-            let mut fit = measure(&mut e, f64::from(info.workgroups))?;
-            fit.d += startup;
-            eprintln!(
-                "gpu: {} (P = {}), {:.2} GB/s, D {:.1} ms of which start-up {:.1} ms",
-                info.adapter,
-                info.workgroups,
-                4.0 * fit.p / fit.s / 1e9,
-                fit.d * 1e3,
-                startup * 1e3
-            );
-            Some(GpuFit {
-                adapter: info.adapter,
-                fit,
-                startup_s: startup,
-            })
-        }
-        Ok(e) => {
-            eprintln!(
-                "gpu: none here that auto would take ({}); auto will take the CPU",
-                e.notice()
-                    .unwrap_or("no hardware GPU: `--adapter NAME` calibrates a software one")
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("gpu: none ({e})");
-            None
+    // The adapters to measure: the one named, else every hardware GPU (what `auto` may take).
+    let names: Vec<Option<String>> = match &adapter {
+        Some(a) => vec![Some(a.clone())],
+        None => {
+            let hardware: Vec<Option<String>> = microbatch::list_adapters()
+                .into_iter()
+                .filter(|a| a.device_type != "Cpu")
+                .map(|a| Some(a.name))
+                .collect();
+            if hardware.is_empty() {
+                vec![None]
+            } else {
+                hardware
+            }
         }
     };
+    let mut gpus = Vec::new();
+    for name in names {
+        let t = Instant::now();
+        let gpu_engine = Engine::new(&EngineConfig {
+            backend: if name.is_some() {
+                BackendChoice::Gpu
+            } else {
+                BackendChoice::Auto
+            },
+            adapter: name.clone(),
+            ..EngineConfig::default()
+        });
+        let startup = t.elapsed().as_secs_f64();
+        match gpu_engine {
+            Ok(mut e) if e.backend().kind == microbatch::BackendKind::Gpu => {
+                let info = e.backend().clone();
+                let mut fit = measure(&mut e, f64::from(info.workgroups))?;
+                fit.d += startup;
+                eprintln!(
+                    "gpu: {} (P = {}), {:.2} GB/s, D {:.1} ms of which start-up {:.1} ms",
+                    info.adapter,
+                    info.workgroups,
+                    4.0 * fit.p / fit.s / 1e9,
+                    fit.d * 1e3,
+                    startup * 1e3
+                );
+                gpus.push(GpuFit {
+                    adapter: info.adapter,
+                    fit,
+                    startup_s: startup,
+                });
+            }
+            Ok(e) => {
+                eprintln!(
+                    "gpu: none here that auto would take ({}); auto will take the CPU",
+                    e.notice()
+                        .unwrap_or("no hardware GPU: `--adapter NAME` calibrates a software one")
+                );
+            }
+            Err(e) => {
+                eprintln!(
+                    "gpu: {} not measured ({e})",
+                    name.as_deref().unwrap_or("none")
+                );
+            }
+        }
+    }
     let profile = Profile {
         format: PROFILE_FORMAT.into(),
-        version: 1,
+        version: 2,
         created: format!(
             "unix {}",
             std::time::SystemTime::now()
@@ -273,7 +336,8 @@ pub(crate) fn calibrate(adapter: Option<String>, out: Option<PathBuf>) -> Result
                 .map_or(0, |d| d.as_secs())
         ),
         cpu,
-        gpu,
+        gpus,
+        gpu: None,
     };
     let path = out
         .or_else(profile_path)

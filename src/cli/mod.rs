@@ -47,8 +47,8 @@ enum Command {
     /// Measure this machine's backends (S and D of T = N/P × S + D) and write the profile
     /// `--backend auto` chooses by (under the user's cache directory).
     Calibrate {
-        /// Calibrate this GPU adapter (name substring; software ones allowed) instead of the
-        /// hardware GPU `auto` would take.
+        /// Calibrate this GPU adapter (name substring; software ones allowed) instead of every
+        /// hardware GPU `auto` may take (each is measured and kept in the profile).
         #[arg(long, value_name = "TEXT")]
         adapter: Option<String>,
         /// Write the profile here instead (`MICROBATCH_PROFILE` names where `auto` reads it).

@@ -117,6 +117,44 @@ fn a_profile_that_makes_the_gpu_cheaper_takes_the_gpu() {
     let v = json(&o);
     assert_eq!(v["backend"]["kind"], "cpu");
     assert!(String::from_utf8_lossy(&o.stderr).contains("not here"));
+
+    // Several GPUs (profile version 2): each predicted with its own P, S and D; the cheapest
+    // runs, whichever comes first in the profile.
+    let two = profile(
+        &dir,
+        "two.json",
+        &format!(
+            r#"{{"format":"microbatch-profile","version":2,"created":"test",
+                "cpu":{{"p":2,"s":1e-6,"d":1.0}},
+                "gpus":[{{"adapter":"Slow GPU 1","fit":{{"p":16,"s":1e-9,"d":0.5}},"startup_s":0.5}},
+                        {{"adapter":{adapter:?},"fit":{{"p":16,"s":1e-12,"d":0.0}},"startup_s":0.0}}]}}"#
+        ),
+    );
+    let o = run(&["run", "--random", "100000", "--json"], Some(&two));
+    let v = json(&o);
+    assert_eq!(v["choice"]["backend"], "gpu", "{}", v["choice"]);
+    assert_eq!(v["choice"]["adapter"], adapter.as_str(), "{}", v["choice"]);
+    assert_eq!(v["choice"]["gpus"].as_array().unwrap().len(), 2);
+    let slow = v["choice"]["gpus"][0]["predicted_s"].as_f64().unwrap();
+    let fast = v["choice"]["gpus"][1]["predicted_s"].as_f64().unwrap();
+    assert!(
+        fast < slow && (slow - (0.5 + 1e5 / 16.0 * 1e-9)).abs() < 1e-12,
+        "{}",
+        v["choice"]
+    );
+    assert_eq!(v["choice"]["predicted_s"]["gpu"].as_f64(), Some(fast));
+    assert_eq!(v["backend"]["adapter"], adapter.as_str());
+    // An impossible fit is an error naming the adapter, not a silent choice.
+    let bad = profile(
+        &dir,
+        "neg.json",
+        r#"{"format":"microbatch-profile","version":2,"created":"test",
+            "cpu":{"p":2,"s":1e-6,"d":1.0},
+            "gpus":[{"adapter":"Odd GPU","fit":{"p":0,"s":1e-9,"d":0.5},"startup_s":0.5}]}"#,
+    );
+    let o = run(&["run", "--random", "100000", "--json"], Some(&bad));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Odd GPU"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

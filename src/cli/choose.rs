@@ -142,7 +142,7 @@ pub(crate) struct Choice {
     pub line: String,
 }
 
-/// Decides for `n` elements (`None`: unknown, e.g. stdin).
+/// Decides for `n` f32 values (`None`: unknown, e.g. stdin).
 pub(crate) fn choose(n: Option<u64>) -> Result<Choice> {
     let threads = rayon::current_num_threads();
     let (profile, source) = match profile_path().filter(|p| p.exists()) {
@@ -159,6 +159,13 @@ pub(crate) fn choose(n: Option<u64>) -> Result<Choice> {
             line: "cpu (input size unknown: the CPU needs no start-up)".into(),
         });
     };
+    if n == 0 {
+        return Ok(Choice {
+            gpu: None,
+            json: json!({"backend": "cpu", "elements": 0, "reason": "no f32 values: f64, integer and text inputs are reduced by the CPU kernels on either backend", "profile": source}),
+            line: "cpu (no f32 values: f64, integers and text are reduced by the CPU kernels on either backend)".into(),
+        });
+    }
     let t_cpu = profile.cpu.predict(n as f64);
     // Every GPU candidate's prediction; the cheapest one competes with the CPU.
     let gpus: Vec<(&GpuFit, f64)> = profile

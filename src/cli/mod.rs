@@ -338,10 +338,25 @@ fn run(args: RunArgs) -> Result<()> {
     if !args.remote.is_empty() {
         return run_remote(&args, &options, total_bytes);
     }
-    // `auto` without an adapter: the cost model decides, before any GPU is probed. The input's
-    // size in f32-sized elements stands for N (an upper bound for text, exact for f32).
+    // `auto` without an adapter: the cost model decides, before any GPU is probed. N is the
+    // number of f32 values: f64, integer and text inputs are reduced by the CPU kernels on
+    // either backend (the GPU kernel reads f32), so only f32 inputs can gain from a GPU. Each
+    // file is opened to ask (headers only; nothing is read twice but a header).
     let choice = if args.backend == BackendArg::Auto && args.adapter.is_none() {
-        let n = args.random.or(total_bytes.map(|b| b / 4));
+        let n = match (args.random, total_bytes) {
+            (Some(n), _) => Some(n),
+            (None, None) => None,
+            (None, Some(_)) => {
+                let mut f32_values = 0u64;
+                for p in &args.inputs {
+                    let source = microbatch::source::open(p, &options)?;
+                    if source.element() == microbatch::source::Element::F32 {
+                        f32_values += source.len_bytes().unwrap_or(0) / 4;
+                    }
+                }
+                Some(f32_values)
+            }
+        };
         let c = choose::choose(n)?;
         match &c.gpu {
             None => config.backend = BackendChoice::Cpu,

@@ -105,6 +105,16 @@ fn a_profile_that_makes_the_gpu_cheaper_takes_the_gpu() {
     assert_eq!(v["choice"]["backend"], "gpu", "{}", v["choice"]);
     assert_eq!(v["backend"]["kind"], "gpu");
     assert_eq!(v["stats"]["count"], 100_000);
+    // The same cheap GPU for a text input: parsed to f64 and reduced by the CPU kernels on
+    // either backend, so no f32 values to gain from it: the CPU, without loading Vulkan.
+    let csv = dir.join("values.csv");
+    std::fs::write(&csv, "x\n1.5\n2.5\n").unwrap();
+    let o = run(&["run", csv.to_str().unwrap(), "--json"], Some(&cheap_gpu));
+    let v = json(&o);
+    assert_eq!(v["choice"]["backend"], "cpu", "{}", v["choice"]);
+    assert_eq!(v["choice"]["elements"], 0);
+    assert_eq!(v["stats"]["count"], 2);
+    assert!(!loaded_vulkan(&o));
     // The same profile with an adapter that is not here: the CPU, with a line saying so.
     let gone = profile(
         &dir,

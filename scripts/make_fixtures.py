@@ -5,7 +5,7 @@ at the precision microbatch reduces them in (float32 for f4 and integers of up t
 it holds exactly; float64 for everything else, text included), into tests/data/expected.json.
 
 Run from the repository root: python3 scripts/make_fixtures.py   (needs numpy)
-The outputs are committed; tests/formats.rs checks both backends against them.
+The outputs are committed; tests/it/formats.rs checks both backends against them.
 """
 import json, os
 import numpy as np

@@ -5,7 +5,7 @@ dtype). Prints each statistic's error: sum relative to sum|x|, var relative (or 
 mean^2 where mean^2/var > 1e12, as the README's bound says).
 
 Usage: python3 scripts/numerics_cases.py [--bin target/release/microbatch] [--backends cpu,gpu]
-Needs numpy (pip install numpy). Not part of the test suite (tests/numerics.rs asserts the bounds).
+Needs numpy (pip install numpy). Not part of the test suite (tests/it/numerics.rs asserts the bounds).
 """
 import argparse, json, math, os, subprocess, tempfile
 from fractions import Fraction

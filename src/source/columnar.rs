@@ -30,6 +30,9 @@ enum Batches<'a> {
     /// A Parquet file: its row groups, decoded on all cores by a thread of their own a round
     /// ahead of the engine, and received here in file order.
     Parquet(std::sync::mpsc::Receiver<std::result::Result<RecordBatch, String>>),
+    /// A Parquet file opened but not read yet: the decoder starts on the first read, so that
+    /// opening a source (to learn its element type, say) decodes nothing.
+    ParquetUnstarted(Box<dyn FnOnce() -> Result<Batches<'static>> + Send>),
     /// An Arrow IPC file or stream, already projected to the column.
     Ipc(
         Box<
@@ -163,14 +166,18 @@ impl<'a> ColumnarSource<'a> {
         );
         // One round of decoded row groups waits while the next is decoded: memory stays bounded
         // by about two rounds and the batch being reduced.
-        let threads = rayon::current_num_threads().max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel(threads);
-        std::thread::Builder::new()
-            .name("microbatch-parquet".into())
-            .spawn(move || decode_groups(bytes, map, meta, index, 0..groups, threads, tx))
-            .map_err(io)?;
+        let owned = path.to_path_buf();
+        let start = move || {
+            let threads = rayon::current_num_threads().max(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel(threads);
+            std::thread::Builder::new()
+                .name("microbatch-parquet".into())
+                .spawn(move || decode_groups(bytes, map, meta, index, 0..groups, threads, tx))
+                .map_err(|error| Error::Io { path: owned, error })?;
+            Ok(Batches::Parquet(rx))
+        };
         Ok(Self::new(
-            Batches::Parquet(rx),
+            Batches::ParquetUnstarted(Box::new(start)),
             path,
             element,
             dtype,
@@ -267,6 +274,15 @@ impl<'a> ColumnarSource<'a> {
 
     /// The next record batch's column, `None` at the end.
     fn next_array(&mut self) -> Result<Option<ArrayRef>> {
+        if matches!(self.batches, Batches::ParquetUnstarted(_)) {
+            let Batches::ParquetUnstarted(start) = std::mem::replace(
+                &mut self.batches,
+                Batches::Ipc(Box::new(std::iter::empty())),
+            ) else {
+                unreachable!("matched above")
+            };
+            self.batches = start()?;
+        }
         let bad = |e: &dyn std::fmt::Display| invalid(&self.path, format!("decoding: {e}"));
         match &mut self.batches {
             Batches::Ipc(it) => match it.next() {
@@ -280,6 +296,7 @@ impl<'a> ColumnarSource<'a> {
                 Ok(Ok(b)) => Ok(Some(Arc::clone(b.column(0)))),
                 Ok(Err(e)) => Err(bad(&e)),
             },
+            Batches::ParquetUnstarted(_) => unreachable!("started above"),
         }
     }
 }

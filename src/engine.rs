@@ -297,33 +297,27 @@ impl Engine {
 
     /// Reduces f64 values in micro-batches, in f64, without copying them.
     pub fn reduce_f64(&mut self, data: &[f64]) -> Result<Report> {
-        self.note_host_kernels();
-        let start = Instant::now();
-        let mut count = 0u64;
-        for batch in data.chunks(self.batch_size) {
-            if let Err(e) = self.reducer.push_f64(batch) {
-                let _ = self.reducer.finish();
-                return Err(e);
-            }
-            count += 1;
-        }
-        self.finish(start, Duration::ZERO, count, self.batch_size)
+        self.reduce_ref(BatchRef::F64(data))
     }
 
     /// Reduces i64 values in micro-batches exactly (count, sum, min and max; `Stats::exact`),
     /// without copying them.
     pub fn reduce_i64(&mut self, data: &[i64]) -> Result<Report> {
-        self.note_host_kernels();
-        let start = Instant::now();
-        let mut count = 0u64;
-        for batch in data.chunks(self.batch_size) {
-            if let Err(e) = self.reducer.push_int_tagged(0, batch, 0) {
-                let _ = self.reducer.finish();
-                return Err(e);
-            }
-            count += 1;
+        self.reduce_ref(BatchRef::Int(data, 0))
+    }
+
+    /// One slice of any element type, in micro-batches of the batch size.
+    fn reduce_ref(&mut self, data: BatchRef<'_>) -> Result<Report> {
+        if !matches!(data, BatchRef::F32(_)) {
+            self.note_host_kernels();
         }
-        self.finish(start, Duration::ZERO, count, self.batch_size)
+        let start = Instant::now();
+        if let Err(e) = data.push_to(&mut *self.reducer, 0, self.batch_size) {
+            let _ = self.reducer.finish();
+            return Err(e);
+        }
+        let batches = data.len().div_ceil(self.batch_size) as u64;
+        self.finish(start, Duration::ZERO, batches, self.batch_size)
     }
 
     /// The GPU backend reduces f64 and integer batches with the CPU kernels: say so once.
@@ -338,8 +332,7 @@ impl Engine {
 
     /// Reduces a slice in micro-batches, without copying it.
     pub fn reduce(&mut self, data: &[f32]) -> Result<Report> {
-        let batch_size = self.batch_size;
-        self.reduce_batches(data.chunks(batch_size))
+        self.reduce_ref(BatchRef::F32(data))
     }
 
     /// Reduces batches from your own iterator (each one of any length).
@@ -383,11 +376,9 @@ impl Engine {
             if batch.is_empty() {
                 continue;
             }
-            for piece in batch.chunks(self.batch_size) {
-                if let Err(e) = self.reducer.push(piece) {
-                    let _ = self.reducer.finish();
-                    return Err(e);
-                }
+            if let Err(e) = BatchRef::F32(batch).push_to(&mut *self.reducer, 0, self.batch_size) {
+                let _ = self.reducer.finish();
+                return Err(e);
             }
             count += 1;
         }
@@ -480,46 +471,41 @@ impl std::fmt::Debug for Accumulator<'_> {
 }
 
 impl Accumulator<'_> {
-    fn guard(&mut self, push: impl FnOnce(&mut Engine) -> Result<()>) -> Result<()> {
-        if let Some(e) = &self.failed {
-            return Err(Error::Poisoned(e.clone()));
-        }
-        self.pending = true;
-        push(&mut *self.engine).inspect_err(|e| {
-            self.failed = Some(e.to_string());
-            let _ = self.engine.reducer.finish();
-            self.pending = false;
-        })?;
-        self.batches += 1;
-        Ok(())
-    }
-
     /// Pushes f32 values (any length: cut to the engine's batch size).
     pub fn push(&mut self, batch: &[f32]) -> Result<()> {
-        self.guard(|e| {
-            let n = e.batch_size;
-            batch.chunks(n).try_for_each(|c| e.reducer.push(c))
-        })
+        self.push_ref(BatchRef::F32(batch))
     }
 
     /// Pushes f64 values, reduced in f64.
     pub fn push_f64(&mut self, batch: &[f64]) -> Result<()> {
-        self.guard(|e| {
-            e.note_host_kernels();
-            let n = e.batch_size;
-            batch.chunks(n).try_for_each(|c| e.reducer.push_f64(c))
-        })
+        self.push_ref(BatchRef::F64(batch))
     }
 
     /// Pushes i64 values, reduced exactly.
     pub fn push_i64(&mut self, batch: &[i64]) -> Result<()> {
-        self.guard(|e| {
-            e.note_host_kernels();
-            let n = e.batch_size;
-            batch
-                .chunks(n)
-                .try_for_each(|c| e.reducer.push_int_tagged(0, c, 0))
-        })
+        self.push_ref(BatchRef::Int(batch, 0))
+    }
+
+    /// Pushes one batch; after a failure the accumulator refuses everything (what it held
+    /// may be incomplete).
+    fn push_ref(&mut self, batch: BatchRef<'_>) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(Error::Poisoned(e.clone()));
+        }
+        if !matches!(batch, BatchRef::F32(_)) {
+            self.engine.note_host_kernels();
+        }
+        self.pending = true;
+        let engine = &mut *self.engine;
+        batch
+            .push_to(&mut *engine.reducer, 0, engine.batch_size)
+            .inspect_err(|e| {
+                self.failed = Some(e.to_string());
+                let _ = engine.reducer.finish();
+                self.pending = false;
+            })?;
+        self.batches += 1;
+        Ok(())
     }
 
     /// The merged partial of everything pushed so far (waits for it to be reduced).

@@ -727,24 +727,30 @@ impl Progress {
 /// The command-line flags that mend a library error, where there are some (the library's
 /// messages name its own options, not the flags).
 pub(crate) fn hint(e: &microbatch::Error) -> Option<&'static str> {
-    use microbatch::{Error, Location};
+    use microbatch::{ColumnRef, Error, Location};
     Some(match e {
         Error::UnknownFormat {
             looks_like_text: true,
             ..
         } => "pass --format csv or --format txt",
         Error::UnknownFormat { .. } => "pass --format raw --dtype f32 (or f64, i16, …)",
+        // A field of the column that is not a number (the error names the column by index;
+        // a missing column, an empty input or a CSV syntax error do not).
         Error::InvalidInput {
-            at: Location::Line { .. },
+            at:
+                Location::Line {
+                    column: Some(ColumnRef { index: Some(_), .. }),
+                    ..
+                },
             message,
             ..
-        } if message.starts_with("empty field") => {
-            "--null '' counts empty fields as nulls; --skip-invalid skips invalid fields"
+        } => {
+            if message == "empty field" {
+                "--null '' counts empty fields as nulls; --skip-invalid skips fields that are not numbers"
+            } else {
+                "--skip-invalid counts and skips fields that are not numbers"
+            }
         }
-        Error::InvalidInput {
-            at: Location::Line { .. },
-            ..
-        } => "--skip-invalid counts and skips fields that are not numbers",
         _ => return None,
     })
 }

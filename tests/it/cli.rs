@@ -447,3 +447,34 @@ fn inputs_keep_their_precision_and_say_so() {
         "{sum} vs {exact}"
     );
 }
+
+/// The library's messages name no flags; the binary adds a hint line with the flags that mend
+/// the error, only where there are such flags.
+#[test]
+fn errors_get_the_flag_hint_that_mends_them_and_only_that() {
+    let empty = tmp("hint-empty.csv", b"a,b\n1,\n");
+    let o = run(&["run", empty.to_str().unwrap(), "--column", "b"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("line 2, column 1 (\"b\"): empty field"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("hint: --null ''"), "{}", stderr(&o));
+    let bad = tmp("hint-bad.csv", b"a,b\n1,x\n");
+    let o = run(&["run", bad.to_str().unwrap(), "--column", "b"]);
+    assert!(
+        stderr(&o).contains("hint: --skip-invalid"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["run", bad.to_str().unwrap(), "--column", "zz"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no such column"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("hint:"), "{}", stderr(&o));
+    let odd = tmp("hint-odd.f32", b"1234567");
+    let o = run(&["run", odd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("stray byte"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("hint:"), "{}", stderr(&o));
+}

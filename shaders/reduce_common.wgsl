@@ -46,7 +46,7 @@ struct Partial {
     min_key: u32,    // order-preserving key of the smallest finite value (0xffffffff: none)
     max_key: u32,    // order-preserving key of the largest finite value (0: none)
     pivot: f32,      // P, the workgroup's pivot
-    _pad: u32,
+    dirty: u32,      // 1: the slow path is still to run on this workgroup (deferred variant)
     t: f64,          // Σ(x − P) over finite values: the sum is count·P + t
     m2: f64,         // Σ(x − mean)² over finite values
 }
@@ -186,16 +186,33 @@ fn tile_general(s: ptr<function, Thread>, i: u32, n_vec: u32, len: u32) {
     (*s).m = merge((*s).m, tile_moments(n, p, t, q));
 }
 
-// Reduces this thread's share of the batch: tiles of VEC_PER_THREAD vec4s first + k·WG_SIZE for
-// first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid; then, in global thread
-// 0, the last partial vec4.
-fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
+// Where a thread's tiles lie: tiles of VEC_PER_THREAD vec4s first + k·WG_SIZE for
+// first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid.
+struct Geometry {
+    len: u32,      // valid f32 elements
+    n_full: u32,   // whole vec4s
+    first: u32,    // the thread's first vec4
+    stride: u32,   // vec4s between a thread's tiles
+    last_k: u32,   // offset of a tile's last vec4 from its first
+}
+
+fn geometry(lid: u32, wid: u32, nwg: u32) -> Geometry {
     let len = params.len;
-    let n_full = len / 4u;
     let tile = WG_SIZE * VEC_PER_THREAD;
-    let first = wid * tile + lid;
-    let stride = nwg * tile;
-    let last_k = (VEC_PER_THREAD - 1u) * WG_SIZE;
+    return Geometry(len, len / 4u, wid * tile + lid, nwg * tile, (VEC_PER_THREAD - 1u) * WG_SIZE);
+}
+
+// A thread's whole tiles by the fast path: their moments and key range, whether every value
+// was finite and normal (else the moments are not to be used), and where the thread stopped.
+struct Fast {
+    m: Moments,
+    kmin: u32,
+    kmax: u32,
+    clean: bool,
+    next: u32,
+}
+
+fn whole_tiles(g: Geometry) -> Fast {
     // Scaling each value by 1/n before the f32 pivot sum keeps it from overflowing.
     let inv_n = 1.0 / f32(4u * VEC_PER_THREAD);
     let tile_n = 4u * VEC_PER_THREAD;
@@ -214,14 +231,19 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     var sub = 0xffffffffu;
     // Largest |bits| of a tile pivot: INF_BITS or more when a pivot sum overflowed.
     var big = 0u;
+    //#array
     var v: array<vec4<f32>, MAX_VPT>;
-    var i = first;
-    // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all issued before any is used.
-    for (; i + last_k < n_full; i += stride) {
+    var i = g.first;
+    // Whole tiles: VEC_PER_THREAD loads with no bounds checks, all issued before any is used
+    // (the host may unroll the three loops marked below: KernelShape::loads).
+    for (; i + g.last_k < g.n_full; i += g.stride) {
+        //#loads
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
             v[k] = input[i + k * WG_SIZE];
         }
+        //#end
         var s4 = vec4<f32>(0.0);
+        //#each
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
             s4 += v[k] * inv_n;
             let bits = bitcast<vec4<u32>>(v[k]);
@@ -231,6 +253,7 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
             let a = (bits & vec4<u32>(ABS_MASK)) - vec4<u32>(1u);
             sub = min(sub, min(min(a.x, a.y), min(a.z, a.w)));
         }
+        //#end
         let pf = (s4.x + s4.y) + (s4.z + s4.w);
         // A compiler may factor the 1/n out of the sum (Mesa does), which can overflow for
         // values near f32::MAX: an infinite or NaN pivot marks the thread for the slow path.
@@ -238,11 +261,13 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
         let p = f64(pf);
         var t = vec4<f64>(0.0);
         var q = vec4<f64>(0.0);
+        //#each
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
             let d = vec4<f64>(v[k]) - vec4<f64>(p);
             t += d;
             q = fma(d, d, q);
         }
+        //#end
         if (tiles == 0u) {
             pivot = p;
         }
@@ -258,28 +283,50 @@ fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {
     if (tiles > 0u) {
         m = tile_moments(tiles * tile_n, pivot, big_t, big_q);
     }
-
-    let tail = len % 4u != 0u && lid == 0u && wid == 0u;
-    var s = Thread(m, 0u, 0u, 0u, kmin, kmax);
     let clean = kmin >= MIN_FINITE_KEY && kmax <= MAX_FINITE_KEY && sub >= MANTISSA
         && big < INF_BITS;
-    if (!clean) {
-        // Rare: a NaN, an infinity or a subnormal among this thread's whole tiles: redo them
-        // with every value classified.
-        s = Thread(moments_empty(), 0u, 0u, 0u, 0xffffffffu, 0u);
-        for (var j = first; j + last_k < n_full; j += stride) {
-            tile_general(&s, j, VEC_PER_THREAD, len);
-        }
+    return Fast(m, kmin, kmax, clean, i);
+}
+
+// Every whole tile of the thread with each value classified (the slow path).
+fn whole_tiles_general(s: ptr<function, Thread>, g: Geometry) {
+    for (var j = g.first; j + g.last_k < g.n_full; j += g.stride) {
+        tile_general(s, j, VEC_PER_THREAD, g.len);
     }
-    // At most one partial tile per thread at the end of the batch.
-    if (i < n_full) {
-        tile_general(&s, i, (n_full - i + WG_SIZE - 1u) / WG_SIZE, len);
+}
+
+// The thread's partial tile at the end of the batch (at most one, starting at `next`), and in
+// global thread 0 the last vec4 when it is partial.
+fn batch_end(s: ptr<function, Thread>, g: Geometry, next: u32, lid: u32, wid: u32) {
+    if (next < g.n_full) {
+        tile_general(s, next, (g.n_full - next + WG_SIZE - 1u) / WG_SIZE, g.len);
     }
-    if (tail) {
+    if (g.len % 4u != 0u && lid == 0u && wid == 0u) {
         // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier batch.
-        tile_general(&s, n_full, 1u, len);
+        tile_general(s, g.n_full, 1u, g.len);
     }
+}
+
+// Slow path inline: the thread's whole share, a thread that met a NaN, an infinity or a
+// subnormal redoing its whole tiles with every value classified.
+fn reduce_thread_inline(lid: u32, wid: u32, nwg: u32) -> Thread {
+    let g = geometry(lid, wid, nwg);
+    let f = whole_tiles(g);
+    var s = Thread(f.m, 0u, 0u, 0u, f.kmin, f.kmax);
+    if (!f.clean) {
+        s = Thread(moments_empty(), 0u, 0u, 0u, 0xffffffffu, 0u);
+        whole_tiles_general(&s, g);
+    }
+    batch_end(&s, g, f.next, lid, wid);
     return s;
+}
+
+// Slow path deferred to the `fixup` entry point (reduce_fixup.wgsl): whole tiles only, `nan`
+// counting the threads that were not clean (the partial is marked dirty from it). None of
+// tile_general's code or registers are in this kernel.
+fn reduce_thread_deferred(lid: u32, wid: u32, nwg: u32) -> Thread {
+    let f = whole_tiles(geometry(lid, wid, nwg));
+    return Thread(f.m, select(1u, 0u, f.clean), 0u, 0u, f.kmin, f.kmax);
 }
 
 fn combine(a: Thread, b: Thread) -> Thread {
@@ -316,8 +363,8 @@ fn wg_load(i: u32) -> Thread {
                   wg_neg_inf[i], wg_min[i], wg_max[i]);
 }
 
-fn write_partial(wid: u32, t: Thread) {
+fn write_partial(wid: u32, t: Thread, dirty: u32) {
     partials[params.out_base + wid] = Partial(
-        t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, f32(t.m.p), 0u, t.m.t, t.m.m2,
+        t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, f32(t.m.p), dirty, t.m.t, t.m.m2,
     );
 }

@@ -44,6 +44,6 @@ fn reduce(
         for (var i = 1u; i < n_sg; i++) {
             all = combine(all, wg_load(i));
         }
-        write_partial(wid.x, all);
+        finish_partial(wid.x, all);
     }
 }

@@ -19,6 +19,6 @@ fn reduce(
     }
 
     if (t == 0u) {
-        write_partial(wid.x, wg_load(0u));
+        finish_partial(wid.x, wg_load(0u));
     }
 }

@@ -133,7 +133,8 @@ pub use wgpu;
 pub use backend::cpu::CpuReducer;
 #[cfg(feature = "gpu")]
 pub use backend::gpu::{
-    AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, list_adapters,
+    AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, Loads,
+    SlowPath, list_adapters,
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
 pub use engine::{

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
-use crate::backend::{BackendKind, BatchReducer, cpu::CpuReducer};
+use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer, Loads, SlowPath};
+use crate::backend::{BackendKind, BatchReducer, ComputeClock, cpu::CpuReducer};
 use crate::model::{CostModel, Crossover, Observation, crossover};
 use crate::report::Timings;
 use crate::source::{BatchSource, RandomSource};
@@ -59,10 +59,22 @@ pub struct BenchConfig {
     pub seed: u64,
     /// GPU adapter name substring.
     pub adapter: Option<String>,
-    /// GPU kernel: vec4 loads per thread (`None`: the adapter's default).
-    pub vec_per_thread: Option<u32>,
-    /// GPU kernel: subgroup combine (`None`: where available).
+    /// GPU kernel variants to compare side by side: every GPU point is measured with each.
+    /// One `KernelVariant::default()` measures the adapter's defaults.
+    pub kernels: Vec<KernelVariant>,
+    /// GPU kernel: subgroup combine (`None`: the default, the tree).
     pub subgroups: Option<bool>,
+}
+
+/// One GPU kernel variant of a sweep ([`GpuConfig`]'s kernel fields; `None`: the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelVariant {
+    /// vec4 loads per thread per tile.
+    pub vec_per_thread: Option<u32>,
+    /// Loads in a loop or written out.
+    pub loads: Option<Loads>,
+    /// Slow path inline or deferred.
+    pub slow_path: Option<SlowPath>,
 }
 
 /// Median and spread of one quantity over the measured runs.
@@ -121,8 +133,17 @@ pub struct BenchPoint {
     pub batch_size: usize,
     /// Parallel processors.
     pub workgroups: u32,
-    /// Total seconds per run.
+    /// The GPU kernel variant measured ([`crate::backend::gpu::KernelShape::tag`]); `None` on
+    /// the CPU.
+    pub kernel: Option<String>,
+    /// Total seconds per run, by the host's wall clock (the reduction called to its result
+    /// on the host).
     pub seconds: Spread,
+    /// The kernels' own time per run by GPU timestamps (the sum over the run's dispatches),
+    /// where the adapter has timestamp queries; `None` otherwise and on the CPU.
+    pub device_seconds: Option<Spread>,
+    /// Bytes per second by that clock (min/max from the max/min times).
+    pub device_bytes_per_s: Option<Spread>,
     /// Elements per second (from the median time; min/max from the max/min times).
     pub elements_per_s: Spread,
     /// Bytes per second likewise.
@@ -169,6 +190,8 @@ pub struct BenchFit {
     /// by the upload does not speed up with P, so pooling several P would fit a slope that is not
     /// there.
     pub workgroups: u32,
+    /// The GPU kernel variant (each has its own fit); `None` on the CPU.
+    pub kernel: Option<String>,
     /// The fit.
     pub model: CostModel,
 }
@@ -193,19 +216,16 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// The fit for a backend, mode, (streaming) batch size and P.
-    pub fn fit(
-        &self,
-        backend: BackendKind,
-        mode: Mode,
-        batch_size: Option<usize>,
-        workgroups: u32,
-    ) -> Option<&BenchFit> {
+    /// The fit a measured point belongs to: its backend, mode, (streaming) batch size, P and
+    /// kernel variant.
+    pub fn fit_of(&self, point: &BenchPoint) -> Option<&BenchFit> {
+        let batch_size = (point.mode == Mode::Streaming).then_some(point.batch_size);
         self.fits.iter().find(|f| {
-            f.backend == backend
-                && f.mode == mode
+            f.backend == point.backend
+                && f.mode == point.mode
                 && f.batch_size == batch_size
-                && f.workgroups == workgroups
+                && f.workgroups == point.workgroups
+                && f.kernel == point.kernel
         })
     }
 
@@ -239,20 +259,27 @@ fn point(
         Spread::of(samples.iter().map(|s| f(s).as_secs_f64()).collect()).median
     };
     let seconds = Spread::of(samples.iter().map(|s| s.total.as_secs_f64()).collect());
-    let per = |scale: f64| Spread {
-        median: scale / seconds.median,
-        min: scale / seconds.max,
-        max: scale / seconds.min,
+    let per = |scale: f64, t: &Spread| Spread {
+        median: scale / t.median,
+        min: scale / t.max,
+        max: scale / t.min,
     };
+    let device_seconds = samples
+        .iter()
+        .all(|s| s.compute_clock == ComputeClock::Timestamps && backend == BackendKind::Gpu)
+        .then(|| Spread::of(samples.iter().map(|s| s.compute.as_secs_f64()).collect()));
     BenchPoint {
         backend,
         mode,
         n,
         batch_size,
         workgroups,
+        kernel: None,
         seconds,
-        elements_per_s: per(n as f64),
-        bytes_per_s: per(n as f64 * 4.0),
+        device_seconds,
+        device_bytes_per_s: device_seconds.map(|d| per(n as f64 * 4.0, &d)),
+        elements_per_s: per(n as f64, &seconds),
+        bytes_per_s: per(n as f64 * 4.0, &seconds),
         stages: StageMedians {
             read: med(&|s| s.read),
             upload: med(&|s| s.upload),
@@ -288,6 +315,11 @@ pub fn run(
     } else {
         None
     };
+    let kernels = if config.kernels.is_empty() {
+        vec![KernelVariant::default()]
+    } else {
+        config.kernels.clone()
+    };
     let cpu_threads = rayon::current_num_threads();
     let max_n = *config.sizes.iter().max().unwrap_or(&0);
     let total_points = config.sizes.len()
@@ -303,14 +335,17 @@ pub fn run(
                         Mode::Resident => 1,
                     })
                     .sum::<usize>(),
-                BackendKind::Gpu => config
-                    .modes
-                    .iter()
-                    .map(|m| match m {
-                        Mode::Streaming => config.batch_sizes.len() * config.workgroups.len(),
-                        Mode::Resident => config.workgroups.len(),
-                    })
-                    .sum::<usize>(),
+                BackendKind::Gpu => {
+                    config
+                        .modes
+                        .iter()
+                        .map(|m| match m {
+                            Mode::Streaming => config.batch_sizes.len() * config.workgroups.len(),
+                            Mode::Resident => config.workgroups.len(),
+                        })
+                        .sum::<usize>()
+                        * kernels.len()
+                }
             })
             .sum::<usize>();
     let mut done = 0;
@@ -358,9 +393,17 @@ pub fn run(
                     BackendKind::Cpu => vec![None],
                     BackendKind::Gpu => config.workgroups.clone(),
                 };
+                let variants: &[KernelVariant] = match backend {
+                    BackendKind::Cpu => &[KernelVariant::default()],
+                    BackendKind::Gpu => &kernels,
+                };
                 for &b in &batch_sizes {
-                    for &p in &workgroups {
+                    for (&p, variant) in workgroups
+                        .iter()
+                        .flat_map(|p| variants.iter().map(move |v| (p, v)))
+                    {
                         let label = format!("{backend} {mode} N={n} B={b}");
+                        let mut kernel_used = None;
                         let mut p_used = cpu_threads as u32;
                         let mut paired_read = None;
                         let samples = match backend {
@@ -388,10 +431,13 @@ pub fn run(
                                 let ctx = ctx.as_ref().expect("opened above");
                                 let mut gpu_config = GpuConfig::new(b);
                                 gpu_config.workgroups = p;
-                                gpu_config.vec_per_thread = config.vec_per_thread;
+                                gpu_config.vec_per_thread = variant.vec_per_thread;
+                                gpu_config.loads = variant.loads;
+                                gpu_config.slow_path = variant.slow_path;
                                 gpu_config.subgroups = config.subgroups;
                                 let mut r = GpuReducer::new(ctx, gpu_config)?;
                                 kernel.get_or_insert_with(|| r.shape().to_string());
+                                kernel_used = Some(r.shape().tag());
                                 p_used = r.info().workgroups;
                                 match mode {
                                     Mode::Streaming => {
@@ -412,6 +458,7 @@ pub fn run(
                             }
                         };
                         let mut pt = point(backend, mode, n, b, p_used, &samples);
+                        pt.kernel = kernel_used;
                         let ceiling = match (backend, mode) {
                             (BackendKind::Cpu, _) => paired_read.or(Some(host_read)),
                             (BackendKind::Gpu, Mode::Resident) => gpu_copy.map(|c| c / 2.0),
@@ -429,23 +476,25 @@ pub fn run(
     }
 
     let mut fits = Vec::new();
-    let mut groups: Vec<(BackendKind, Mode, Option<usize>, u32)> = Vec::new();
+    // One fit per backend, mode, (streaming) B, P and kernel variant: the first point of each
+    // such group stands for it.
+    let same_fit = |a: &BenchPoint, b: &BenchPoint| {
+        a.backend == b.backend
+            && a.mode == b.mode
+            && (a.mode == Mode::Resident || a.batch_size == b.batch_size)
+            && a.workgroups == b.workgroups
+            && a.kernel == b.kernel
+    };
+    let mut groups: Vec<&BenchPoint> = Vec::new();
     for p in &points {
-        let g = (
-            p.backend,
-            p.mode,
-            (p.mode == Mode::Streaming).then_some(p.batch_size),
-            p.workgroups,
-        );
-        if !groups.contains(&g) {
-            groups.push(g);
+        if !groups.iter().any(|g| same_fit(g, p)) {
+            groups.push(p);
         }
     }
-    for (backend, mode, batch_size, workgroups) in groups {
+    for g in groups {
         let obs: Vec<Observation> = points
             .iter()
-            .filter(|p| p.backend == backend && p.mode == mode && p.workgroups == workgroups)
-            .filter(|p| batch_size.is_none_or(|b| p.batch_size == b))
+            .filter(|p| same_fit(g, p))
             .map(|p| Observation {
                 n: p.n as f64,
                 p: f64::from(p.workgroups),
@@ -454,10 +503,11 @@ pub fn run(
             .collect();
         if let Some(model) = CostModel::fit(&obs) {
             fits.push(BenchFit {
-                backend,
-                mode,
-                batch_size,
-                workgroups,
+                backend: g.backend,
+                mode: g.mode,
+                batch_size: (g.mode == Mode::Streaming).then_some(g.batch_size),
+                workgroups: g.workgroups,
+                kernel: g.kernel.clone(),
                 model,
             });
         }
@@ -479,18 +529,8 @@ pub fn run(
 fn streaming_crossover(report: &BenchReport) -> Option<Crossover> {
     let g = report.fastest_streaming(BackendKind::Gpu)?;
     let c = report.fastest_streaming(BackendKind::Cpu)?;
-    let gf = report.fit(
-        BackendKind::Gpu,
-        Mode::Streaming,
-        Some(g.batch_size),
-        g.workgroups,
-    )?;
-    let cf = report.fit(
-        BackendKind::Cpu,
-        Mode::Streaming,
-        Some(c.batch_size),
-        c.workgroups,
-    )?;
+    let gf = report.fit_of(g)?;
+    let cf = report.fit_of(c)?;
     Some(crossover(
         &gf.model,
         f64::from(g.workgroups),

@@ -8,8 +8,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use microbatch::BackendKind;
-use microbatch::bench::{self, BenchConfig, BenchReport, Mode};
+use microbatch::bench::{self, BenchConfig, BenchReport, KernelVariant, Mode};
 use microbatch::model::Crossover;
+use microbatch::{Loads, SlowPath};
 
 use super::parse_count;
 
@@ -50,9 +51,19 @@ pub struct BenchArgs {
     /// GPU adapter name substring (software adapters allowed: bench measures what you ask).
     #[arg(long, value_name = "TEXT")]
     adapter: Option<String>,
-    /// GPU kernel: vec4 loads per thread per iteration (default: chosen per adapter)
-    #[arg(long, value_name = "N")]
-    vec_per_thread: Option<u32>,
+    /// GPU kernel: vec4 loads per thread per tile, comma-separated to compare (default: chosen
+    /// per adapter). Every GPU point is measured with every combination of --vec-per-thread,
+    /// --loads and --slow-path.
+    #[arg(long, value_name = "N,…", value_delimiter = ',')]
+    vec_per_thread: Vec<u32>,
+    /// GPU kernel: the whole-tile loads as a loop over a register array, or unrolled (written
+    /// out by the host), comma-separated to compare
+    #[arg(long, value_name = "HOW,…", value_delimiter = ',')]
+    loads: Vec<LoadsArg>,
+    /// GPU kernel: the slow path (NaN, ±inf, subnormals, batch ends) inline in the kernel, or
+    /// deferred to a second small dispatch, comma-separated to compare
+    #[arg(long, value_name = "WHERE,…", value_delimiter = ',')]
+    slow_path: Vec<SlowPathArg>,
     /// GPU kernel: combine workgroups with subgroup operations: auto (the workgroup-memory tree,
     /// measured as fast or faster), on, off
     #[arg(long, value_name = "WHEN", default_value = "auto")]
@@ -114,6 +125,50 @@ impl From<ModeArg> for Mode {
     }
 }
 
+/// How the kernel's whole-tile loads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LoadsArg {
+    Loop,
+    Unrolled,
+}
+
+/// Where the kernel's slow path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SlowPathArg {
+    Inline,
+    Deferred,
+}
+
+/// Every combination of the kernel lists (an empty list: the default).
+fn kernel_variants(args: &BenchArgs) -> Vec<KernelVariant> {
+    fn or_default<T: Copy>(v: &[T]) -> Vec<Option<T>> {
+        if v.is_empty() {
+            vec![None]
+        } else {
+            v.iter().map(|&x| Some(x)).collect()
+        }
+    }
+    let mut out = Vec::new();
+    for vec_per_thread in or_default(&args.vec_per_thread) {
+        for loads in or_default(&args.loads) {
+            for slow_path in or_default(&args.slow_path) {
+                out.push(KernelVariant {
+                    vec_per_thread,
+                    loads: loads.map(|l| match l {
+                        LoadsArg::Loop => Loads::Loop,
+                        LoadsArg::Unrolled => Loads::Unrolled,
+                    }),
+                    slow_path: slow_path.map(|s| match s {
+                        SlowPathArg::Inline => SlowPath::Inline,
+                        SlowPathArg::Deferred => SlowPath::Deferred,
+                    }),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Whether the kernel combines workgroups with subgroup operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Subgroups {
@@ -140,7 +195,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup as usize,
         seed: args.seed,
         adapter: args.adapter.clone(),
-        vec_per_thread: args.vec_per_thread,
+        kernels: kernel_variants(&args),
         subgroups: match args.subgroups {
             Subgroups::Auto => None,
             Subgroups::On => Some(true),
@@ -216,13 +271,24 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
                 .map_or("-".to_string(), |u| gbs(u.device_copy)),
         )?;
     }
-    if let Some(k) = &r.kernel {
+    let mut variants: Vec<&str> = r
+        .points
+        .iter()
+        .filter_map(|p| p.kernel.as_deref())
+        .collect();
+    variants.dedup();
+    if let Some(k) = r.kernel.as_ref().filter(|_| variants.len() <= 1) {
         writeln!(out, "  gpu kernel: {k}")?;
+    } else if variants.len() > 1 {
+        writeln!(
+            out,
+            "  gpu kernels: one row per variant (the kernel column); dev GB/s is by GPU timestamps"
+        )?;
     }
     writeln!(out)?;
     writeln!(
         out,
-        "{:<4} {:<9} {:>11} {:>9} {:>6} {:>11} {:>21} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:<4} {:<9} {:>11} {:>9} {:>6} {:>11} {:>21} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}  kernel",
         "be",
         "mode",
         "N",
@@ -231,16 +297,17 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
         "median",
         "min–max",
         "GB/s",
+        "dev GB/s",
         "upload",
         "compute",
         "readback",
         "merge",
-        "%ceil"
+        "%ceil",
     )?;
     for p in &r.points {
         writeln!(
             out,
-            "{:<4} {:<9} {:>11} {:>9} {:>6} {:>9.3}ms {:>9.3}–{:<9.3}ms {:>8} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>6}",
+            "{:<4} {:<9} {:>11} {:>9} {:>6} {:>9.3}ms {:>9.3}–{:<9.3}ms {:>8} {:>8} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>6}  {}",
             p.backend.to_string(),
             p.mode.to_string(),
             p.n,
@@ -250,12 +317,15 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
             p.seconds.min * 1e3,
             p.seconds.max * 1e3,
             gbs(p.bytes_per_s.median),
+            p.device_bytes_per_s
+                .map_or("-".to_string(), |d| gbs(d.median)),
             p.stages.upload * 1e3,
             p.stages.compute * 1e3,
             p.stages.readback * 1e3,
             p.stages.merge * 1e3,
             p.fraction_of_ceiling
                 .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+            p.kernel.as_deref().unwrap_or(""),
         )?;
     }
     writeln!(out)?;
@@ -278,12 +348,14 @@ fn print_report(out: &mut impl Write, r: &BenchReport) -> Result<()> {
             m.r2,
             m.points
         )?;
-        for p in r.points.iter().filter(|p| {
-            p.backend == f.backend
-                && p.mode == f.mode
-                && p.workgroups == f.workgroups
-                && f.batch_size.is_none_or(|b| p.batch_size == b)
-        }) {
+        if let Some(k) = &f.kernel {
+            writeln!(out, "       kernel {k}")?;
+        }
+        for p in r
+            .points
+            .iter()
+            .filter(|p| r.fit_of(p).is_some_and(|g| std::ptr::eq(g, f)))
+        {
             let pred = m.predict(p.n as f64, f64::from(p.workgroups));
             writeln!(
                 out,
@@ -340,11 +412,14 @@ fn write_csv(path: &Path, r: &BenchReport) -> Result<()> {
         "seconds_max",
         "elements_per_s",
         "bytes_per_s",
+        "device_seconds_median",
+        "device_bytes_per_s",
         "upload_s",
         "compute_s",
         "readback_s",
         "merge_s",
         "fraction_of_ceiling",
+        "kernel",
     ])?;
     for p in &r.points {
         w.write_record([
@@ -358,12 +433,17 @@ fn write_csv(path: &Path, r: &BenchReport) -> Result<()> {
             p.seconds.max.to_string(),
             p.elements_per_s.median.to_string(),
             p.bytes_per_s.median.to_string(),
+            p.device_seconds
+                .map_or(String::new(), |d| d.median.to_string()),
+            p.device_bytes_per_s
+                .map_or(String::new(), |d| d.median.to_string()),
             p.stages.upload.to_string(),
             p.stages.compute.to_string(),
             p.stages.readback.to_string(),
             p.stages.merge.to_string(),
             p.fraction_of_ceiling
                 .map_or(String::new(), |f| f.to_string()),
+            p.kernel.clone().unwrap_or_default(),
         ])?;
     }
     w.flush()

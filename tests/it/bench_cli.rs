@@ -125,3 +125,81 @@ fn bench_files_times_whole_runs_per_format() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The kernel variants side by side in one run: one GPU point per combination of the kernel
+/// lists, each naming its variant, each with its own fit; device-clock figures where the
+/// adapter has timestamps (lavapipe does) and never above what the wall clock allows.
+#[test]
+fn bench_compares_kernel_variants_in_one_run() {
+    let Some(ctx) = gpu() else { return };
+    let dir = Scratch::new("bench-variants");
+    let json = dir.join("v.json");
+    let o = run(&[
+        "bench",
+        "--backends",
+        "gpu",
+        "--modes",
+        "resident",
+        "--sizes",
+        "2e4,6e4",
+        "--workgroups",
+        "3",
+        "--vec-per-thread",
+        "2,4",
+        "--loads",
+        "loop,unrolled",
+        "--slow-path",
+        "inline,deferred",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("loads=unrolled slow=deferred"), "{table}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2 * 8, "two sizes × eight variants");
+    let mut kernels: Vec<&str> = points
+        .iter()
+        .map(|p| p["kernel"].as_str().unwrap())
+        .collect();
+    kernels.sort();
+    kernels.dedup();
+    assert_eq!(kernels.len(), 8, "{kernels:?}");
+    for vpt in [2, 4] {
+        for loads in ["loop", "unrolled"] {
+            for slow in ["inline", "deferred"] {
+                let tag = format!("vpt={vpt} loads={loads} slow={slow} combine=tree");
+                assert!(
+                    kernels.contains(&tag.as_str()),
+                    "{tag} missing: {kernels:?}"
+                );
+            }
+        }
+    }
+    // Each variant over the two sizes is its own fit.
+    let fits = v["fits"].as_array().unwrap();
+    assert_eq!(fits.len(), 8);
+    assert!(fits.iter().all(|f| f["kernel"].is_string()));
+    for p in points {
+        let device = &p["device_seconds"];
+        if ctx.adapter().timestamps {
+            let (dev, wall) = (
+                device["median"].as_f64().unwrap(),
+                p["seconds"]["max"].as_f64().unwrap(),
+            );
+            assert!(
+                dev > 0.0 && dev <= wall,
+                "device {dev} s, wall at most {wall} s"
+            );
+            assert!(p["device_bytes_per_s"]["median"].as_f64().unwrap() > 0.0);
+        } else {
+            assert!(device.is_null());
+        }
+    }
+}

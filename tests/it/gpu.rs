@@ -349,6 +349,92 @@ fn every_kernel_shape_matches_the_reference() {
     }
 }
 
+/// The kernel variants `bench` compares (loads in a loop or written out; the slow path inline
+/// or deferred to a second dispatch) give the reference's statistics: on clean data with a
+/// partial tile and a ragged last vec4 (the deferred variant's fixup then only finishes the
+/// batch's end and merges it with the fast kernel's partial), on data with NaN, ±inf and a
+/// subnormal in some threads only (those workgroups are redone whole), on data whose specials
+/// sit in the batch's last partial tile only, and over several batches through one readback.
+#[test]
+fn every_kernel_variant_matches_the_reference() {
+    use microbatch::backend::gpu::{Loads, SlowPath};
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("every_kernel_variant");
+    let n = 180_007;
+    let clean = normal(&mut rng, n, 3.0e4, 2.5);
+    let mut dirty = clean.clone();
+    for (at, x) in [
+        (11, f32::NAN),
+        (90_000, f32::NEG_INFINITY),
+        (120_003, f32::INFINITY),
+        (3, f32::MIN_POSITIVE / 8.0),
+    ] {
+        dirty[at] = x;
+    }
+    let mut end_only = clean.clone();
+    end_only[n - 5] = f32::NAN;
+    end_only[n - 1] = -f32::NAN;
+    let cases: [(&str, &[f32], u64); 3] = [
+        ("clean", &clean, 0),
+        ("dirty", &dirty, 1),
+        ("specials at the end", &end_only, 2),
+    ];
+    let subgroup_options: &[bool] = if ctx.adapter().subgroups {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &subgroups in subgroup_options {
+        for loads in [Loads::Loop, Loads::Unrolled] {
+            for slow_path in [SlowPath::Inline, SlowPath::Deferred] {
+                for (vpt, p) in [(1, 7), (3, 64), (8, 1), (16, 5)] {
+                    let mut config = GpuConfig::new(n);
+                    config.workgroups = Some(p);
+                    config.vec_per_thread = Some(vpt);
+                    config.subgroups = Some(subgroups);
+                    config.loads = Some(loads);
+                    config.slow_path = Some(slow_path);
+                    let mut reducer = GpuReducer::new(ctx, config).unwrap();
+                    let shape = reducer.shape();
+                    assert_eq!(
+                        (shape.loads, shape.slow_path, shape.vec_per_thread),
+                        (loads, slow_path, vpt)
+                    );
+                    for (name, data, nan) in cases {
+                        let what = format!("{shape}, P={p}, {name}");
+                        // Two batches through one readback window: the second dispatch's
+                        // partials must not disturb the first's.
+                        let (a, b) = data.split_at(n / 3 * 2 + 1);
+                        reducer.push(a).unwrap();
+                        reducer.push(b).unwrap();
+                        let (partial, _) = reducer.finish().unwrap();
+                        assert_eq!(partial.nan_count, nan, "{what}: NaN");
+                        let finite: Vec<f32> =
+                            data.iter().copied().filter(|x| x.is_finite()).collect();
+                        let infs = |sign: f32| {
+                            data.iter()
+                                .filter(|x| x.is_infinite() && x.signum() == sign)
+                                .count() as u64
+                        };
+                        assert_eq!(partial.pos_inf_count, infs(1.0), "{what}: +inf");
+                        assert_eq!(partial.neg_inf_count, infs(-1.0), "{what}: -inf");
+                        // The finite values' statistics: the same partial without its
+                        // non-finite counts.
+                        let finite_only = microbatch::Partial {
+                            nan_count: 0,
+                            pos_inf_count: 0,
+                            neg_inf_count: 0,
+                            ..partial
+                        };
+                        let stats = finite_only.finish(0, false);
+                        check_stats(&what, &stats, &finite, shape_depth(n, p, &shape));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Asking for subgroups on an adapter without them is a configuration error, not a crash.
 #[test]
 fn subgroups_on_request_only_where_available() {

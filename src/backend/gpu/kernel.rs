@@ -14,15 +14,142 @@ pub(super) const REDUCE_TREE_WGSL: &str = include_str!("../../../shaders/reduce_
 /// Entry point combining a workgroup with subgroup operations (adapters with `SUBGROUP`).
 pub(super) const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
 
-/// The full WGSL source of the reduction kernel, with the subgroup or the tree entry point.
+/// Second entry point of the deferred-slow-path variant ([`SlowPath::Deferred`]).
+pub(super) const REDUCE_FIXUP_WGSL: &str = include_str!("../../../shaders/reduce_fixup.wgsl");
+
+/// How a thread's whole-tile loads are written in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loads {
+    /// Loops over `VEC_PER_THREAD` into a register array (the driver's compiler unrolls them
+    /// once the override is known, or not).
+    Loop,
+    /// The loops written out by the host for the shape's `vec_per_thread`: the loads are
+    /// separate statements, all before the first use, in named registers.
+    Unrolled,
+}
+
+/// Where the kernel handles what its fast path cannot (NaN, ±inf, subnormals, a pivot sum that
+/// overflows, the partial tile and partial vec4 at the end of a batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowPath {
+    /// In the same kernel: a thread that meets such a value redoes its share classified.
+    Inline,
+    /// In a second, small dispatch (`fixup` in shaders/reduce_fixup.wgsl) over the same data:
+    /// the fast kernel marks its workgroup dirty and carries none of the slow path's code.
+    Deferred,
+}
+
+impl std::fmt::Display for Loads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Loads::Loop => "loop",
+            Loads::Unrolled => "unrolled",
+        })
+    }
+}
+
+impl std::fmt::Display for SlowPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlowPath::Inline => "inline",
+            SlowPath::Deferred => "deferred",
+        })
+    }
+}
+
+/// The full WGSL source of the reduction kernel for `shape`: the common part (its whole-tile
+/// loops written out for [`Loads::Unrolled`]), the glue choosing the slow path, the subgroup or
+/// the tree entry point, and for [`SlowPath::Deferred`] the `fixup` entry point.
 /// (Naga 30 enables subgroup built-ins with the device feature and rejects the standard
 /// `enable subgroups;` directive, so there is none.)
-pub(crate) fn reduce_wgsl(subgroups: bool) -> String {
-    if subgroups {
-        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_SUBGROUP_WGSL}")
+pub(crate) fn reduce_wgsl(shape: &KernelShape) -> String {
+    let common = match shape.loads {
+        Loads::Loop => REDUCE_COMMON_WGSL.to_string(),
+        Loads::Unrolled => unroll(REDUCE_COMMON_WGSL, shape.vec_per_thread),
+    };
+    let glue = match shape.slow_path {
+        SlowPath::Inline => {
+            "fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {\n    return reduce_thread_inline(lid, wid, nwg);\n}\n\n\
+             fn finish_partial(wid: u32, t: Thread) {\n    write_partial(wid, t, 0u);\n}\n"
+        }
+        SlowPath::Deferred => {
+            "fn reduce_thread(lid: u32, wid: u32, nwg: u32) -> Thread {\n    return reduce_thread_deferred(lid, wid, nwg);\n}\n\n\
+             // The fast kernel's `nan` counts its threads that were not clean: the partial goes out\n\
+             // with no non-finite counts and marked dirty for `fixup`.\n\
+             fn finish_partial(wid: u32, t: Thread) {\n    \
+             write_partial(wid, Thread(t.m, 0u, 0u, 0u, t.kmin, t.kmax), select(0u, 1u, t.nan > 0u));\n}\n"
+        }
+    };
+    let entry = if shape.subgroups {
+        REDUCE_SUBGROUP_WGSL
     } else {
-        format!("{REDUCE_COMMON_WGSL}\n{REDUCE_TREE_WGSL}")
+        REDUCE_TREE_WGSL
+    };
+    let fixup = match shape.slow_path {
+        SlowPath::Inline => "",
+        SlowPath::Deferred => REDUCE_FIXUP_WGSL,
+    };
+    format!("{common}\n{glue}\n{entry}\n{fixup}")
+}
+
+/// Writes out the loops between `//#loads` or `//#each` and `//#end` for `vpt` vec4s: each
+/// `for (var k …) { body }` becomes `vpt` copies of the body with `v[k]` named `v0`, `v1`, …
+/// and `k * WG_SIZE` a constant; the loads become `let` bindings (no register array: the
+/// `//#array` line goes).
+fn unroll(src: &str, vpt: u32) -> String {
+    let mut out = String::with_capacity(src.len() * 2);
+    let mut lines = src.lines().peekable();
+    while let Some(line) = lines.next() {
+        let mark = line.trim();
+        if mark == "//#array" {
+            lines.next();
+            continue;
+        }
+        let loads = mark == "//#loads";
+        if !loads && mark != "//#each" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut body: Vec<&str> = Vec::new();
+        for l in lines.by_ref() {
+            if l.trim() == "//#end" {
+                break;
+            }
+            body.push(l);
+        }
+        // The loop's own first and last lines go; the body keeps its text.
+        assert!(
+            body.len() >= 3
+                && body[0]
+                    .trim_start()
+                    .starts_with("for (var k = 0u; k < VEC_PER_THREAD; k++)")
+                && body[body.len() - 1].trim() == "}",
+            "a marked loop in shaders/reduce_common.wgsl is not `for (var k …) {{ … }}`"
+        );
+        let indent = &body[0][..body[0].len() - body[0].trim_start().len()];
+        for k in 0..vpt {
+            if !loads {
+                out.push_str(&format!("{indent}{{\n"));
+            }
+            for l in &body[1..body.len() - 1] {
+                let mut l = l
+                    .replace("v[k]", &format!("v{k}"))
+                    .replace("k * WG_SIZE", &format!("{k}u * WG_SIZE"));
+                if loads {
+                    l = l.replacen(&format!("v{k} = "), &format!("let v{k} = "), 1);
+                }
+                out.push_str(&l);
+                out.push('\n');
+            }
+            if !loads {
+                out.push_str(&format!("{indent}}}\n"));
+            }
+        }
     }
+    out
 }
 
 /// Invocations per workgroup (the shader's `WG_SIZE` override). 256 is a multiple of every
@@ -52,7 +179,7 @@ pub(super) struct GpuParams {
 }
 
 /// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce_common.wgsl
-/// (six u32, the f32 pivot and a named pad, then two f64 at offsets 32 and 40).
+/// (six u32, the f32 pivot and the dirty flag, then two f64 at offsets 32 and 40).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub(super) struct GpuPartial {
@@ -63,7 +190,8 @@ pub(super) struct GpuPartial {
     pub(super) min_key: u32,
     pub(super) max_key: u32,
     pub(super) pivot: f32,
-    pub(super) _pad: u32,
+    /// 1 while the deferred slow path has yet to run on this workgroup (never read back so).
+    pub(super) dirty: u32,
     /// Σ(x − pivot) over the finite values.
     pub(super) t: f64,
     pub(super) m2: f64,
@@ -98,22 +226,42 @@ pub struct KernelShape {
     pub vec_per_thread: u32,
     /// Whether workgroups combine with subgroup operations (else a workgroup-memory tree).
     pub subgroups: bool,
+    /// How the whole-tile loads are written.
+    pub loads: Loads,
+    /// Where the slow path runs.
+    pub slow_path: SlowPath,
     /// Smallest and largest subgroup size the adapter reports.
     pub subgroup_sizes: (u32, u32),
+}
+
+impl KernelShape {
+    /// The variant in a few words, as `bench` tables and JSON name it:
+    /// `vpt=8 loads=loop slow=inline combine=tree`.
+    pub fn tag(&self) -> String {
+        format!(
+            "vpt={} loads={} slow={} combine={}",
+            self.vec_per_thread,
+            self.loads,
+            self.slow_path,
+            if self.subgroups { "subgroup" } else { "tree" }
+        )
+    }
 }
 
 impl std::fmt::Display for KernelShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} threads/workgroup, {} vec4 loads/thread, {}",
+            "{} threads/workgroup, {} vec4 loads/thread ({}), {}, slow path {}",
             self.workgroup_size,
             self.vec_per_thread,
+            self.loads,
             if self.subgroups {
                 "subgroup combine"
             } else {
                 "tree combine"
-            }
+            },
+            self.slow_path,
         )
     }
 }
@@ -250,6 +398,8 @@ pub(super) fn check(ctx: &GpuContext, config: &GpuConfig) -> Result<(KernelShape
         workgroup_size: WORKGROUP_SIZE,
         vec_per_thread,
         subgroups,
+        loads: config.loads.unwrap_or(Loads::Loop),
+        slow_path: config.slow_path.unwrap_or(SlowPath::Inline),
         subgroup_sizes: (ctx.report.subgroup_min_size, ctx.report.subgroup_max_size),
     };
     // Per invocation: a u32 count, a vec2<f64> sum, an f64 M2 and five u32.
@@ -290,16 +440,21 @@ pub(super) fn check(ctx: &GpuContext, config: &GpuConfig) -> Result<(KernelShape
     Ok((shape, workgroups, chunk_elems))
 }
 
-/// The compute pipeline for `shape` and its bind group layout (run inside the caller's error
-/// scope: a validation error is reported there).
+/// The compute pipelines for `shape` (the reduction and, for [`SlowPath::Deferred`], its
+/// fixup) and their bind group layout (run inside the caller's error scope: a validation error
+/// is reported there).
 pub(super) fn pipeline(
     ctx: &GpuContext,
     shape: &KernelShape,
-) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+) -> (
+    wgpu::ComputePipeline,
+    Option<wgpu::ComputePipeline>,
+    wgpu::BindGroupLayout,
+) {
     let device = &ctx.device;
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some("microbatch.reduce"),
-        source: wgpu::ShaderSource::Wgsl(reduce_wgsl(shape.subgroups).into()),
+        source: wgpu::ShaderSource::Wgsl(reduce_wgsl(shape).into()),
     };
     // SAFETY: the kernel needs neither of the checks wgpu would add (measured on an H200,
     // they cost a third of its throughput; BENCHMARKS.md):
@@ -339,18 +494,21 @@ pub(super) fn pipeline(
         ("WG_SIZE", f64::from(WORKGROUP_SIZE)),
         ("VEC_PER_THREAD", f64::from(shape.vec_per_thread)),
     ];
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("microbatch.reduce"),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("reduce"),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &constants,
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    });
-    (pipeline, layout)
+    let entry = |name: &str| {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&format!("microbatch.{name}")),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(name),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+    };
+    let fixup = (shape.slow_path == SlowPath::Deferred).then(|| entry("fixup"));
+    (entry("reduce"), fixup, layout)
 }
 
 #[cfg(test)]
@@ -363,9 +521,10 @@ mod tests {
     #[test]
     fn rust_mirrors_match_the_wgsl_structs() {
         use std::mem::{offset_of, size_of};
-        for subgroups in [false, true] {
-            let module = naga::front::wgsl::parse_str(&reduce_wgsl(subgroups))
-                .unwrap_or_else(|e| panic!("the kernel does not parse: {e}"));
+        for shape in all_shapes() {
+            let subgroups = shape.subgroups;
+            let module = naga::front::wgsl::parse_str(&reduce_wgsl(&shape))
+                .unwrap_or_else(|e| panic!("the kernel {shape} does not parse: {e}"));
             let layout = |name: &str| -> (Vec<(String, u32)>, u32) {
                 let ty = module
                     .types
@@ -393,7 +552,7 @@ mod tests {
                 ("min_key", offset_of!(GpuPartial, min_key)),
                 ("max_key", offset_of!(GpuPartial, max_key)),
                 ("pivot", offset_of!(GpuPartial, pivot)),
-                ("_pad", offset_of!(GpuPartial, _pad)),
+                ("dirty", offset_of!(GpuPartial, dirty)),
                 ("t", offset_of!(GpuPartial, t)),
                 ("m2", offset_of!(GpuPartial, m2)),
             ];
@@ -417,5 +576,83 @@ mod tests {
             assert_eq!(members, rust, "Params (subgroups {subgroups})");
             assert_eq!(span as usize, size_of::<GpuParams>(), "Params size");
         }
+    }
+
+    /// Every variant the host can assemble, at a few tile sizes.
+    fn all_shapes() -> Vec<KernelShape> {
+        let mut out = Vec::new();
+        for subgroups in [false, true] {
+            for loads in [Loads::Loop, Loads::Unrolled] {
+                for slow_path in [SlowPath::Inline, SlowPath::Deferred] {
+                    for vec_per_thread in [1, 3, 8, MAX_VEC_PER_THREAD] {
+                        out.push(KernelShape {
+                            workgroup_size: WORKGROUP_SIZE,
+                            vec_per_thread,
+                            subgroups,
+                            loads,
+                            slow_path,
+                            subgroup_sizes: (32, 32),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every variant validates as naga (wgpu's compiler) validates a module for a device with
+    /// f64 and subgroups: the unrolled text and the glue are WGSL, not just text.
+    #[test]
+    fn every_kernel_variant_validates() {
+        use naga::valid::{Capabilities, ValidationFlags, Validator};
+        for shape in all_shapes() {
+            let src = reduce_wgsl(&shape);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{shape}: {}", e.emit_to_string(&src)));
+            Validator::new(
+                ValidationFlags::all(),
+                Capabilities::FLOAT64 | Capabilities::SUBGROUP,
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{shape}: {e:?}"));
+            let entries: Vec<&str> = module
+                .entry_points
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            match shape.slow_path {
+                SlowPath::Inline => assert_eq!(entries, ["reduce"], "{shape}"),
+                SlowPath::Deferred => assert_eq!(entries, ["reduce", "fixup"], "{shape}"),
+            }
+        }
+    }
+
+    /// The unrolled text holds exactly `vec_per_thread` named loads and no register array or
+    /// loop over k; the fast kernel of the deferred variant calls no slow-path function.
+    #[test]
+    fn unrolled_loads_are_written_out() {
+        for shape in all_shapes()
+            .into_iter()
+            .filter(|s| s.loads == Loads::Unrolled)
+        {
+            let src = reduce_wgsl(&shape);
+            let vpt = shape.vec_per_thread;
+            for k in 0..vpt {
+                assert!(
+                    src.contains(&format!("let v{k} = input[i + {k}u * WG_SIZE];")),
+                    "{shape}: load {k} missing"
+                );
+            }
+            assert!(!src.contains(&format!("let v{vpt} =")), "{shape}");
+            assert!(!src.contains("v[k]"), "{shape}: a loop over k is left");
+            assert!(!src.contains("array<vec4<f32>, MAX_VPT>"), "{shape}");
+        }
+        let deferred = reduce_wgsl(&all_shapes()[4]);
+        let body = &deferred[deferred.find("fn reduce_thread_deferred").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        assert!(
+            !body.contains("general") && !body.contains("batch_end"),
+            "{body}"
+        );
     }
 }

@@ -18,7 +18,8 @@ pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 pub(crate) use kernel::default_vec_per_thread;
 use kernel::{GpuParams, GpuPartial};
 pub use kernel::{
-    KernelShape, MAX_THREAD_TILES, MAX_VEC_PER_THREAD, WORKGROUP_SIZE, default_workgroups,
+    KernelShape, Loads, MAX_THREAD_TILES, MAX_VEC_PER_THREAD, SlowPath, WORKGROUP_SIZE,
+    default_workgroups,
 };
 use kernel::{PARTIAL_BYTES, input_binding};
 pub use resident::GpuResident;
@@ -53,6 +54,10 @@ pub struct GpuConfig {
     /// Whether workgroups combine with subgroup operations. `None`: the tree (measured as fast
     /// or faster); `Some(false)`: the workgroup-memory tree; `Some(true)`: an error without them.
     pub subgroups: Option<bool>,
+    /// How the kernel's whole-tile loads are written. `None`: [`Loads::Loop`].
+    pub loads: Option<Loads>,
+    /// Where the kernel's slow path runs. `None`: [`SlowPath::Inline`].
+    pub slow_path: Option<SlowPath>,
 }
 
 impl GpuConfig {
@@ -64,6 +69,8 @@ impl GpuConfig {
             max_binding_bytes: None,
             vec_per_thread: None,
             subgroups: None,
+            loads: None,
+            slow_path: None,
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct GpuReducer {
     info: BackendInfo,
     shape: KernelShape,
     pipeline: wgpu::ComputePipeline,
+    /// The deferred slow path's second dispatch ([`SlowPath::Deferred`]).
+    fixup: Option<wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
     /// Up to RING slots, created on first use and grown on demand (so a small input never
     /// allocates a whole batch's worth of buffers).
@@ -112,7 +121,7 @@ impl GpuReducer {
     pub fn new(ctx: &GpuContext, config: GpuConfig) -> Result<Self> {
         let (shape, workgroups, chunk_elems) = kernel::check(ctx, &config)?;
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let (pipeline, layout) = kernel::pipeline(ctx, &shape);
+        let (pipeline, fixup, layout) = kernel::pipeline(ctx, &shape);
         let (partials, partials_capacity, partials_readback, queries) =
             readback::buffers(ctx, workgroups);
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -142,6 +151,7 @@ impl GpuReducer {
             info,
             shape,
             pipeline,
+            fixup,
             layout,
             ring: Vec::with_capacity(RING),
             next_slot: 0,

@@ -100,6 +100,19 @@ impl GpuReducer {
         }
         self.wall_compute_start = None;
 
+        let used = self.partials_used as usize;
+        self.partials_used = 0;
+        if let Some(i) = partials[..used].iter().position(|p| p.dirty != 0) {
+            // The deferred slow path's fixup clears every mark: one left means its dispatch did
+            // not run or did not finish, and that workgroup's values are missing or unclassified.
+            self.window.clear();
+            return Err(Error::Gpu {
+                context: "reading partials back".to_string(),
+                message: format!(
+                    "partial {i} is still marked for the slow path (the fixup dispatch did not complete): refusing a result without it"
+                ),
+            });
+        }
         for d in self.window.drain(..) {
             // Workgroup order: the result does not depend on which workgroup finished first.
             let range = d.first as usize..(d.first + d.workgroups) as usize;
@@ -109,7 +122,6 @@ impl GpuReducer {
             }
             self.acc.merge(d.tag, &total);
         }
-        self.partials_used = 0;
         self.times.merge += readback_done.elapsed();
         Ok(())
     }

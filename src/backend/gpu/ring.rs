@@ -77,6 +77,11 @@ impl GpuReducer {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(workgroups, 1, 1);
+        if let Some(fixup) = &self.fixup {
+            // Same bindings and grid; wgpu orders the two dispatches' accesses to `partials`.
+            pass.set_pipeline(fixup);
+            pass.dispatch_workgroups(workgroups, 1, 1);
+        }
         drop(pass);
         self.window.push(DispatchRecord {
             first: self.partials_used,

@@ -134,7 +134,7 @@ pub use backend::cpu::CpuReducer;
 #[cfg(feature = "gpu")]
 pub use backend::gpu::{
     AdapterReport, AdapterSelector, GpuConfig, GpuContext, GpuReducer, GpuResident, Loads,
-    SlowPath, list_adapters,
+    SlowPath, Staging, list_adapters,
 };
 pub use backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
 pub use engine::{

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer, Loads, SlowPath};
+use crate::backend::gpu::{
+    AdapterSelector, GpuConfig, GpuContext, GpuReducer, Loads, SlowPath, Staging,
+};
 use crate::backend::{BackendKind, BatchReducer, ComputeClock, cpu::CpuReducer};
 use crate::model::{CostModel, Crossover, Observation, crossover};
 use crate::report::Timings;
@@ -75,6 +77,9 @@ pub struct KernelVariant {
     pub loads: Option<Loads>,
     /// Slow path inline or deferred.
     pub slow_path: Option<SlowPath>,
+    /// Where streamed batches are staged (streaming mode; resident mode measures each kernel
+    /// once whatever the staging).
+    pub staging: Option<Staging>,
 }
 
 /// Median and spread of one quantity over the measured runs.
@@ -139,6 +144,9 @@ pub struct BenchPoint {
     /// Total seconds per run, by the host's wall clock (the reduction called to its result
     /// on the host).
     pub seconds: Spread,
+    /// Where the GPU's streamed batches were staged (what `auto` chose); `None` in resident
+    /// mode and on the CPU.
+    pub staging: Option<Staging>,
     /// The kernels' own time per run by GPU timestamps (the sum over the run's dispatches),
     /// where the adapter has timestamp queries; `None` otherwise and on the CPU.
     pub device_seconds: Option<Spread>,
@@ -275,6 +283,7 @@ fn point(
         batch_size,
         workgroups,
         kernel: None,
+        staging: None,
         seconds,
         device_seconds,
         device_bytes_per_s: device_seconds.map(|d| per(n as f64 * 4.0, &d)),
@@ -320,6 +329,17 @@ pub fn run(
     } else {
         config.kernels.clone()
     };
+    // Staging plays no part in resident mode: each kernel once.
+    let mut resident_kernels: Vec<KernelVariant> = Vec::new();
+    for k in &kernels {
+        let k = KernelVariant {
+            staging: None,
+            ..*k
+        };
+        if !resident_kernels.contains(&k) {
+            resident_kernels.push(k);
+        }
+    }
     let cpu_threads = rayon::current_num_threads();
     let max_n = *config.sizes.iter().max().unwrap_or(&0);
     let total_points = config.sizes.len()
@@ -335,17 +355,16 @@ pub fn run(
                         Mode::Resident => 1,
                     })
                     .sum::<usize>(),
-                BackendKind::Gpu => {
-                    config
-                        .modes
-                        .iter()
-                        .map(|m| match m {
-                            Mode::Streaming => config.batch_sizes.len() * config.workgroups.len(),
-                            Mode::Resident => config.workgroups.len(),
-                        })
-                        .sum::<usize>()
-                        * kernels.len()
-                }
+                BackendKind::Gpu => config
+                    .modes
+                    .iter()
+                    .map(|m| match m {
+                        Mode::Streaming => {
+                            config.batch_sizes.len() * config.workgroups.len() * kernels.len()
+                        }
+                        Mode::Resident => config.workgroups.len() * resident_kernels.len(),
+                    })
+                    .sum::<usize>(),
             })
             .sum::<usize>();
     let mut done = 0;
@@ -393,9 +412,10 @@ pub fn run(
                     BackendKind::Cpu => vec![None],
                     BackendKind::Gpu => config.workgroups.clone(),
                 };
-                let variants: &[KernelVariant] = match backend {
-                    BackendKind::Cpu => &[KernelVariant::default()],
-                    BackendKind::Gpu => &kernels,
+                let variants: Vec<KernelVariant> = match (backend, mode) {
+                    (BackendKind::Cpu, _) => vec![KernelVariant::default()],
+                    (BackendKind::Gpu, Mode::Streaming) => kernels.clone(),
+                    (BackendKind::Gpu, Mode::Resident) => resident_kernels.clone(),
                 };
                 for &b in &batch_sizes {
                     for (&p, variant) in workgroups
@@ -404,6 +424,7 @@ pub fn run(
                     {
                         let label = format!("{backend} {mode} N={n} B={b}");
                         let mut kernel_used = None;
+                        let mut staging_used = None;
                         let mut p_used = cpu_threads as u32;
                         let mut paired_read = None;
                         let samples = match backend {
@@ -434,10 +455,17 @@ pub fn run(
                                 gpu_config.vec_per_thread = variant.vec_per_thread;
                                 gpu_config.loads = variant.loads;
                                 gpu_config.slow_path = variant.slow_path;
+                                gpu_config.staging = variant.staging;
                                 gpu_config.subgroups = config.subgroups;
                                 let mut r = GpuReducer::new(ctx, gpu_config)?;
                                 kernel.get_or_insert_with(|| r.shape().to_string());
-                                kernel_used = Some(r.shape().tag());
+                                kernel_used = Some(match mode {
+                                    Mode::Resident => r.shape().tag(),
+                                    Mode::Streaming => {
+                                        staging_used = Some(r.staging());
+                                        format!("{} staging={}", r.shape().tag(), r.staging())
+                                    }
+                                });
                                 p_used = r.info().workgroups;
                                 match mode {
                                     Mode::Streaming => {
@@ -459,6 +487,7 @@ pub fn run(
                         };
                         let mut pt = point(backend, mode, n, b, p_used, &samples);
                         pt.kernel = kernel_used;
+                        pt.staging = staging_used;
                         let ceiling = match (backend, mode) {
                             (BackendKind::Cpu, _) => paired_read.or(Some(host_read)),
                             (BackendKind::Gpu, Mode::Resident) => gpu_copy.map(|c| c / 2.0),

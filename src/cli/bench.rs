@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use microbatch::BackendKind;
 use microbatch::bench::{self, BenchConfig, BenchReport, KernelVariant, Mode};
 use microbatch::model::Crossover;
-use microbatch::{Loads, SlowPath};
+use microbatch::{Loads, SlowPath, Staging};
 
 use super::parse_count;
 
@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// deferred to a second small dispatch, comma-separated to compare
     #[arg(long, value_name = "WHERE,…", value_delimiter = ',')]
     slow_path: Vec<SlowPathArg>,
+    /// GPU streaming: where batches are staged, comma-separated to compare: bar (wgpu's mapped
+    /// buffers, in the PCIe BAR on discrete GPUs), pinned (host memory the copy engine reads by
+    /// DMA; Vulkan only), auto (pinned on a discrete GPU with host memory outside the BAR)
+    #[arg(long, value_name = "WHERE,…", value_delimiter = ',')]
+    staging: Vec<StagingArg>,
     /// GPU kernel: combine workgroups with subgroup operations: auto (the workgroup-memory tree,
     /// measured as fast or faster), on, off
     #[arg(long, value_name = "WHEN", default_value = "auto")]
@@ -139,6 +144,14 @@ enum SlowPathArg {
     Deferred,
 }
 
+/// Where streamed batches are staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StagingArg {
+    Auto,
+    Bar,
+    Pinned,
+}
+
 /// Every combination of the kernel lists (an empty list: the default).
 fn kernel_variants(args: &BenchArgs) -> Vec<KernelVariant> {
     fn or_default<T: Copy>(v: &[T]) -> Vec<Option<T>> {
@@ -151,8 +164,16 @@ fn kernel_variants(args: &BenchArgs) -> Vec<KernelVariant> {
     let mut out = Vec::new();
     for vec_per_thread in or_default(&args.vec_per_thread) {
         for loads in or_default(&args.loads) {
-            for slow_path in or_default(&args.slow_path) {
+            for (slow_path, staging) in or_default(&args.slow_path)
+                .into_iter()
+                .flat_map(|s| or_default(&args.staging).into_iter().map(move |t| (s, t)))
+            {
                 out.push(KernelVariant {
+                    staging: staging.map(|s| match s {
+                        StagingArg::Auto => Staging::Auto,
+                        StagingArg::Bar => Staging::Bar,
+                        StagingArg::Pinned => Staging::Pinned,
+                    }),
                     vec_per_thread,
                     loads: loads.map(|l| match l {
                         LoadsArg::Loop => Loads::Loop,

@@ -435,6 +435,74 @@ fn every_kernel_variant_matches_the_reference() {
     }
 }
 
+/// Pinned staging (a Vulkan buffer in host memory, made through wgpu-hal, that the copy engine
+/// reads) gives the same partial, bit for bit, as wgpu's mapped staging: batches of growing
+/// and uneven sizes, more of them than the ring has slots (so slots are waited for and
+/// rewritten), with NaN and infinities, over several finishes of one reducer.
+#[test]
+fn pinned_staging_matches_mapped_staging_bit_for_bit() {
+    use microbatch::Staging;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("pinned_staging");
+    let mut data = normal(&mut rng, 300_001, -7.0e3, 40.0);
+    data[12_345] = f32::NAN;
+    data[250_000] = f32::INFINITY;
+    // Batch sizes: small first (slots created small), then larger (slots grow), then uneven.
+    let cuts = [
+        1_000usize, 4_000, 60_000, 65_536, 65_536, 17, 65_536, 38_376,
+    ];
+    assert_eq!(cuts.iter().sum::<usize>(), data.len());
+    let run = |staging: Staging| {
+        let mut config = GpuConfig::new(65_536);
+        config.staging = Some(staging);
+        config.workgroups = Some(9);
+        let mut reducer = GpuReducer::new(ctx, config).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut at = 0;
+            for &c in &cuts {
+                reducer.push(&data[at..at + c]).unwrap();
+                at += c;
+            }
+            out.push(reducer.finish().unwrap().0);
+        }
+        (reducer.staging(), out)
+    };
+    let (bar_used, bar) = run(Staging::Bar);
+    assert_eq!(bar_used, Staging::Bar);
+    match ctx.adapter().api.as_str() {
+        "Vulkan" => {
+            let (pinned_used, pinned) = run(Staging::Pinned);
+            assert_eq!(pinned_used, Staging::Pinned);
+            assert_eq!(pinned, bar, "pinned and mapped staging differ");
+        }
+        other => {
+            let mut config = GpuConfig::new(1024);
+            config.staging = Some(Staging::Pinned);
+            let e = GpuReducer::new(ctx, config).unwrap_err();
+            assert!(e.to_string().contains("Vulkan"), "{other}: {e}");
+        }
+    }
+    assert_eq!(bar[0], bar[1], "two finishes of the same data");
+    let p = bar[0];
+    assert_eq!((p.nan_count, p.pos_inf_count), (1, 1));
+    let finite: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+    let stats = microbatch::Partial {
+        nan_count: 0,
+        pos_inf_count: 0,
+        ..p
+    }
+    .finish(0, false);
+    check_stats("pinned/bar", &stats, &finite, gpu_depth(65_536, 9));
+    // Auto takes pinned memory only on a discrete GPU with host memory outside the BAR.
+    let auto = GpuReducer::new(ctx, GpuConfig::new(1024))
+        .unwrap()
+        .staging();
+    if ctx.adapter().device_type != "DiscreteGpu" {
+        assert_eq!(auto, Staging::Bar);
+    }
+}
+
 /// Asking for subgroups on an adapter without them is a configuration error, not a crash.
 #[test]
 fn subgroups_on_request_only_where_available() {

@@ -7,6 +7,7 @@
 
 mod context;
 mod kernel;
+mod pinned;
 mod readback;
 mod resident;
 mod ring;
@@ -22,6 +23,7 @@ pub use kernel::{
     default_workgroups,
 };
 use kernel::{PARTIAL_BYTES, input_binding};
+pub use pinned::Staging;
 pub use resident::GpuResident;
 pub(crate) use ring::copy_parallel;
 use ring::{DispatchRecord, RingSlot};
@@ -58,6 +60,8 @@ pub struct GpuConfig {
     pub loads: Option<Loads>,
     /// Where the kernel's slow path runs. `None`: [`SlowPath::Inline`].
     pub slow_path: Option<SlowPath>,
+    /// Where streamed batches are staged. `None`: [`Staging::Auto`].
+    pub staging: Option<Staging>,
 }
 
 impl GpuConfig {
@@ -71,6 +75,7 @@ impl GpuConfig {
             subgroups: None,
             loads: None,
             slow_path: None,
+            staging: None,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct GpuReducer {
     /// The deferred slow path's second dispatch ([`SlowPath::Deferred`]).
     fixup: Option<wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
+    /// Pinned staging's memory type, when the ring stages in pinned memory (else BAR).
+    pinned: Option<pinned::PinnedMemory>,
     /// Up to RING slots, created on first use and grown on demand (so a small input never
     /// allocates a whole batch's worth of buffers).
     ring: Vec<RingSlot>,
@@ -120,6 +127,20 @@ impl GpuReducer {
     /// Builds the pipeline and buffers for batches of up to `config.batch_size` elements.
     pub fn new(ctx: &GpuContext, config: GpuConfig) -> Result<Self> {
         let (shape, workgroups, chunk_elems) = kernel::check(ctx, &config)?;
+        let pinned = match config.staging.unwrap_or_default() {
+            Staging::Bar => None,
+            Staging::Pinned => {
+                Some(pinned::probe(ctx).map_err(|missing| Error::GpuUnsupported {
+                    adapter: ctx.report.name.clone(),
+                    missing,
+                })?)
+            }
+            // Where DMA from host memory can beat host stores across the bus: a discrete GPU
+            // with host memory outside the BAR.
+            Staging::Auto => pinned::probe(ctx)
+                .ok()
+                .filter(|m| m.host_only && ctx.report.device_type == "DiscreteGpu"),
+        };
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let (pipeline, fixup, layout) = kernel::pipeline(ctx, &shape);
         let (partials, partials_capacity, partials_readback, queries) =
@@ -153,6 +174,7 @@ impl GpuReducer {
             pipeline,
             fixup,
             layout,
+            pinned,
             ring: Vec::with_capacity(RING),
             next_slot: 0,
             chunk_elems,
@@ -182,6 +204,16 @@ impl GpuReducer {
     /// How the kernel was specialised for this adapter.
     pub fn shape(&self) -> KernelShape {
         self.shape
+    }
+
+    /// Where streamed batches are staged: [`Staging::Bar`] or [`Staging::Pinned`] (what
+    /// [`Staging::Auto`] chose).
+    pub fn staging(&self) -> Staging {
+        if self.pinned.is_some() {
+            Staging::Pinned
+        } else {
+            Staging::Bar
+        }
     }
 }
 

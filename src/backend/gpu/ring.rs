@@ -6,17 +6,37 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use super::pinned::PinnedBuffer;
 use super::*;
 use crate::{Error, Result};
+
+/// Host memory a slot's batch is written into before the device copies it to `input`.
+pub(super) enum SlotStaging {
+    /// A wgpu `MAP_WRITE` buffer (the PCIe BAR on discrete GPUs), written while mapped.
+    Mapped {
+        buffer: wgpu::Buffer,
+        /// Set by the map callback once `buffer` is mapped for writing again (after the device
+        /// has copied its previous contents out).
+        mapped: Arc<AtomicBool>,
+    },
+    /// Pinned host memory the copy engine reads by DMA, mapped for good; free again once the
+    /// slot's last submission is done.
+    Pinned(PinnedBuffer),
+}
+
+impl SlotStaging {
+    fn buffer(&self) -> &wgpu::Buffer {
+        match self {
+            SlotStaging::Mapped { buffer, .. } => buffer,
+            SlotStaging::Pinned(p) => &p.buffer,
+        }
+    }
+}
 
 pub(super) struct RingSlot {
     /// Bytes the slot's buffers hold.
     pub(super) capacity: u64,
-    /// Host-visible buffer the batch's bytes are written into while it is mapped.
-    pub(super) staging: wgpu::Buffer,
-    /// Set by the map callback once `staging` is mapped for writing again (after the device
-    /// has copied its previous contents out).
-    pub(super) mapped: Arc<AtomicBool>,
+    pub(super) staging: SlotStaging,
     pub(super) input: wgpu::Buffer,
     pub(super) params: wgpu::Buffer,
     pub(super) bind_group: wgpu::BindGroup,
@@ -128,36 +148,46 @@ impl GpuReducer {
             }
         }
         let params = self.params_for(chunk.len());
-        let slot = &self.ring[slot_index];
+        let slot = &mut self.ring[slot_index];
         let bytes = (chunk.len() as u64 * 4).next_multiple_of(4);
-        {
-            let mut view = slot
-                .staging
-                .slice(..bytes)
-                .get_mapped_range_mut()
-                .map_err(|e| Error::Gpu {
-                    context: "writing a batch into staging memory".to_string(),
-                    message: e.to_string(),
-                })?;
-            copy_parallel(view.slice(..), bytemuck::cast_slice(chunk));
+        let src: &[u8] = bytemuck::cast_slice(chunk);
+        match &mut slot.staging {
+            SlotStaging::Mapped { buffer, mapped } => {
+                {
+                    let mut view =
+                        buffer
+                            .slice(..bytes)
+                            .get_mapped_range_mut()
+                            .map_err(|e| Error::Gpu {
+                                context: "writing a batch into staging memory".to_string(),
+                                message: e.to_string(),
+                            })?;
+                    copy_parallel(view.slice(..), src);
+                }
+                buffer.unmap();
+                mapped.store(false, Ordering::Release);
+            }
+            SlotStaging::Pinned(pinned) => {
+                copy_parallel(wgpu::WriteOnly::from_mut(pinned.bytes_mut()), src);
+            }
         }
-        slot.staging.unmap();
-        slot.mapped.store(false, Ordering::Release);
         let queue = &self.ctx.queue;
         queue.write_buffer(&slot.params, 0, bytemuck::bytes_of(&params));
         let bind_group = slot.bind_group.clone();
-        let (staging, input) = (slot.staging.clone(), slot.input.clone());
+        let (staging, input) = (slot.staging.buffer().clone(), slot.input.clone());
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
         encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
         self.encode(&mut encoder, &bind_group, workgroups, tag);
         let index = self.ctx.queue.submit([encoder.finish()]);
-        // Map the staging buffer again: the callback fires once the device has copied it out,
-        // and the slot is free for the batch after next.
-        let flag = Arc::clone(&self.ring[slot_index].mapped);
-        staging.map_async(wgpu::MapMode::Write, .., move |r| {
-            flag.store(r.is_ok(), Ordering::Release);
-        });
+        if let SlotStaging::Mapped { mapped, .. } = &self.ring[slot_index].staging {
+            // Map the staging buffer again: the callback fires once the device has copied it
+            // out, and the slot is free for the batch after next.
+            let flag = Arc::clone(mapped);
+            staging.map_async(wgpu::MapMode::Write, .., move |r| {
+                flag.store(r.is_ok(), Ordering::Release);
+            });
+        }
         self.ring[slot_index].in_flight = Some(index);
         self.wall_compute_start.get_or_insert(upload_start);
         self.times.upload += upload_start.elapsed();
@@ -176,26 +206,37 @@ impl GpuReducer {
             &format!("microbatch.input[{index}]"),
             bytes,
         );
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("microbatch.staging[{index}]")),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        // Touch every page now, so the batches through the slot do not pay for page faults on
-        // freshly mapped (possibly PCIe BAR) memory.
-        staging
-            .slice(..)
-            .get_mapped_range_mut()
-            .map(|mut view| view.slice(..).fill(0))
-            .map_err(|e| Error::Gpu {
-                context: "preparing the staging ring".to_string(),
-                message: e.to_string(),
-            })?;
+        let label = format!("microbatch.staging[{index}]");
+        let staging = match self.pinned {
+            Some(memory) => {
+                SlotStaging::Pinned(PinnedBuffer::new(&self.ctx, memory, bytes, &label)?)
+            }
+            None => {
+                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&label),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: true,
+                });
+                // Touch every page now, so the batches through the slot do not pay for page
+                // faults on freshly mapped (possibly PCIe BAR) memory.
+                buffer
+                    .slice(..)
+                    .get_mapped_range_mut()
+                    .map(|mut view| view.slice(..).fill(0))
+                    .map_err(|e| Error::Gpu {
+                        context: "preparing the staging ring".to_string(),
+                        message: e.to_string(),
+                    })?;
+                SlotStaging::Mapped {
+                    buffer,
+                    mapped: Arc::new(AtomicBool::new(true)),
+                }
+            }
+        };
         Ok(RingSlot {
             capacity: bytes,
             staging,
-            mapped: Arc::new(AtomicBool::new(true)),
             input,
             params,
             bind_group,
@@ -203,30 +244,45 @@ impl GpuReducer {
         })
     }
 
-    /// Waits until the staging buffer of `slot_index` is mapped for writing again. The ring
-    /// being full is what bounds host memory to RING batches; while it is not, this is a check.
+    /// Waits until the staging buffer of `slot_index` may be written again: mapped for writing
+    /// (BAR), or its last submission done (pinned). The ring being full is what bounds host
+    /// memory to RING batches; while it is not, this is a check.
     pub(super) fn wait_for_staging(&mut self, slot_index: usize) -> Result<()> {
         let poll_err = |e: wgpu::PollError| Error::Gpu {
             context: "waiting for the staging ring".to_string(),
             message: e.to_string(),
         };
+        let device = &self.ctx.device;
         let slot = &mut self.ring[slot_index];
-        while !slot.mapped.load(Ordering::Acquire) {
+        let mapped = match &slot.staging {
+            SlotStaging::Pinned(_) => {
+                if let Some(index) = slot.in_flight.take() {
+                    device
+                        .poll(wgpu::PollType::Wait {
+                            submission_index: Some(index),
+                            timeout: None,
+                        })
+                        .map_err(poll_err)?;
+                }
+                return Ok(());
+            }
+            SlotStaging::Mapped { mapped, .. } => Arc::clone(mapped),
+        };
+        while !mapped.load(Ordering::Acquire) {
             // Wait for the submission that copied this buffer out (or for everything, if it is
             // no longer known); the map callback runs during a poll once it is done.
             let index = slot.in_flight.take();
             let last_try = index.is_none();
-            let device = &self.ctx.device;
             device
                 .poll(wgpu::PollType::Wait {
                     submission_index: index,
                     timeout: None,
                 })
                 .map_err(poll_err)?;
-            if !slot.mapped.load(Ordering::Acquire) {
+            if !mapped.load(Ordering::Acquire) {
                 device.poll(wgpu::PollType::Poll).map_err(poll_err)?;
             }
-            if last_try && !slot.mapped.load(Ordering::Acquire) {
+            if last_try && !mapped.load(Ordering::Acquire) {
                 self.ctx
                     .take_error("mapping a staging buffer for writing")?;
                 return Err(Error::Gpu {

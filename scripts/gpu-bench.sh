@@ -1,52 +1,71 @@
 #!/usr/bin/env bash
-# One prepared call on a GPU machine: check the adapter, run `microbatch bench` in both modes on
-# sizes that fill the card, run the references (cupy.sum, torch.sum, torch H2D+sum) in the same
-# call, write JSON/CSV/SVG to $OUT (default ./bench-out) and print a short comparison table last.
+# One prepared call on a GPU machine (about 6 minutes on an H100/H200): check the adapter; run
+# `microbatch bench` in both modes with both stagings; compare the kernel variants side by side
+# at the target size in one run; run the references (cupy.sum, torch, torch pinned H2D + sum)
+# timed by CUDA events and by the wall clock; profile the kernel with nsys/ncu where they exist;
+# write JSON/CSV/SVG to $OUT (default ./bench-out) and print the comparison and the verdict on
+# issue 13's targets last.
 #
 #   scripts/gpu-bench.sh [path/to/microbatch]
-# Environment: SIZES (default 1e6,1e7,1e8,5e8), BATCHES (1048576,4194304,16777216),
-# WORKGROUPS (1024,4096), RUNS (5), ADAPTER (name substring), OUT,
-# SHAPES (default "1 2 4 8": vec4 loads per thread swept in resident mode at SHAPE_N, 1e9, with
-# the subgroup and the tree combine, over SHAPE_WORKGROUPS (default: WORKGROUPS); empty to skip).
+# Environment: SIZES (default 1e7,1e8,1e9), BATCHES (4194304,16777216), WORKGROUPS (the
+# adapter's default when empty), STAGING (bar,pinned), RUNS (5), ADAPTER (name substring), OUT,
+# VARIANT_N (1e9), VARIANT_WORKGROUPS (1024,4096), VPT (4,8), LOADS (loop,unrolled),
+# SLOW (inline,deferred): the kernel variants measured at VARIANT_N; VARIANTS=0 skips them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/microbatch}
 out=${OUT:-bench-out}
 mkdir -p "$out"
-sizes=${SIZES:-1e6,1e7,1e8,5e8}
+sizes=${SIZES:-1e7,1e8,1e9}
 
 echo "== adapters"
 "$bin" devices | tee "$out/devices.txt"
 "$bin" devices --json > "$out/devices.json"
 
-adapter_args=()
-if [ -n "${ADAPTER:-}" ]; then adapter_args=(--adapter "$ADAPTER"); fi
+common=(--runs "${RUNS:-5}" --quiet)
+if [ -n "${ADAPTER:-}" ]; then common+=(--adapter "$ADAPTER"); fi
+wg=()
+if [ -n "${WORKGROUPS:-}" ]; then wg=(--workgroups "$WORKGROUPS"); fi
 
-echo "== microbatch bench"
+echo "== microbatch bench (both modes; streaming with each staging)"
 "$bin" bench --backends cpu,gpu --modes streaming,resident --sizes "$sizes" \
-  --batch-sizes "${BATCHES:-1048576,4194304,16777216}" --workgroups "${WORKGROUPS:-1024,4096}" \
-  --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
+  --batch-sizes "${BATCHES:-4194304,16777216}" --staging "${STAGING:-bar,pinned}" \
+  "${wg[@]}" "${common[@]}" \
   --json "$out/bench.json" --csv "$out/bench.csv" --plot "$out/bench.svg" | tee "$out/bench.txt"
 
-if [ -n "${SHAPES-1 2 4 8}" ]; then
-  echo "== kernel shapes (resident, N=${SHAPE_N:-1e9})"
-  for v in ${SHAPES-1 2 4 8}; do
-    for sg in on off; do
-      r=$("$bin" bench --backends gpu --modes resident --sizes "${SHAPE_N:-1e9}" \
-        --workgroups "${SHAPE_WORKGROUPS:-${WORKGROUPS:-1024,4096}}" --runs "${RUNS:-5}" --quiet "${adapter_args[@]}" \
-        --vec-per-thread "$v" --subgroups "$sg") || r="failed"
-      printf -- '-- vec_per_thread=%s subgroups=%s\n%s\n' "$v" "$sg" "$r" >> "$out/shapes.txt"
-      printf '%s\n' "$r" | grep -E "^gpu|kernel|failed" || true
-    done
-  done
+variants=()
+if [ "${VARIANTS:-1}" != 0 ]; then
+  echo "== kernel variants side by side (resident, N=${VARIANT_N:-1e9})"
+  "$bin" bench --backends gpu --modes resident --sizes "${VARIANT_N:-1e9}" \
+    --workgroups "${VARIANT_WORKGROUPS:-1024,4096}" --vec-per-thread "${VPT:-4,8}" \
+    --loads "${LOADS:-loop,unrolled}" --slow-path "${SLOW:-inline,deferred}" "${common[@]}" \
+    --json "$out/variants.json" --csv "$out/variants.csv" | tee "$out/variants.txt"
+  variants=(--variants "$out/variants.json")
 fi
 
 echo "== references"
 python3 "$here/gpu_reference.py" --sizes "$sizes" --json "$out/reference.json" || echo "references failed"
 
+# One profile of the default kernel at the target size: DRAM throughput and occupancy.
+prof=("$bin" bench --backends gpu --modes resident --sizes "${VARIANT_N:-1e9}" --runs 3 --warmup 1 --quiet)
+if command -v nsys > /dev/null; then
+  echo "== nsys"
+  timeout 120 nsys profile --force-overwrite true --trace vulkan --gpu-metrics-devices all \
+    -o "$out/kernel" "${prof[@]}" > "$out/nsys.txt" 2>&1 || echo "nsys failed (see $out/nsys.txt)"
+  timeout 60 nsys stats "$out/kernel.nsys-rep" >> "$out/nsys.txt" 2>&1 || true
+fi
+if command -v ncu > /dev/null; then
+  echo "== ncu"
+  timeout 120 ncu --target-processes all --section SpeedOfLight --section Occupancy \
+    --section MemoryWorkloadAnalysis -k regex:reduce -c 2 "${prof[@]}" > "$out/ncu.txt" 2>&1 \
+    || echo "ncu failed (see $out/ncu.txt)"
+  grep -E "DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread" \
+    "$out/ncu.txt" | head -20 || true
+fi
+
 echo "== comparison"
 if [ -f "$out/reference.json" ]; then
-  python3 "$here/compare.py" "$out/bench.json" "$out/reference.json"
+  python3 "$here/compare.py" "$out/bench.json" "$out/reference.json" "${variants[@]}"
 else
-  python3 "$here/compare.py" "$out/bench.json"
+  python3 "$here/compare.py" "$out/bench.json" "${variants[@]}"
 fi

@@ -1,7 +1,10 @@
 // microbatch.reduce, common part: one micro-batch (or one binding-sized piece of it) → one Partial
-// per workgroup. The host appends one of two entry points: reduce_tree.wgsl (workgroup memory
-// tree, any adapter) or reduce_subgroup.wgsl (subgroup shuffles, adapters with SUBGROUP). Needs
-// SHADER_F64: the moments are accumulated in f64.
+// per workgroup. The host appends a few lines of glue choosing where the slow path runs
+// (reduce_thread_inline, or reduce_thread_deferred plus the `fixup` entry point of
+// reduce_fixup.wgsl) and one of two entry points: reduce_tree.wgsl (workgroup memory tree, any
+// adapter) or reduce_subgroup.wgsl (subgroup shuffles, adapters with SUBGROUP); it may write the
+// loops marked //#loads and //#each out for a fixed VEC_PER_THREAD (src/backend/gpu/kernel.rs,
+// `unroll`). Needs SHADER_F64: the moments are accumulated in f64.
 //
 // Kept in sync with src/backend/gpu/mod.rs (GpuParams, GpuPartial) and src/numerics.rs, whose
 // block scheme this is (the CPU backend runs the same scheme on its blocks):

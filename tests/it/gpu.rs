@@ -682,6 +682,25 @@ fn reduces_the_callers_own_buffer_in_place() {
         });
     let e = reducer.reduce_buffer(&not_storage, 0, 8).unwrap_err();
     assert!(e.to_string().contains("STORAGE"), "{e}");
+    // A storage buffer of another device: a typed error, no panic from wgpu's default handler,
+    // and the reducer still answers right afterwards.
+    // (Another device of the application's own instance: wgpu's resource ids are per instance,
+    // so only there can a mismatch be told at all.)
+    let (elsewhere, _queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("app.second_device"),
+        ..Default::default()
+    }))
+    .unwrap();
+    let foreign = elsewhere.create_buffer(&microbatch::wgpu::BufferDescriptor {
+        label: Some("app.other_device"),
+        size: 1 << 12,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = reducer.reduce_buffer(&foreign, 0, 1 << 10).unwrap_err();
+    assert!(matches!(e, microbatch::Error::InvalidBuffer(_)), "{e}");
+    let (p, _) = reducer.reduce_buffer(&buffer, 0, data.len()).unwrap();
+    assert_eq!(p.count, data.len() as u64, "after a refused buffer");
     // A resident upload is bound to the reducer that made it.
     let resident = reducer.upload(&data[..1000]).unwrap();
     let mut other = GpuReducer::new(&ctx, GpuConfig::new(1 << 14)).unwrap();

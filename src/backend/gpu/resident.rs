@@ -125,8 +125,11 @@ impl GpuReducer {
     /// have `STORAGE` usage, `offset` must be a multiple of 16 and of the device's storage
     /// offset alignment, and the range rounded up to whole 16-byte vec4s must lie inside the
     /// buffer (pad it; the padding is never counted). Anything else is an
-    /// [`Error::InvalidBuffer`] naming what is wrong; nothing is dispatched. The buffer must
-    /// belong to this reducer's device, and the caller must not write it until this returns.
+    /// [`Error::InvalidBuffer`] naming what is wrong; nothing is dispatched. A buffer of
+    /// another device is refused the same way (wgpu's validation, caught here). One of another
+    /// `wgpu::Instance` cannot be told apart (wgpu's resource ids are per instance): create the
+    /// context from the device that made the buffer. The caller must not write the buffer until
+    /// this returns.
     pub fn reduce_buffer(
         &mut self,
         buffer: &wgpu::Buffer,
@@ -167,6 +170,9 @@ impl GpuReducer {
         let quantum = (align / 4) as usize;
         let step = (self.chunk_elems / quantum * quantum).max(quantum);
         let mut done = 0usize;
+        // The window and partials as last submitted: dispatches recorded after it are only in
+        // `encoder`, and are forgotten with it if a later chunk fails.
+        let mut mark = (self.window.len(), self.partials_used);
         while done < len {
             let n = (len - done).min(step);
             let workgroups = self.workgroups_for(n);
@@ -174,6 +180,7 @@ impl GpuReducer {
                 self.ctx.queue.submit([encoder.finish()]);
                 encoder = self.new_encoder("microbatch.buffer.encoder");
                 self.read_back()?;
+                mark = (self.window.len(), self.partials_used);
             }
             let params = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("microbatch.buffer.params"),
@@ -185,6 +192,12 @@ impl GpuReducer {
                 .queue
                 .write_buffer(&params, 0, bytemuck::bytes_of(&self.params_for(n)));
             let size = (n as u64 * 4).next_multiple_of(16);
+            // A buffer of another device fails wgpu's validation here: caught as a typed
+            // error (the application's uncaptured-error handler, often a panic, never sees it).
+            let scope = self
+                .ctx
+                .device
+                .push_error_scope(wgpu::ErrorFilter::Validation);
             let bind_group = self
                 .ctx
                 .device
@@ -210,6 +223,15 @@ impl GpuReducer {
                         },
                     ],
                 });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                // Nothing of this call was submitted: the dispatches recorded so far go with
+                // the encoder, and the window forgets them.
+                self.window.truncate(mark.0);
+                self.partials_used = mark.1;
+                return bad(format!(
+                    "wgpu refused to bind it (a buffer of another device?): {e}"
+                ));
+            }
             self.encode(&mut encoder, &bind_group, workgroups, 0);
             keep.push((params, bind_group));
             done += n;

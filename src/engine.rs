@@ -6,8 +6,8 @@ use crate::backend::cpu::CpuReducer;
 #[cfg(feature = "gpu")]
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
-use crate::report::{BatchCounts, Report, Timings};
-use crate::source::{BatchBuf, BatchSource, Element, read_batch};
+use crate::report::{BatchCounts, ColumnStats, ColumnsReport, Report, Timings};
+use crate::source::{BatchBuf, BatchSource, ColumnsSource, Element, read_batch};
 use crate::stats::{Partial, Stats};
 use crate::{Error, Result};
 
@@ -293,6 +293,90 @@ impl Engine {
             return Err(e);
         }
         self.finish(start, read, batches, size)
+    }
+
+    /// Reduces every series of `source` in one pass, each to its own statistics (the columns
+    /// of a table, the lanes of an axis): each round of the source is pushed per series under
+    /// its own tag, so no series' values reach another's partial. `observe` is called after
+    /// every round. On error nothing is returned as if final, and the engine is clean after.
+    pub fn run_columns(
+        &mut self,
+        source: &mut dyn ColumnsSource,
+        observe: &mut dyn FnMut(&dyn ColumnsSource),
+    ) -> Result<ColumnsReport> {
+        let start = Instant::now();
+        let mut read = Duration::ZERO;
+        let mut rounds = 0u64;
+        let names = source.columns();
+        let what = source.describe();
+        let result = (|| {
+            loop {
+                let t = Instant::now();
+                let next = source.next_columns()?;
+                read += t.elapsed();
+                let Some(pieces) = next else {
+                    return Ok(());
+                };
+                if pieces.len() != names.len() {
+                    return Err(Error::InvalidConfig(format!(
+                        "{what} gave {} series for {} columns",
+                        pieces.len(),
+                        names.len()
+                    )));
+                }
+                for (tag, piece) in pieces.iter().enumerate() {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    if !matches!(piece, BatchRef::F32(_)) {
+                        self.note_host_kernels();
+                    }
+                    piece.push_to(&mut *self.reducer, tag as u64, self.batch_size)?;
+                }
+                rounds += 1;
+                observe(&*source);
+            }
+        })();
+        if let Err(e) = result {
+            let _ = self.reducer.finish_tagged();
+            return Err(e);
+        }
+        let (parts, times) = self.reducer.finish_tagged()?;
+        let t = Instant::now();
+        let mut partials = vec![Partial::EMPTY; names.len()];
+        for (tag, p) in parts {
+            partials[tag as usize] = p;
+        }
+        let (skipped, nulls) = (source.skipped(), source.nulls());
+        let columns = names
+            .into_iter()
+            .zip(partials)
+            .enumerate()
+            .map(|(i, (column, partial))| ColumnStats {
+                column,
+                stats: partial.finish(self.ddof, self.skip_nan),
+                partial,
+                skipped: skipped.get(i).copied().unwrap_or(0),
+                nulls: nulls.get(i).copied().unwrap_or(0),
+            })
+            .collect();
+        let info = self.reducer.info().clone();
+        Ok(ColumnsReport {
+            columns,
+            excluded: source.excluded(),
+            batches: BatchCounts {
+                count: rounds,
+                size: self.batch_size,
+                workgroups: info.workgroups,
+            },
+            backend: info,
+            timings: Timings {
+                read,
+                merge: times.merge + t.elapsed(),
+                total: start.elapsed(),
+                ..times
+            },
+        })
     }
 
     /// Reduces f64 values in micro-batches, in f64, without copying them.

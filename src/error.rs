@@ -164,8 +164,9 @@ pub enum Location {
     },
 }
 
-/// A column of a text input: its 0-based index, its header name, or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A column of a text input: its 0-based index, its header name, or both. (Also a lane of an
+/// array reduced along an axis: its flat index among the results, and its position as a name.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnRef {
     /// 0-based index, when known.
     pub index: Option<usize>,

@@ -141,7 +141,7 @@ pub use engine::{
     Accumulator, BUFFERED_BATCH_SIZE, BackendChoice, DEFAULT_BATCH_SIZE, Engine, EngineConfig,
 };
 pub use error::{ColumnRef, Error, Location, Result};
-pub use report::{BatchCounts, Report, Timings};
+pub use report::{BatchCounts, ColumnStats, ColumnsReport, Report, Timings};
 pub use shard::PartialFile;
 pub use stats::{Partial, Stats};
 pub use values::{Value, partial, stats};

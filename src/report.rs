@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::ColumnRef;
 use crate::backend::{BackendInfo, ComputeClock};
 use crate::stats::{Partial, Stats};
 
@@ -204,6 +205,138 @@ impl Report {
             "throughput": {
                 "elements_per_s": number(self.elements_per_s()),
                 "bytes_per_s": number(self.bytes_per_s()),
+            },
+        })
+    }
+}
+
+/// One series' result in a [`ColumnsReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnStats {
+    /// Which series: a column's index and header name, or an axis lane.
+    pub column: ColumnRef,
+    /// Its statistics.
+    pub stats: Stats,
+    /// The partial they came from (mergeable with other runs' for the same series).
+    pub partial: Partial,
+    /// Invalid fields skipped in it (text inputs with skipping on).
+    pub skipped: u64,
+    /// Null fields in it.
+    pub nulls: u64,
+}
+
+impl ColumnStats {
+    /// The name a table row gives it: the header's name, else its index.
+    pub fn label(&self) -> String {
+        match (&self.column.name, self.column.index) {
+            (Some(n), _) => n.clone(),
+            (None, Some(i)) => i.to_string(),
+            (None, None) => "?".to_string(),
+        }
+    }
+}
+
+/// Several series reduced in one pass ([`crate::Engine::run_columns`]): each one's statistics,
+/// and what ran for all of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnsReport {
+    /// Each series, in the source's order.
+    pub columns: Vec<ColumnStats>,
+    /// Series of the input left out (non-numeric columns), with why.
+    pub excluded: Vec<(ColumnRef, String)>,
+    /// What ran.
+    pub backend: BackendInfo,
+    /// Rounds read (each a batch of every series) and the batch size.
+    pub batches: BatchCounts,
+    /// Stage times of the whole pass.
+    pub timings: Timings,
+}
+
+impl ColumnsReport {
+    /// One report for the same series read from consecutive inputs (several files of one
+    /// table): each series' partials merged by position, times added. `None` for no reports or
+    /// reports whose series differ (count or names) or whose statistics options differ.
+    pub fn combine(parts: &[ColumnsReport]) -> Option<ColumnsReport> {
+        let first = parts.first()?;
+        let same = |r: &ColumnsReport| {
+            r.backend == first.backend
+                && r.columns.len() == first.columns.len()
+                && r.columns.iter().zip(&first.columns).all(|(a, b)| {
+                    a.column.name == b.column.name
+                        && (a.stats.ddof, a.stats.skip_nan) == (b.stats.ddof, b.stats.skip_nan)
+                })
+        };
+        if !parts.iter().all(same) {
+            return None;
+        }
+        let mut out = first.clone();
+        for r in &parts[1..] {
+            for (acc, c) in out.columns.iter_mut().zip(&r.columns) {
+                acc.partial.merge(&c.partial);
+                acc.skipped += c.skipped;
+                acc.nulls += c.nulls;
+                if acc.column.index != c.column.index {
+                    acc.column.index = None;
+                }
+            }
+            out.timings += r.timings;
+            out.batches.count += r.batches.count;
+            for e in &r.excluded {
+                if !out.excluded.contains(e) {
+                    out.excluded.push(e.clone());
+                }
+            }
+        }
+        for c in &mut out.columns {
+            c.stats = c.partial.finish(c.stats.ddof, c.stats.skip_nan);
+        }
+        Some(out)
+    }
+
+    /// Elements in every series, NaN and infinities included.
+    pub fn elements(&self) -> u64 {
+        self.columns.iter().map(|c| c.partial.total()).sum()
+    }
+
+    /// The report as `microbatch run --json` prints it for several series:
+    /// `"columns": [{"name": …, "index": …, "stats": {…}, "nulls": …, "skipped": …}]`, the
+    /// excluded columns, backend, batches and timings as in [`Report::to_json`].
+    pub fn to_json(&self) -> Value {
+        let t = &self.timings;
+        json!({
+            "columns": self.columns.iter().map(|c| json!({
+                "name": c.label(),
+                "index": c.column.index,
+                "stats": Report::stats_json(&c.stats),
+                "nulls": c.nulls,
+                "skipped": c.skipped,
+            })).collect::<Vec<_>>(),
+            "excluded": self.excluded.iter().map(|(c, why)| json!({
+                "name": c.name,
+                "index": c.index,
+                "why": why,
+            })).collect::<Vec<_>>(),
+            "backend": {
+                "kind": self.backend.kind,
+                "adapter": self.backend.adapter,
+                "api": self.backend.api,
+                "device_type": self.backend.device_type,
+            },
+            "batches": {
+                "count": self.batches.count,
+                "size": self.batches.size,
+                "workgroups": self.batches.workgroups,
+            },
+            "timings_s": {
+                "read": t.read.as_secs_f64(),
+                "upload": t.upload.as_secs_f64(),
+                "compute": t.compute.as_secs_f64(),
+                "readback": t.readback.as_secs_f64(),
+                "merge": t.merge.as_secs_f64(),
+                "total": t.total.as_secs_f64(),
+            },
+            "throughput": {
+                "elements_per_s": number(rate(self.elements() as f64, t.total)),
             },
         })
     }

@@ -10,6 +10,7 @@ mod remote;
 mod serve;
 #[cfg(feature = "serve")]
 mod store;
+mod table;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -111,9 +112,20 @@ struct RunArgs {
     #[arg(long, value_name = "ORDER", default_value = "little")]
     endian: Endian,
 
-    /// Text inputs: the column to reduce, by header name or 0-based index.
-    #[arg(long, value_name = "NAME|INDEX", default_value = "0")]
-    column: Column,
+    /// Text inputs: the column to reduce, by header name or 0-based index. Several
+    /// (comma-separated or repeated) are reduced in one pass, one row of statistics each.
+    #[arg(
+        long,
+        value_name = "NAME|INDEX",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    column: Vec<Column>,
+
+    /// Text inputs: `all` reduces every numeric column in one pass (columns whose first rows
+    /// hold numbers or null tokens; the others are listed as excluded).
+    #[arg(long, value_name = "all", value_parser = ["all"], conflicts_with = "column")]
+    columns: Option<String>,
 
     /// Text inputs: the first row names the columns (default: it does exactly when its selected
     /// field is not a number, or when --column is a name).
@@ -185,6 +197,9 @@ struct RunArgs {
 
     #[command(flatten)]
     stats: StatsArgs,
+
+    #[command(flatten)]
+    rows: table::RowArgs,
 
     /// No progress bar (it shows on a terminal once a run takes over a second).
     #[arg(short, long)]
@@ -300,7 +315,13 @@ fn run(args: RunArgs) -> Result<()> {
         dtype: args.dtype,
         endian: args.endian,
         text: TextOptions {
-            column: args.column.clone(),
+            column: args.column[0].clone(),
+            columns: if args.column.len() > 1 {
+                args.column.clone()
+            } else {
+                Vec::new()
+            },
+            all_columns: args.columns.is_some(),
             header: if args.header {
                 Some(true)
             } else if args.no_header {
@@ -320,6 +341,21 @@ fn run(args: RunArgs) -> Result<()> {
     };
     if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         anyhow::bail!("stdin (`-`) can be read only once");
+    }
+    let several = args.column.len() > 1 || args.columns.is_some();
+    if several {
+        let other = if args.random.is_some() {
+            Some("--random")
+        } else if !args.remote.is_empty() {
+            Some("--remote")
+        } else if args.partial.is_some() {
+            Some("--partial")
+        } else {
+            None
+        };
+        if let Some(flag) = other {
+            anyhow::bail!("{flag} reduces one series: it takes one --column, not several");
+        }
     }
     // Every input is checked before a GPU is brought up or anything is reduced: a missing file
     // or a directory is reported first. Headers are read as each input is opened.
@@ -392,6 +428,9 @@ fn run(args: RunArgs) -> Result<()> {
         eprintln!("microbatch: {notice}");
     }
     let progress = Progress::new(total_bytes, args.quiet);
+    if several {
+        return run_columns(&args, &options, &mut engine, &progress);
+    }
     let mut reports = Vec::new();
     let mut described = Vec::new();
     let mut done_bytes = 0u64;
@@ -450,6 +489,26 @@ fn run(args: RunArgs) -> Result<()> {
         }
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
+    } else if args.rows.delimited() {
+        let mut rows = vec![table::Row {
+            key: if described.len() == 1 {
+                described[0].name.clone()
+            } else {
+                "all".to_string()
+            },
+            stats: &report.stats,
+            nulls: described.iter().map(|d| d.nulls).sum(),
+            skipped,
+        }];
+        if args.per_file {
+            rows.extend(reports.iter().zip(&described).map(|(r, d)| table::Row {
+                key: d.name.clone(),
+                stats: &r.stats,
+                nulls: d.nulls,
+                skipped: d.skipped,
+            }));
+        }
+        args.rows.write(&mut out, "input", &rows)?;
     } else {
         for d in &described {
             writeln!(out, "input        {}", d.name)?;
@@ -462,12 +521,148 @@ fn run(args: RunArgs) -> Result<()> {
             writeln!(out, "chosen       {}", c.line)?;
         }
         if args.per_file {
-            for (r, d) in reports.iter().zip(&described) {
-                writeln!(out, "\nfile         {}", d.name)?;
-                writeln!(out, "{}", Report::stats_table(&r.stats))?;
-            }
+            writeln!(out)?;
+            let rows: Vec<table::Row<'_>> = reports
+                .iter()
+                .zip(&described)
+                .map(|(r, d)| table::Row {
+                    key: d.name.clone(),
+                    stats: &r.stats,
+                    nulls: d.nulls,
+                    skipped: d.skipped,
+                })
+                .collect();
+            args.rows.write(&mut out, "file", &rows)?;
         }
     }
+    out.flush()?;
+    Ok(())
+}
+
+/// `run` with several columns: each input read in one pass per input, every column to its own
+/// statistics, one row each.
+fn run_columns(
+    args: &RunArgs,
+    options: &InputOptions,
+    engine: &mut Engine,
+    progress: &Progress,
+) -> Result<()> {
+    let mut reports = Vec::new();
+    let mut names = Vec::new();
+    let mut done_bytes = 0u64;
+    for p in &args.inputs {
+        let mut source = if p.as_os_str() == "-" {
+            microbatch::source::open_reader(Box::new(std::io::stdin()), "<stdin>", options)?
+        } else {
+            microbatch::source::open(p, options)?
+        };
+        let name = source.describe();
+        let Some(columns) = source.as_columns() else {
+            anyhow::bail!(
+                "{name}: several columns are read from text inputs (CSV, TSV, whitespace-separated); reduce this input one --column at a time"
+            );
+        };
+        let report = engine
+            .run_columns(columns, &mut |s| {
+                progress.update(done_bytes + s.bytes_read())
+            })
+            .with_context(|| format!("reducing {name}"))?;
+        done_bytes += columns.bytes_read();
+        names.push(name);
+        reports.push(report);
+    }
+    progress.finish();
+    let Some(report) = microbatch::ColumnsReport::combine(&reports) else {
+        let list = |r: &microbatch::ColumnsReport| {
+            r.columns
+                .iter()
+                .map(|c| c.label())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        anyhow::bail!(
+            "the inputs' columns differ ({} has {}; {} has {}): reduce them apart",
+            names[0],
+            list(&reports[0]),
+            names[reports.len() - 1],
+            list(&reports[reports.len() - 1])
+        );
+    };
+    let rows_of = |r: &microbatch::ColumnsReport| -> Vec<(String, microbatch::Stats, u64, u64)> {
+        r.columns
+            .iter()
+            .map(|c| (c.label(), c.stats, c.nulls, c.skipped))
+            .collect()
+    };
+    let mut out = std::io::stdout().lock();
+    if args.stats.json {
+        let mut v = report.to_json();
+        v["inputs"] = names.iter().map(|n| serde_json::json!(n)).collect();
+        if args.per_file {
+            v["files"] = reports
+                .iter()
+                .zip(&names)
+                .map(|(r, n)| {
+                    let mut f = r.to_json();
+                    f["input"] = serde_json::json!(n);
+                    f
+                })
+                .collect();
+        }
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let mut owned = rows_of(&report);
+    if args.per_file && reports.len() > 1 {
+        for (r, n) in reports.iter().zip(&names) {
+            owned.extend(
+                rows_of(r)
+                    .into_iter()
+                    .map(|(k, s, nl, sk)| (format!("{n}: {k}"), s, nl, sk)),
+            );
+        }
+    }
+    let rows: Vec<table::Row<'_>> = owned
+        .iter()
+        .map(|(key, stats, nulls, skipped)| table::Row {
+            key: key.clone(),
+            stats,
+            nulls: *nulls,
+            skipped: *skipped,
+        })
+        .collect();
+    if args.rows.delimited() {
+        args.rows.write(&mut out, "column", &rows)?;
+        out.flush()?;
+        return Ok(());
+    }
+    for n in &names {
+        writeln!(out, "input        {n}")?;
+    }
+    for (c, why) in &report.excluded {
+        writeln!(out, "excluded     column {c}: {why}")?;
+    }
+    writeln!(out)?;
+    args.rows.write(&mut out, "column", &rows)?;
+    let t = &report.timings;
+    let b = &report.backend;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "backend      {} ({}), {} round(s) of up to {} values per column",
+        b.kind, b.adapter, report.batches.count, report.batches.size
+    )?;
+    writeln!(
+        out,
+        "timings      read {:.3} s, compute {:.3} s ({}), merge {:.3} s, total {:.3} s",
+        t.read.as_secs_f64(),
+        t.compute.as_secs_f64(),
+        t.compute_clock.as_str(),
+        t.merge.as_secs_f64(),
+        t.total.as_secs_f64()
+    )?;
     out.flush()?;
     Ok(())
 }

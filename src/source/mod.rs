@@ -20,7 +20,8 @@ pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};
 pub use random::RandomSource;
 pub use text::{Column, Delimiter, TextOptions, TextSource};
 
-use crate::Result;
+use crate::backend::BatchRef;
+use crate::{ColumnRef, Result};
 
 /// The precision a source's values are reduced in: their own, never narrower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +76,12 @@ pub fn read_batch(
 
 /// A stream of values delivered in micro-batches, f32 or f64 ([`BatchSource::element`]).
 pub trait BatchSource {
+    /// This source as several series ([`ColumnsSource`]) when it reads several (a text input
+    /// opened with several columns); `None` otherwise.
+    fn as_columns(&mut self) -> Option<&mut dyn ColumnsSource> {
+        None
+    }
+
     /// Replaces the contents of `buf` with up to `max` next values and returns how many there
     /// are; 0 means the stream has ended. `buf` keeps its capacity from call to call. A source
     /// of [`Element::F64`] refuses this (it would narrow its values): use
@@ -209,4 +216,30 @@ impl BatchSource for SliceSource<'_> {
     fn describe(&self) -> String {
         format!("slice of {} values", self.data.len())
     }
+}
+
+/// Several series read together in one pass, each reduced to its own statistics: the columns of
+/// a table ([`TextOptions::columns`], [`TextOptions::all_columns`]) or the lanes of an array
+/// reduced along an axis. Read with [`crate::Engine::run_columns`].
+pub trait ColumnsSource {
+    /// The series, in output order.
+    fn columns(&self) -> Vec<ColumnRef>;
+    /// The next piece of every series, in output order (some may be empty); `None` at the end.
+    fn next_columns(&mut self) -> Result<Option<Vec<BatchRef<'_>>>>;
+    /// Bytes consumed so far.
+    fn bytes_read(&self) -> u64;
+    /// Total bytes, if known.
+    fn len_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Invalid fields skipped so far, per series.
+    fn skipped(&self) -> Vec<u64>;
+    /// Null fields so far, per series.
+    fn nulls(&self) -> Vec<u64>;
+    /// Series of the input left out, with why (non-numeric columns).
+    fn excluded(&self) -> Vec<(ColumnRef, String)> {
+        Vec::new()
+    }
+    /// What the source reads, for reports.
+    fn describe(&self) -> String;
 }

@@ -53,8 +53,15 @@ impl std::str::FromStr for Column {
 /// How to read a text input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextOptions {
-    /// The column to reduce.
+    /// The column to reduce (when `columns` is empty and `all_columns` is false).
     pub column: Column,
+    /// Several columns to reduce in one pass, each to its own statistics, in this order
+    /// (read with [`crate::Engine::run_columns`]).
+    pub columns: Vec<Column>,
+    /// Every numeric column: those whose fields in the input's first chunk (about a MiB) are
+    /// numbers or null tokens, at least one a number; the others are listed as excluded
+    /// ([`TextSource::excluded`]).
+    pub all_columns: bool,
     /// Whether the first row names the columns: `None` decides from the row itself (a header
     /// exactly when the selected field is not a number or a null token; always when the column
     /// is chosen by name).
@@ -72,6 +79,8 @@ impl Default for TextOptions {
     fn default() -> Self {
         Self {
             column: Column::Index(0),
+            columns: Vec::new(),
+            all_columns: false,
             header: None,
             delimiter: None,
             skip_invalid: false,
@@ -267,31 +276,72 @@ fn lines_of(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[derive(Clone)]
 struct RowSpec {
     delimiter: Delimiter,
-    column: usize,
+    /// The field index of each column read, in output order (one, or several).
+    columns: Vec<usize>,
+    /// For every field index up to the largest read, its place in `columns` (several columns).
+    slots: Vec<Option<usize>>,
     nulls: Vec<Vec<u8>>,
     skip_invalid: bool,
 }
 
-/// What parsing one chunk gave.
+impl RowSpec {
+    fn new(
+        delimiter: Delimiter,
+        columns: Vec<usize>,
+        nulls: Vec<Vec<u8>>,
+        skip_invalid: bool,
+    ) -> Self {
+        let width = columns.iter().max().map_or(0, |m| m + 1);
+        let mut slots = vec![None; width];
+        for (slot, &c) in columns.iter().enumerate() {
+            slots[c] = Some(slot);
+        }
+        Self {
+            delimiter,
+            columns,
+            slots,
+            nulls,
+            skip_invalid,
+        }
+    }
+
+    /// The column read when there is one.
+    fn column(&self) -> usize {
+        self.columns[0]
+    }
+}
+
+/// What parsing one chunk gave, per column read.
 #[derive(Default)]
 struct Parsed {
-    values: Vec<f64>,
-    nulls: u64,
-    skipped: u64,
+    values: Vec<Vec<f64>>,
+    nulls: Vec<u64>,
+    skipped: Vec<u64>,
     /// Line ends in the chunk (its lines, for numbering the next chunk's).
     lines: u64,
-    /// The first invalid field (when not skipping): its line within the chunk (from 1) and why.
-    error: Option<(u64, String)>,
+    /// The first invalid field (when not skipping): its line within the chunk (from 1), its
+    /// column's place, and why.
+    error: Option<(u64, usize, String)>,
 }
 
 impl Parsed {
-    fn take(&mut self, line: u64, field: Field, skip_invalid: bool) -> bool {
+    fn new(columns: usize, capacity: usize) -> Self {
+        Self {
+            values: (0..columns).map(|_| Vec::with_capacity(capacity)).collect(),
+            nulls: vec![0; columns],
+            skipped: vec![0; columns],
+            lines: 0,
+            error: None,
+        }
+    }
+
+    fn take(&mut self, line: u64, slot: usize, field: Field, skip_invalid: bool) -> bool {
         match field {
-            Field::Value(v) => self.values.push(v),
-            Field::Null => self.nulls += 1,
-            Field::Invalid(_) if skip_invalid => self.skipped += 1,
+            Field::Value(v) => self.values[slot].push(v),
+            Field::Null => self.nulls[slot] += 1,
+            Field::Invalid(_) if skip_invalid => self.skipped[slot] += 1,
             Field::Invalid(why) => {
-                self.error = Some((line, why));
+                self.error = Some((line, slot, why));
                 return false;
             }
         }
@@ -301,10 +351,8 @@ impl Parsed {
 
 /// Parses a chunk's rows, skipping its first `skip_rows` non-blank rows (a header).
 fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
-    let mut out = Parsed {
-        values: Vec::with_capacity(bytes.len() / 8),
-        ..Parsed::default()
-    };
+    let n = spec.columns.len();
+    let mut out = Parsed::new(n, bytes.len() / (8 * n));
     let mut skip = skip_rows;
     match spec.delimiter {
         Delimiter::Byte(d) if memchr::memchr(b'"', bytes).is_some() => {
@@ -317,7 +365,7 @@ fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
                     Ok(false) => break,
                     Err(e) => {
                         let line = e.position().map_or(1, |p| p.line());
-                        out.error = Some((line, format!("{:?}", e.kind())));
+                        out.error = Some((line, 0, format!("{:?}", e.kind())));
                         return out;
                     }
                 }
@@ -329,16 +377,88 @@ fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
                     continue;
                 }
                 let line = record.position().map_or(1, |p| p.line());
-                let field = classify(record.get(spec.column), &spec.nulls);
-                if !out.take(line, field, spec.skip_invalid) {
-                    return out;
+                for (slot, &c) in spec.columns.iter().enumerate() {
+                    let field = classify(record.get(c), &spec.nulls);
+                    if !out.take(line, slot, field, spec.skip_invalid) {
+                        return out;
+                    }
                 }
             }
             out.lines = count_lines(bytes);
         }
+        _ if n > 1 => parse_plain_columns(bytes, spec, skip, &mut out),
         _ => parse_plain(bytes, spec, skip, &mut out),
     }
     out
+}
+
+/// Parses a chunk without quote marks for several columns: each line split into fields once,
+/// every field read classified into its column (a number, a null token, or invalid); a line
+/// short of a column read is invalid for that column.
+fn parse_plain_columns(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) {
+    let mut pos = 0;
+    let mut number = 0u64;
+    let width = spec.slots.len();
+    while pos < bytes.len() {
+        number += 1;
+        let e = memchr::memchr2(b'\n', b'\r', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+        let line = &bytes[pos..e];
+        pos = next_line(bytes, e);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        let mut seen = 0usize;
+        let mut take = |f: usize, field: &[u8]| -> bool {
+            if let Some(Some(slot)) = spec.slots.get(f) {
+                seen += 1;
+                return out.take(
+                    number,
+                    *slot,
+                    classify(Some(field), &spec.nulls),
+                    spec.skip_invalid,
+                );
+            }
+            true
+        };
+        let ok = match spec.delimiter {
+            Delimiter::Byte(d) => line
+                .split(|&b| b == d)
+                .take(width)
+                .enumerate()
+                .all(|(f, field)| take(f, field)),
+            Delimiter::Whitespace => line
+                .split(u8::is_ascii_whitespace)
+                .filter(|f| !f.is_empty())
+                .take(width)
+                .enumerate()
+                .all(|(f, field)| take(f, field)),
+        };
+        if !ok {
+            return;
+        }
+        if seen < spec.columns.len() {
+            // The line ends before some column read: invalid for each of those.
+            let fields = match spec.delimiter {
+                Delimiter::Byte(d) => line.split(|&b| b == d).count(),
+                Delimiter::Whitespace => line
+                    .split(u8::is_ascii_whitespace)
+                    .filter(|f| !f.is_empty())
+                    .count(),
+            };
+            for (slot, &c) in spec.columns.iter().enumerate() {
+                if c >= fields
+                    && !out.take(number, slot, classify(None, &spec.nulls), spec.skip_invalid)
+                {
+                    return;
+                }
+            }
+        }
+    }
+    out.lines = number;
 }
 
 /// Parses a chunk without quote marks. Each line's number is parsed where it starts, and the
@@ -350,7 +470,8 @@ fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) 
         Delimiter::Byte(d) => Some(d),
         Delimiter::Whitespace => None,
     };
-    let fast = spec.nulls.is_empty() && (d.is_some() || spec.column == 0);
+    let column = spec.column();
+    let fast = spec.nulls.is_empty() && (d.is_some() || column == 0);
     let mut pos = 0;
     let mut number = 0u64;
     while pos < bytes.len() {
@@ -360,7 +481,7 @@ fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) 
             let mut at = pos;
             let mut ok = true;
             if let Some(d) = d {
-                for _ in 0..spec.column {
+                for _ in 0..column {
                     match bytes[at..]
                         .iter()
                         .position(|&b| b == d || b == b'\n' || b == b'\r')
@@ -398,7 +519,7 @@ fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) 
                     _ => None,
                 };
                 if let Some(e) = line_end {
-                    out.values.push(v);
+                    out.values[0].push(v);
                     pos = next_line(bytes, e);
                     continue;
                 }
@@ -409,11 +530,11 @@ fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) 
         let line = &bytes[pos..e];
         pos = next_line(bytes, e);
         let field = match spec.delimiter {
-            Delimiter::Byte(d) => nth_field(line, d, spec.column),
+            Delimiter::Byte(d) => nth_field(line, d, column),
             Delimiter::Whitespace => line
                 .split(u8::is_ascii_whitespace)
                 .filter(|f| !f.is_empty())
-                .nth(spec.column),
+                .nth(column),
         };
         let field = classify(field, &spec.nulls);
         if (skip > 0 || !matches!(field, Field::Value(_)))
@@ -425,7 +546,7 @@ fn parse_plain(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut Parsed) 
             skip -= 1;
             continue;
         }
-        if !out.take(number, field, spec.skip_invalid) {
+        if !out.take(number, 0, field, spec.skip_invalid) {
             return;
         }
     }
@@ -491,18 +612,21 @@ pub struct TextSource<'a> {
     chunk: usize,
     spec: RowSpec,
     path: PathBuf,
-    column_ref: ColumnRef,
+    /// The columns read, in output order.
+    column_refs: Vec<ColumnRef>,
+    /// Columns left out of `all_columns`, and why.
+    excluded: Vec<(ColumnRef, String)>,
     /// Non-blank rows to skip at the start of the next chunk (the header).
     skip_rows: usize,
     /// Lines before the next chunk to parse.
     line: u64,
-    /// Parsed values not yet handed out, and where they start.
-    ready: Vec<f64>,
+    /// Parsed values not yet handed out (per column), and where they start (one column).
+    ready: Vec<Vec<f64>>,
     ready_at: usize,
     /// An error found in a chunk, raised once the values before it are handed out.
     failed: Option<Error>,
-    skipped: u64,
-    null_count: u64,
+    skipped: Vec<u64>,
+    null_count: Vec<u64>,
     len_bytes: Option<u64>,
     label: String,
 }
@@ -511,7 +635,7 @@ impl std::fmt::Debug for TextSource<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextSource")
             .field("path", &self.path)
-            .field("column", &self.spec.column)
+            .field("columns", &self.spec.columns)
             .finish_non_exhaustive()
     }
 }
@@ -607,7 +731,7 @@ impl<'a> TextSource<'a> {
         .map(Some)
     }
 
-    /// Settles the header and the column from the input's first chunk `head`.
+    /// Settles the header and the columns from the input's first chunk `head`.
     fn with_input(
         input: TextInput<'a>,
         head: &[u8],
@@ -629,71 +753,124 @@ impl<'a> TextSource<'a> {
         let Some((first_line, row)) = first_row(head, delimiter, &path)? else {
             return Err(invalid(1, None, "the input is empty: no rows".into()));
         };
-        let is_header = match (options.header, &options.column) {
-            (Some(h), _) => h,
-            (None, Column::Name(_)) => true,
-            (None, Column::Index(i)) => match row.get(*i) {
-                Some(f) => matches!(classify(Some(f), &nulls), Field::Invalid(_)),
-                None => false,
-            },
+        let wanted: Vec<Column> = if options.columns.is_empty() {
+            vec![options.column.clone()]
+        } else {
+            options.columns.clone()
+        };
+        let not_number = |f: &[u8]| matches!(classify(Some(f), &nulls), Field::Invalid(_));
+        let is_header = match options.header {
+            Some(h) => h,
+            None if options.all_columns => row.iter().any(|f| not_number(f)),
+            None => wanted.iter().any(|c| match c {
+                Column::Name(_) => true,
+                Column::Index(i) => row.get(*i).is_some_and(|f| not_number(f)),
+            }),
         };
         let header: Option<Vec<String>> = is_header.then(|| {
             row.iter()
                 .map(|f| String::from_utf8_lossy(f).trim().to_string())
                 .collect()
         });
-        let column = match (&options.column, &header) {
-            (Column::Index(i), _) => *i,
-            (Column::Name(n), Some(h)) => {
-                h.iter().position(|c| c == n.trim()).ok_or_else(|| {
-                    invalid(
-                        first_line,
-                        Some(ColumnRef {
-                            index: None,
-                            name: Some(n.trim().to_string()),
-                        }),
-                        format!("no such column; the header has: {}", h.join(", ")),
-                    )
-                })?
-            }
-            (Column::Name(n), None) => {
-                return Err(Error::InvalidConfig(format!(
-                    "column {n:?} is a name, but the input has no header: give a 0-based index"
-                )));
-            }
+        let column_ref = |i: usize| ColumnRef {
+            index: Some(i),
+            name: header.as_ref().and_then(|h| h.get(i).cloned()),
         };
-        let column_ref = ColumnRef {
-            index: Some(column),
-            name: header.as_ref().and_then(|h| h.get(column).cloned()),
+        let mut excluded = Vec::new();
+        let columns: Vec<usize> = if options.all_columns {
+            // Every column of the first row, kept where the first chunk's fields are numbers
+            // or null tokens, at least one a number.
+            let all: Vec<usize> = (0..row.len()).collect();
+            let probe = RowSpec::new(delimiter, all.clone(), nulls.clone(), true);
+            let parsed = parse_chunk(head, &probe, usize::from(is_header));
+            let mut keep = Vec::new();
+            for c in all {
+                match (parsed.values[c].len(), parsed.skipped[c]) {
+                    (n, 0) if n > 0 => keep.push(c),
+                    (0, 0) => {
+                        excluded.push((column_ref(c), "no numbers in the first rows".to_string()))
+                    }
+                    (_, bad) => excluded.push((
+                        column_ref(c),
+                        format!("{bad} field(s) in the first rows are not numbers"),
+                    )),
+                }
+            }
+            if keep.is_empty() {
+                return Err(invalid(
+                    first_line,
+                    None,
+                    format!(
+                        "no numeric column: {}",
+                        excluded
+                            .iter()
+                            .map(|(c, why)| format!("{c}: {why}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ));
+            }
+            keep
+        } else {
+            let mut out = Vec::with_capacity(wanted.len());
+            for c in &wanted {
+                let i = match (c, &header) {
+                    (Column::Index(i), _) => *i,
+                    (Column::Name(n), Some(h)) => {
+                        h.iter().position(|c| c == n.trim()).ok_or_else(|| {
+                            invalid(
+                                first_line,
+                                Some(ColumnRef {
+                                    index: None,
+                                    name: Some(n.trim().to_string()),
+                                }),
+                                format!("no such column; the header has: {}", h.join(", ")),
+                            )
+                        })?
+                    }
+                    (Column::Name(n), None) => {
+                        return Err(Error::InvalidConfig(format!(
+                            "column {n:?} is a name, but the input has no header: give a 0-based index"
+                        )));
+                    }
+                };
+                if out.contains(&i) {
+                    return Err(Error::InvalidConfig(format!(
+                        "column {} is asked for twice",
+                        column_ref(i)
+                    )));
+                }
+                out.push(i);
+            }
+            out
         };
+        let column_refs: Vec<ColumnRef> = columns.iter().map(|&i| column_ref(i)).collect();
         let kind = match delimiter {
             Delimiter::Byte(b'\t') => "tab-separated".to_string(),
             Delimiter::Byte(b) => format!("{:?}-separated", b as char),
             Delimiter::Whitespace => "whitespace-separated".to_string(),
         };
         let header_note = if header.is_some() { "" } else { ", no header" };
-        let label = format!(
-            "{} ({kind} text, column {column_ref}{header_note})",
-            path.display()
-        );
+        let which = match column_refs.as_slice() {
+            [one] => format!("column {one}"),
+            many => format!("{} columns", many.len()),
+        };
+        let label = format!("{} ({kind} text, {which}{header_note})", path.display());
+        let n = columns.len();
         Ok(Self {
             input,
             chunk: CHUNK,
-            spec: RowSpec {
-                delimiter,
-                column,
-                nulls,
-                skip_invalid: options.skip_invalid,
-            },
+            spec: RowSpec::new(delimiter, columns, nulls, options.skip_invalid),
             path,
-            column_ref,
+            column_refs,
+            excluded,
             skip_rows: usize::from(is_header),
             line: 0,
-            ready: Vec::new(),
+            ready: vec![Vec::new(); n],
             ready_at: 0,
             failed: None,
-            skipped: 0,
-            null_count: 0,
+            skipped: vec![0; n],
+            null_count: vec![0; n],
             len_bytes,
             label,
         })
@@ -709,7 +886,26 @@ impl<'a> TextSource<'a> {
 
     /// Fields equal to a null token, so far.
     pub fn null_count(&self) -> u64 {
-        self.null_count
+        self.null_count.iter().sum()
+    }
+
+    /// The columns read, in output order.
+    pub fn column_refs(&self) -> &[ColumnRef] {
+        &self.column_refs
+    }
+
+    /// Columns left out of [`TextOptions::all_columns`], with why.
+    pub fn excluded(&self) -> &[(ColumnRef, String)] {
+        &self.excluded
+    }
+
+    /// The error for reading a source of several columns as one stream.
+    fn several(&self) -> Error {
+        Error::InvalidConfig(format!(
+            "{} holds {} columns: read them with Engine::run_columns",
+            self.label,
+            self.column_refs.len()
+        ))
     }
 
     /// Reads a round of chunks and parses them on all cores; false at the end of the input.
@@ -759,18 +955,22 @@ impl<'a> TextSource<'a> {
         if parsed.is_empty() {
             return Ok(false);
         }
-        self.ready.clear();
+        for r in &mut self.ready {
+            r.clear();
+        }
         self.ready_at = 0;
         for p in parsed {
-            self.ready.extend_from_slice(&p.values);
-            self.null_count += p.nulls;
-            self.skipped += p.skipped;
-            if let Some((line, message)) = p.error {
+            for (slot, values) in p.values.iter().enumerate() {
+                self.ready[slot].extend_from_slice(values);
+                self.null_count[slot] += p.nulls[slot];
+                self.skipped[slot] += p.skipped[slot];
+            }
+            if let Some((line, slot, message)) = p.error {
                 self.failed = Some(Error::InvalidInput {
                     path: self.path.clone(),
                     at: Location::Line {
                         line: self.line + line,
-                        column: Some(self.column_ref.clone()),
+                        column: Some(self.column_refs[slot].clone()),
                     },
                     message,
                 });
@@ -779,6 +979,51 @@ impl<'a> TextSource<'a> {
             self.line += p.lines;
         }
         Ok(true)
+    }
+}
+
+impl crate::source::ColumnsSource for TextSource<'_> {
+    fn columns(&self) -> Vec<ColumnRef> {
+        self.column_refs.clone()
+    }
+
+    fn next_columns(&mut self) -> Result<Option<Vec<crate::backend::BatchRef<'_>>>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.parse_round()? {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.ready
+                .iter()
+                .map(|v| crate::backend::BatchRef::F64(v))
+                .collect(),
+        ))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        crate::source::BatchSource::bytes_read(self)
+    }
+
+    fn len_bytes(&self) -> Option<u64> {
+        self.len_bytes
+    }
+
+    fn skipped(&self) -> Vec<u64> {
+        self.skipped.clone()
+    }
+
+    fn nulls(&self) -> Vec<u64> {
+        self.null_count.clone()
+    }
+
+    fn excluded(&self) -> Vec<(ColumnRef, String)> {
+        self.excluded.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
     }
 }
 
@@ -851,6 +1096,10 @@ fn csv_error(path: &std::path::Path, e: csv::Error) -> Error {
 }
 
 impl BatchSource for TextSource<'_> {
+    fn as_columns(&mut self) -> Option<&mut dyn crate::source::ColumnsSource> {
+        Some(self)
+    }
+
     fn next_batch(&mut self, _buf: &mut Vec<f32>, _max: usize) -> Result<usize> {
         Err(Error::WrongElementType {
             source_name: self.label.clone(),
@@ -868,9 +1117,12 @@ impl BatchSource for TextSource<'_> {
     }
 
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
+        if self.ready.len() != 1 {
+            return Err(self.several());
+        }
         buf.clear();
         while buf.len() < max {
-            if self.ready_at == self.ready.len() {
+            if self.ready_at == self.ready[0].len() {
                 if let Some(e) = self.failed.take() {
                     return Err(e);
                 }
@@ -879,8 +1131,8 @@ impl BatchSource for TextSource<'_> {
                 }
                 continue;
             }
-            let n = (max - buf.len()).min(self.ready.len() - self.ready_at);
-            buf.extend_from_slice(&self.ready[self.ready_at..self.ready_at + n]);
+            let n = (max - buf.len()).min(self.ready[0].len() - self.ready_at);
+            buf.extend_from_slice(&self.ready[0][self.ready_at..self.ready_at + n]);
             self.ready_at += n;
         }
         Ok(buf.len())
@@ -888,7 +1140,10 @@ impl BatchSource for TextSource<'_> {
 
     fn lend_batch(&mut self, max: usize) -> Result<Option<crate::backend::BatchRef<'_>>> {
         // Parsed values are lent where they lie: no copy into the engine's buffer.
-        while self.ready_at == self.ready.len() {
+        if self.ready.len() != 1 {
+            return Err(self.several());
+        }
+        while self.ready_at == self.ready[0].len() {
             if let Some(e) = self.failed.take() {
                 return Err(e);
             }
@@ -896,10 +1151,12 @@ impl BatchSource for TextSource<'_> {
                 return Ok(Some(crate::backend::BatchRef::F64(&[])));
             }
         }
-        let n = max.min(self.ready.len() - self.ready_at);
+        let n = max.min(self.ready[0].len() - self.ready_at);
         let at = self.ready_at;
         self.ready_at += n;
-        Ok(Some(crate::backend::BatchRef::F64(&self.ready[at..at + n])))
+        Ok(Some(crate::backend::BatchRef::F64(
+            &self.ready[0][at..at + n],
+        )))
     }
 
     fn bytes_read(&self) -> u64 {
@@ -914,11 +1171,11 @@ impl BatchSource for TextSource<'_> {
     }
 
     fn skipped(&self) -> u64 {
-        self.skipped
+        self.skipped.iter().sum()
     }
 
     fn nulls(&self) -> u64 {
-        self.null_count
+        self.null_count.iter().sum()
     }
 
     fn describe(&self) -> String {
@@ -1252,20 +1509,180 @@ mod tests {
             };
             assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "{c:?}");
             // The fast path of a whole line gives the same.
-            let mut out = Parsed::default();
-            let spec = RowSpec {
-                delimiter: Delimiter::Byte(b','),
-                column: 0,
-                nulls: Vec::new(),
-                skip_invalid: true,
-            };
+            let mut out = Parsed::new(1, 0);
+            let spec = RowSpec::new(Delimiter::Byte(b','), vec![0], Vec::new(), true);
             parse_plain(format!("{c}\n").as_bytes(), &spec, 0, &mut out);
             let blank = c.trim().is_empty();
             assert_eq!(
-                out.values.first().map(|v| v.to_bits()),
+                out.values[0].first().map(|v| v.to_bits()),
                 if blank { None } else { want.map(f64::to_bits) },
                 "line {c:?}"
             );
         }
+    }
+
+    /// Several columns read in one pass give each column exactly what reading it alone gives,
+    /// whatever the delimiter, quoting, nulls, blank lines, CRLF and chunk boundaries.
+    #[test]
+    fn several_columns_in_one_pass_equal_each_column_alone() {
+        use rand::{RngExt, SeedableRng};
+        let seed: u64 = rand::rng().random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for (d, quote) in [
+            (Delimiter::Byte(b','), false),
+            (Delimiter::Byte(b','), true),
+            (Delimiter::Byte(b'\t'), false),
+            (Delimiter::Whitespace, false),
+        ] {
+            let sep = match d {
+                Delimiter::Byte(b) => (b as char).to_string(),
+                Delimiter::Whitespace => "  ".to_string(),
+            };
+            let mut text = ["id", "x", "y", "label", "z"].join(&sep) + "\r\n";
+            for r in 0..3000 {
+                let x: f64 = rng.random_range(-1e6..1e6);
+                let y = if r % 97 == 0 {
+                    "NA".to_string()
+                } else {
+                    format!("{:e}", rng.random::<f64>() * 1e-300)
+                };
+                let z: i64 = rng.random_range(-1_000_000_000_000..1_000_000_000_000);
+                let label = if quote && r % 5 == 0 {
+                    "\"a,b\"".to_string()
+                } else {
+                    "w".to_string()
+                };
+                let x = if quote && r % 3 == 0 {
+                    format!("\"{x}\"")
+                } else {
+                    x.to_string()
+                };
+                text += &[r.to_string(), x, y, label, z.to_string()].join(&sep);
+                text += if r % 2 == 0 { "\n" } else { "\r\n" };
+                if r % 500 == 0 {
+                    text += "\n";
+                }
+            }
+            let options = |columns: Vec<Column>| TextOptions {
+                columns,
+                delimiter: Some(d),
+                nulls: vec!["NA".to_string()],
+                ..TextOptions::default()
+            };
+            let want: Vec<Vec<f64>> = ["z", "x", "id", "y"]
+                .iter()
+                .map(|c| {
+                    let mut o = options(Vec::new());
+                    o.column = Column::Name(c.to_string());
+                    read(&text, &o).unwrap().0
+                })
+                .collect();
+            for chunk in [13, 100, 4096, CHUNK] {
+                let reader: Box<dyn Read + Send> =
+                    Box::new(std::io::Cursor::new(text.clone().into_bytes()));
+                let o = options(
+                    ["z", "x", "id", "y"]
+                        .iter()
+                        .map(|c| Column::Name(c.to_string()))
+                        .collect(),
+                );
+                let mut s = TextSource::new(reader, "t", None, &o)
+                    .unwrap()
+                    .with_chunk(chunk);
+                let names: Vec<Option<String>> =
+                    s.column_refs().iter().map(|c| c.name.clone()).collect();
+                assert_eq!(
+                    names,
+                    [
+                        Some("z".into()),
+                        Some("x".into()),
+                        Some("id".into()),
+                        Some("y".into())
+                    ]
+                );
+                let mut got = vec![Vec::new(); 4];
+                use crate::source::ColumnsSource;
+                while let Some(pieces) = s.next_columns().unwrap() {
+                    for (g, p) in got.iter_mut().zip(pieces) {
+                        match p {
+                            crate::backend::BatchRef::F64(v) => g.extend_from_slice(v),
+                            other => panic!("text gives f64, not {other:?}"),
+                        }
+                    }
+                }
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.len() == w.len()
+                            && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "seed {seed}, {d:?}, quote {quote}, chunk {chunk}, column {i}"
+                    );
+                }
+                assert_eq!(ColumnsSource::nulls(&s), [0, 0, 0, 31], "seed {seed}");
+            }
+        }
+    }
+
+    /// `all_columns` keeps the columns whose first rows are numbers or nulls and says why the
+    /// others are left out; a field that turns out not to be a number later is an error naming
+    /// its line and column (or skipped and counted for that column alone).
+    #[test]
+    fn all_numeric_columns_and_errors_per_column() {
+        let text = "when,a,b,tag,empty\n2024-01-01,1,NA,x,NA\n2024-01-02,2,3,y,NA\n2024-01-03,oops,4,z,NA\n";
+        let o = TextOptions {
+            all_columns: true,
+            nulls: vec!["NA".into()],
+            ..TextOptions::default()
+        };
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let s = TextSource::new(reader, "t.csv", None, &o).unwrap();
+        // "a" holds "oops" in the first chunk: excluded with the text columns and the empty one.
+        let kept: Vec<_> = s
+            .column_refs()
+            .iter()
+            .map(|c| c.name.clone().unwrap())
+            .collect();
+        assert_eq!(kept, ["b"]);
+        let excluded: Vec<_> = s
+            .excluded()
+            .iter()
+            .map(|(c, why)| (c.name.clone().unwrap(), why.clone()))
+            .collect();
+        assert_eq!(excluded.len(), 4, "{excluded:?}");
+        assert!(excluded[3].1.contains("no numbers"), "{excluded:?}");
+
+        // Chosen explicitly, the bad field stops the read at its line and column...
+        let o = TextOptions {
+            columns: vec![Column::Name("b".into()), Column::Name("a".into())],
+            nulls: vec!["NA".into()],
+            ..TextOptions::default()
+        };
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let mut s = TextSource::new(reader, "t.csv", None, &o).unwrap();
+        use crate::source::ColumnsSource;
+        let e = loop {
+            match s.next_columns() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(e) => break e,
+            }
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains("line 4") && m.contains("\"a\"") && m.contains("oops"),
+            "{m}"
+        );
+        // ...or, skipping, is counted for its column only.
+        let o = TextOptions {
+            skip_invalid: true,
+            ..o
+        };
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let mut s = TextSource::new(reader, "t.csv", None, &o).unwrap();
+        while s.next_columns().unwrap().is_some() {}
+        assert_eq!(ColumnsSource::skipped(&s), [0, 1]);
+        assert_eq!(ColumnsSource::nulls(&s), [1, 0]);
+        // A source of several columns is not one stream.
+        let mut buf = Vec::new();
+        assert!(s.next_batch_f64(&mut buf, 10).is_err());
     }
 }

@@ -152,6 +152,33 @@ pub fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
     );
 }
 
+/// Checks a `stats` object of a `run --json` report against the reference with the given depth:
+/// count, min and max exact, the sum within the depth's bound, the variance within ours.
+#[track_caller]
+pub fn check_stats_json(what: &str, s: &serde_json::Value, r: &Reference, depth: f64) {
+    assert_eq!(s["count"].as_u64().unwrap() as usize, r.n, "{what}: count");
+    assert_eq!(s["min"].as_f64(), Some(r.min), "{what}: min");
+    assert_eq!(s["max"].as_f64(), Some(r.max), "{what}: max");
+    assert_close(
+        &format!("{what}: sum"),
+        s["sum"].as_f64().unwrap(),
+        r.sum,
+        r.sum_tolerance(depth),
+    );
+    let var = r.m2 / r.n as f64;
+    if r.m2 == 0.0 {
+        // One value (or all equal): the block moments are exact.
+        assert_eq!(s["var"].as_f64(), Some(0.0), "{what}: var");
+        return;
+    }
+    assert_close(
+        &format!("{what}: var"),
+        s["var"].as_f64().unwrap(),
+        var,
+        r.var_rel_tolerance() * var + f64::MIN_POSITIVE,
+    );
+}
+
 /// Checks a report's statistics against the f64 reference with the given f32 depth.
 #[track_caller]
 pub fn check_stats(what: &str, stats: &microbatch::Stats, data: &[f32], depth: f64) {

@@ -95,9 +95,13 @@ proptest! {
         column in 0usize..4,
         delimiter in prop::option::of(prop::sample::select(vec![b',', b'\t', b';', b' '])),
         skip_invalid in any::<bool>(),
+        several in 0usize..3,
     ) {
         let options = TextOptions {
             column: Column::Index(column),
+            // Several columns (one pass) or every numeric one: the multi-column parser.
+            columns: if several == 1 { vec![Column::Index(column), Column::Index((column + 1) % 4)] } else { vec![] },
+            all_columns: several == 2,
             header,
             nulls,
             delimiter: delimiter.map(|d| if d == b' ' { Delimiter::Whitespace } else { Delimiter::Byte(d) }),
@@ -105,7 +109,15 @@ proptest! {
         };
         let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(bytes));
         if let Ok(mut s) = TextSource::new(reader, "<fuzz>", None, &options) {
-            let _ = drain(&mut s);
+            if several == 0 {
+                let _ = drain(&mut s);
+            } else {
+                use microbatch::source::ColumnsSource;
+                let n = s.column_refs().len();
+                while let Ok(Some(pieces)) = s.next_columns() {
+                    prop_assert_eq!(pieces.len(), n);
+                }
+            }
         }
     }
 
@@ -138,7 +150,7 @@ proptest! {
             Some(Delimiter::Byte(delim))
         };
         let header = if detect { None } else { Some(true) };
-        let options = TextOptions { column: Column::Index(column), header, delimiter, skip_invalid: false, nulls: vec![] };
+        let options = TextOptions { column: Column::Index(column), header, delimiter, ..TextOptions::default() };
         let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(text.into_bytes()));
         let mut s = TextSource::new(reader, "<gen>", None, &options).unwrap();
         let got = drain(&mut s).unwrap();

@@ -14,6 +14,7 @@ mod choose;
 mod cli;
 #[cfg(feature = "arrow")]
 mod columnar;
+mod columns;
 mod cpu;
 mod formats;
 mod fuzz_parsers;

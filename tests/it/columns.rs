@@ -1,0 +1,299 @@
+//! Several columns of a table in one pass (`--column a,b,c`, `--columns all`), on both
+//! backends: every column's statistics against an f64 reference of that column alone; rows as
+//! a table, CSV and TSV; several files of one table; the errors.
+
+use crate::common::*;
+use rand::RngExt;
+
+/// A random table: an id, a label (text), prices near 1e6 with tiny spread (large offset),
+/// tiny values near the subnormal range, signed integers past 2^53 (rounded as f64, like
+/// every text number), values of both signs with NA nulls, and quoted fields now and then.
+struct Table {
+    csv: String,
+    /// Each numeric column's values by header name, in file order.
+    columns: Vec<(&'static str, Vec<f64>)>,
+    nulls: u64,
+}
+
+fn table(rng: &mut rand::rngs::Xoshiro256PlusPlus, rows: usize) -> Table {
+    let mut csv = String::from("id,label,price,tiny,big,signed\n");
+    let mut cols: Vec<(&'static str, Vec<f64>)> = ["id", "price", "tiny", "big", "signed"]
+        .iter()
+        .map(|n| (*n, Vec::new()))
+        .collect();
+    let mut nulls = 0;
+    for r in 0..rows {
+        let price = 1.0e6 + rng.random::<f64>() * 1e-3;
+        let tiny = rng.random::<f64>() * 1e-305;
+        let big = rng.random_range(-(1i64 << 60)..(1i64 << 60));
+        let signed = rng.random_range(-5.0..5.0f64);
+        let label = if r % 7 == 0 { "\"a, b\"" } else { "w" };
+        let signed_text = if r % 11 == 0 {
+            nulls += 1;
+            "NA".to_string()
+        } else {
+            cols[4].1.push(signed);
+            format!("{signed:e}")
+        };
+        csv += &format!("{r},{label},{price},{tiny:e},{big},{signed_text}\n");
+        cols[0].1.push(r as f64);
+        cols[1].1.push(price);
+        cols[2].1.push(tiny);
+        cols[3].1.push(big as f64);
+    }
+    Table {
+        csv,
+        columns: cols,
+        nulls,
+    }
+}
+
+fn column<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no column {name} in {v}"))
+}
+
+/// `--columns all` and `--column` lists on both backends: each column equals the reference of
+/// that column alone, the text column is excluded with why, and the nulls are per column.
+#[test]
+fn every_column_equals_its_own_reference_on_both_backends() {
+    let mut rng = fresh_rng("columns_reference");
+    // Over a MiB: several chunks, rows cut across rounds.
+    let t = table(&mut rng, 30_000);
+    let path = tmp_file("columns", "table.csv", t.csv.as_bytes());
+    let path = path.to_str().unwrap();
+    for backend in backends() {
+        let v = json(&run(&[
+            "run",
+            path,
+            "--columns",
+            "all",
+            "--null",
+            "NA",
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        let names: Vec<&str> = v["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["id", "price", "tiny", "big", "signed"], "{backend}");
+        let excluded = v["excluded"].as_array().unwrap();
+        assert_eq!(excluded.len(), 1, "{v}");
+        assert_eq!(excluded[0]["name"], "label");
+        assert!(excluded[0]["why"].as_str().unwrap().contains("not numbers"));
+        for (name, values) in &t.columns {
+            let c = column(&v, name);
+            let what = format!("{backend}: column {name}");
+            check_stats_json(
+                &what,
+                &c["stats"],
+                &reference_f64(values.iter().copied()),
+                CPU_DEPTH,
+            );
+            let nulls = if *name == "signed" { t.nulls } else { 0 };
+            assert_eq!(c["nulls"], nulls, "{what}");
+        }
+        // A list by names and indices, in the order given: the same numbers.
+        let w = json(&run(&[
+            "run",
+            path,
+            "--column",
+            "signed,2",
+            "--column",
+            "id",
+            "--null",
+            "NA",
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        let order: Vec<&str> = w["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["signed", "price", "id"]);
+        for name in order {
+            assert_eq!(
+                column(&w, name)["stats"],
+                column(&v, name)["stats"],
+                "{name}"
+            );
+        }
+    }
+}
+
+/// The rows as CSV and TSV carry every digit (they parse back to the JSON's numbers); the
+/// table aligns them and rounds to --digits; --per-file adds a row per file and column; two
+/// files of one table give the statistics of their concatenation.
+#[test]
+fn rows_as_csv_tsv_and_table_and_files_of_one_table() {
+    let mut rng = fresh_rng("columns_rows");
+    let t = table(&mut rng, 2_000);
+    let (head, body) = t.csv.split_once('\n').unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    let (a, b) = lines.split_at(777);
+    let whole = tmp_file("columns-rows", "whole.csv", t.csv.as_bytes());
+    let part_a = tmp_file(
+        "columns-rows",
+        "a.csv",
+        format!("{head}\n{}\n", a.join("\n")).as_bytes(),
+    );
+    let part_b = tmp_file(
+        "columns-rows",
+        "b.csv",
+        format!("{head}\n{}\n", b.join("\n")).as_bytes(),
+    );
+    let whole = whole.to_str().unwrap();
+    let v = json(&run(&[
+        "run",
+        whole,
+        "--columns",
+        "all",
+        "--null",
+        "NA",
+        "--json",
+    ]));
+
+    let o = run(&["run", whole, "--columns", "all", "--null", "NA", "--csv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let mut rows = text.lines();
+    assert_eq!(
+        rows.next().unwrap(),
+        "column,count,nan_count,sum,mean,min,max,var,std,nulls"
+    );
+    for row in rows {
+        let f: Vec<&str> = row.split(',').collect();
+        let s = &column(&v, f[0])["stats"];
+        for (i, key) in ["sum", "mean", "min", "max", "var", "std"]
+            .iter()
+            .enumerate()
+        {
+            let got: f64 = f[3 + i].parse().unwrap();
+            assert_eq!(
+                got.to_bits(),
+                s[key].as_f64().unwrap().to_bits(),
+                "{row}: {key}"
+            );
+        }
+        assert_eq!(f[1], s["count"].to_string());
+    }
+    let o = run(&["run", whole, "--columns", "all", "--null", "NA", "--tsv"]);
+    assert_eq!(stdout(&o).replace('\t', ","), text);
+
+    let o = run(&[
+        "run", whole, "--column", "price", "--column", "tiny", "--digits", "3",
+    ]);
+    let table = stdout(&o);
+    assert!(
+        table.contains("column") && table.contains("price"),
+        "{table}"
+    );
+    assert!(
+        table.contains(" 1e6 ") || table.contains(" 1e6\n") || table.contains("1e6"),
+        "{table}"
+    );
+    assert!(!table.contains("1000000.0"), "--digits 3 rounds: {table}");
+
+    // Two files of the same table: the concatenation's statistics; per file, a row each.
+    let (pa, pb) = (part_a.to_str().unwrap(), part_b.to_str().unwrap());
+    let both = json(&run(&[
+        "run",
+        pa,
+        pb,
+        "--columns",
+        "all",
+        "--null",
+        "NA",
+        "--json",
+        "--per-file",
+    ]));
+    for (name, _) in &t.columns {
+        let (x, y) = (&column(&both, name)["stats"], &column(&v, name)["stats"]);
+        assert_eq!(x["count"], y["count"], "{name}");
+        assert_eq!(x["min"], y["min"], "{name}");
+        assert_eq!(x["max"], y["max"], "{name}");
+        let (sx, sy) = (x["sum"].as_f64().unwrap(), y["sum"].as_f64().unwrap());
+        let r = reference_f64(
+            t.columns
+                .iter()
+                .find(|c| c.0 == *name)
+                .unwrap()
+                .1
+                .iter()
+                .copied(),
+        );
+        assert_close(name, sx, sy, 2.0 * r.sum_tolerance(CPU_DEPTH));
+    }
+    assert_eq!(both["files"].as_array().unwrap().len(), 2);
+    let o = run(&["run", pa, pb, "--column", "id,price", "--per-file", "--csv"]);
+    assert_eq!(stdout(&o).lines().count(), 1 + 2 + 4, "{}", stdout(&o));
+}
+
+/// Bad requests and bad data are errors that name what is wrong, with nothing printed as a
+/// result: a missing column, a column asked twice, a non-text input, a flag that takes one
+/// series, a field that is not a number (its line and column), files whose columns differ.
+#[test]
+fn column_errors_name_the_column_and_line() {
+    let good = tmp_file("columns-errors", "t.csv", b"a,b,c\n1,2,3\n4,5,6\n");
+    let bad = tmp_file("columns-errors", "bad.csv", b"a,b,c\n1,2,3\n4,x,6\n");
+    let other = tmp_file("columns-errors", "other.csv", b"a,z\n1,2\n");
+    let raw = tmp_file("columns-errors", "v.f32", &f32_bytes(&[1.0, 2.0]));
+    // `--columns all` decides from the first MiB: a bad field past it is an error then.
+    let mut late = String::from("a,b,c\n");
+    for i in 0..200_000 {
+        late += &format!("{i},2,3\n");
+    }
+    late += "4,x,6\n";
+    let late = tmp_file("columns-errors", "late.csv", late.as_bytes());
+    let (good, bad, other, raw, late) = (
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        other.to_str().unwrap(),
+        raw.to_str().unwrap(),
+        late.to_str().unwrap(),
+    );
+    for (args, says) in [
+        (vec!["run", good, "--column", "a,nope"], "\"nope\""),
+        (vec!["run", good, "--column", "a,0"], "twice"),
+        (vec!["run", raw, "--column", "0,1"], "text inputs"),
+        (
+            vec!["run", good, "--column", "a,b", "--partial", "p.json"],
+            "--partial",
+        ),
+        (vec!["run", late, "--columns", "all"], "line 200002"),
+        (vec!["run", bad, "--column", "c,b"], "column 1 (\"b\")"),
+        (
+            vec!["run", good, other, "--column", "0,1"],
+            "columns differ",
+        ),
+    ] {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stdout(&o).is_empty(), "{args:?} printed {}", stdout(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    // With --skip-invalid the bad field is counted for its column only.
+    let v = json(&run(&[
+        "run",
+        bad,
+        "--column",
+        "b,c",
+        "--skip-invalid",
+        "--json",
+    ]));
+    assert_eq!(column(&v, "b")["skipped"], 1);
+    assert_eq!(column(&v, "c")["skipped"], 0);
+    assert_eq!(column(&v, "b")["stats"]["count"], 1);
+    assert_eq!(column(&v, "c")["stats"]["sum"], 9.0);
+}

@@ -317,21 +317,20 @@ impl Engine {
                 let Some(pieces) = next else {
                     return Ok(());
                 };
-                if pieces.len() != names.len() {
-                    return Err(Error::InvalidConfig(format!(
-                        "{what} gave {} series for {} columns",
-                        pieces.len(),
-                        names.len()
-                    )));
-                }
-                for (tag, piece) in pieces.iter().enumerate() {
+                for (tag, piece) in &pieces {
+                    if *tag >= names.len() {
+                        return Err(Error::InvalidConfig(format!(
+                            "{what} gave series {tag} of {}",
+                            names.len()
+                        )));
+                    }
                     if piece.is_empty() {
                         continue;
                     }
                     if !matches!(piece, BatchRef::F32(_)) {
                         self.note_host_kernels();
                     }
-                    piece.push_to(&mut *self.reducer, tag as u64, self.batch_size)?;
+                    piece.push_to(&mut *self.reducer, *tag as u64, self.batch_size)?;
                 }
                 rounds += 1;
                 observe(&*source);

@@ -57,22 +57,30 @@ pub enum ComputeClock {
 }
 
 /// Partials kept apart by tag: what a reducer returns from [`BatchReducer::finish_tagged`].
-/// A small map in first-seen order (a reducer sees few tags between two finishes).
+/// In first-seen order, found by tag through an index (a pass over many columns or axis lanes
+/// pushes as many tags).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Tagged(Vec<(u64, Partial)>);
+pub(crate) struct Tagged {
+    parts: Vec<(u64, Partial)>,
+    index: std::collections::HashMap<u64, usize>,
+}
 
 impl Tagged {
     /// Merges `p` into the partial of `tag`.
     pub(crate) fn merge(&mut self, tag: u64, p: &Partial) {
-        match self.0.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, acc)) => acc.merge(p),
-            None => self.0.push((tag, *p)),
+        match self.index.get(&tag) {
+            Some(&i) => self.parts[i].1.merge(p),
+            None => {
+                self.index.insert(tag, self.parts.len());
+                self.parts.push((tag, *p));
+            }
         }
     }
 
     /// Every tag's partial, in first-seen order, leaving this empty.
     pub(crate) fn take(&mut self) -> Vec<(u64, Partial)> {
-        std::mem::take(&mut self.0)
+        self.index.clear();
+        std::mem::take(&mut self.parts)
     }
 }
 

@@ -122,6 +122,12 @@ struct RunArgs {
     )]
     column: Vec<Column>,
 
+    /// Arrays (.npy): reduce along axis K like numpy's `a.mean(axis=K)` (negative counts from
+    /// the last), one row of statistics per position of the other axes, in numpy's order; C
+    /// and Fortran order alike, in one pass without a transposed copy.
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
+    axis: Option<i64>,
+
     /// Text inputs: `all` reduces every numeric column in one pass (columns whose first rows
     /// hold numbers or null tokens; the others are listed as excluded).
     #[arg(long, value_name = "all", value_parser = ["all"], conflicts_with = "column")]
@@ -342,7 +348,7 @@ fn run(args: RunArgs) -> Result<()> {
     if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         anyhow::bail!("stdin (`-`) can be read only once");
     }
-    let several = args.column.len() > 1 || args.columns.is_some();
+    let several = args.column.len() > 1 || args.columns.is_some() || args.axis.is_some();
     if several {
         let other = if args.random.is_some() {
             Some("--random")
@@ -354,7 +360,9 @@ fn run(args: RunArgs) -> Result<()> {
             None
         };
         if let Some(flag) = other {
-            anyhow::bail!("{flag} reduces one series: it takes one --column, not several");
+            anyhow::bail!(
+                "{flag} reduces one series: it takes one --column, not several columns or an --axis"
+            );
         }
     }
     // Every input is checked before a GPU is brought up or anything is reduced: a missing file
@@ -550,6 +558,7 @@ fn run_columns(
     let mut reports = Vec::new();
     let mut names = Vec::new();
     let mut done_bytes = 0u64;
+    let mut result_shape = None;
     for p in &args.inputs {
         let mut source = if p.as_os_str() == "-" {
             microbatch::source::open_reader(Box::new(std::io::stdin()), "<stdin>", options)?
@@ -557,10 +566,20 @@ fn run_columns(
             microbatch::source::open(p, options)?
         };
         let name = source.describe();
-        let Some(columns) = source.as_columns() else {
-            anyhow::bail!(
-                "{name}: several columns are read from text inputs (CSV, TSV, whitespace-separated); reduce this input one --column at a time"
-            );
+        let mut along;
+        let columns: &mut dyn microbatch::source::ColumnsSource = match args.axis {
+            Some(k) => {
+                let batch = args.batch_size.unwrap_or(microbatch::BUFFERED_BATCH_SIZE);
+                along = microbatch::source::AxisSource::new(source, k, batch)?;
+                result_shape = Some(along.result_shape().to_vec());
+                &mut along
+            }
+            None => match source.as_columns() {
+                Some(c) => c,
+                None => anyhow::bail!(
+                    "{name}: several columns are read from text inputs (CSV, TSV, whitespace-separated); reduce this input one --column at a time"
+                ),
+            },
         };
         let report = engine
             .run_columns(columns, &mut |s| {
@@ -568,7 +587,7 @@ fn run_columns(
             })
             .with_context(|| format!("reducing {name}"))?;
         done_bytes += columns.bytes_read();
-        names.push(name);
+        names.push(columns.describe());
         reports.push(report);
     }
     progress.finish();
@@ -598,6 +617,9 @@ fn run_columns(
     if args.stats.json {
         let mut v = report.to_json();
         v["inputs"] = names.iter().map(|n| serde_json::json!(n)).collect();
+        if let Some(shape) = &result_shape {
+            v["axis"] = serde_json::json!({ "axis": args.axis, "result_shape": shape });
+        }
         if args.per_file {
             v["files"] = reports
                 .iter()
@@ -633,8 +655,13 @@ fn run_columns(
             skipped: *skipped,
         })
         .collect();
+    let key = if args.axis.is_some() {
+        "index"
+    } else {
+        "column"
+    };
     if args.rows.delimited() {
-        args.rows.write(&mut out, "column", &rows)?;
+        args.rows.write(&mut out, key, &rows)?;
         out.flush()?;
         return Ok(());
     }
@@ -645,7 +672,7 @@ fn run_columns(
         writeln!(out, "excluded     column {c}: {why}")?;
     }
     writeln!(out)?;
-    args.rows.write(&mut out, "column", &rows)?;
+    args.rows.write(&mut out, key, &rows)?;
     let t = &report.timings;
     let b = &report.backend;
     writeln!(out)?;

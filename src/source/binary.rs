@@ -35,6 +35,8 @@ pub struct BinarySource<R> {
     label: String,
     /// An N-d array's shape (`.npy`).
     shape: Option<Vec<u64>>,
+    /// Whether a `.npy` array is in Fortran order.
+    fortran: bool,
 }
 
 impl BinarySource<File> {
@@ -106,6 +108,7 @@ impl<R: Read> BinarySource<R> {
             scratch: Vec::new(),
             label,
             shape: None,
+            fortran: false,
         }
     }
 
@@ -130,6 +133,12 @@ impl<R: Read> BinarySource<R> {
     /// The data part of an input whose first `data_start` bytes (a header) were already read:
     /// exactly `expected` elements must follow. `data_len` is the rest of the file's length when
     /// known; a mismatch with `expected` is refused here, before anything is reduced.
+    /// Marks the array as stored in Fortran order (a `.npy` header's `fortran_order`).
+    pub(crate) fn in_fortran_order(mut self, fortran: bool) -> Self {
+        self.fortran = fortran;
+        self
+    }
+
     pub(crate) fn after_header(
         mut self,
         data_start: u64,
@@ -364,6 +373,10 @@ impl<R: Read> BatchSource for BinarySource<R> {
 
     fn shape(&self) -> Option<&[u64]> {
         self.shape.as_deref()
+    }
+
+    fn fortran_order(&self) -> bool {
+        self.fortran
     }
 
     fn describe(&self) -> String {

@@ -37,6 +37,8 @@ pub struct MappedSource {
     lends: bool,
     label: String,
     shape: Option<Vec<u64>>,
+    /// Whether a `.npy` array is in Fortran order.
+    fortran: bool,
 }
 
 impl MappedSource {
@@ -91,7 +93,11 @@ impl MappedSource {
             data_start as usize,
             label,
             Some(header.shape.clone()),
-        ))
+        )
+        .map(|mut s| {
+            s.fortran = header.fortran_order;
+            s
+        }))
     }
 
     fn map(
@@ -126,6 +132,7 @@ impl MappedSource {
             lends: native_order && native_type && aligned,
             label,
             shape,
+            fortran: false,
         })
     }
 
@@ -240,6 +247,10 @@ impl BatchSource for MappedSource {
 
     fn shape(&self) -> Option<&[u64]> {
         self.shape.as_deref()
+    }
+
+    fn fortran_order(&self) -> bool {
+        self.fortran
     }
 
     fn describe(&self) -> String {

@@ -11,6 +11,8 @@ mod open;
 mod random;
 mod text;
 
+mod axis;
+pub use axis::{AxisSource, MAX_AXIS_RESULTS};
 pub use binary::{BinarySource, file_len, input_len};
 #[cfg(feature = "arrow")]
 pub use columnar::ColumnarSource;
@@ -152,6 +154,12 @@ pub trait BatchSource {
         None
     }
 
+    /// Whether the array's elements are stored in Fortran (column-major) order (`.npy` with
+    /// `fortran_order: True`); C order otherwise.
+    fn fortran_order(&self) -> bool {
+        false
+    }
+
     /// Fields skipped as invalid so far (text inputs with `skip_invalid`).
     fn skipped(&self) -> u64 {
         0
@@ -224,8 +232,9 @@ impl BatchSource for SliceSource<'_> {
 pub trait ColumnsSource {
     /// The series, in output order.
     fn columns(&self) -> Vec<ColumnRef>;
-    /// The next piece of every series, in output order (some may be empty); `None` at the end.
-    fn next_columns(&mut self) -> Result<Option<Vec<BatchRef<'_>>>>;
+    /// The next pieces: each a series' index (in [`ColumnsSource::columns`]) and values of it
+    /// (series without values this time may be left out); `None` at the end.
+    fn next_columns(&mut self) -> Result<Option<Vec<(usize, BatchRef<'_>)>>>;
     /// Bytes consumed so far.
     fn bytes_read(&self) -> u64;
     /// Total bytes, if known.

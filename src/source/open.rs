@@ -539,11 +539,13 @@ fn npy_source<R: Read>(
 ) -> Result<BinarySource<R>> {
     let (header, elements) = npy_header(&mut reader, path)?;
     let label = format!("{} ({})", path.display(), header.describe());
-    BinarySource::from_reader(reader, path, header.dtype, header.endian).after_header(
-        header.data_offset,
-        elements,
-        file_len.map(|l| l.saturating_sub(header.data_offset)),
-        label,
-        header.shape,
-    )
+    BinarySource::from_reader(reader, path, header.dtype, header.endian)
+        .in_fortran_order(header.fortran_order)
+        .after_header(
+            header.data_offset,
+            elements,
+            file_len.map(|l| l.saturating_sub(header.data_offset)),
+            label,
+            header.shape,
+        )
 }

@@ -987,7 +987,7 @@ impl crate::source::ColumnsSource for TextSource<'_> {
         self.column_refs.clone()
     }
 
-    fn next_columns(&mut self) -> Result<Option<Vec<crate::backend::BatchRef<'_>>>> {
+    fn next_columns(&mut self) -> Result<Option<Vec<(usize, crate::backend::BatchRef<'_>)>>> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -997,7 +997,8 @@ impl crate::source::ColumnsSource for TextSource<'_> {
         Ok(Some(
             self.ready
                 .iter()
-                .map(|v| crate::backend::BatchRef::F64(v))
+                .enumerate()
+                .map(|(i, v)| (i, crate::backend::BatchRef::F64(v)))
                 .collect(),
         ))
     }
@@ -1603,7 +1604,7 @@ mod tests {
                 let mut got = vec![Vec::new(); 4];
                 use crate::source::ColumnsSource;
                 while let Some(pieces) = s.next_columns().unwrap() {
-                    for (g, p) in got.iter_mut().zip(pieces) {
+                    for (g, (_, p)) in got.iter_mut().zip(pieces) {
                         match p {
                             crate::backend::BatchRef::F64(v) => g.extend_from_slice(v),
                             other => panic!("text gives f64, not {other:?}"),

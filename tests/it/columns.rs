@@ -297,3 +297,131 @@ fn column_errors_name_the_column_and_line() {
     assert_eq!(column(&v, "b")["stats"]["count"], 1);
     assert_eq!(column(&v, "c")["stats"]["sum"], 9.0);
 }
+
+/// `--axis K` on `.npy` arrays, both backends, C and Fortran order, f32, f64 and i16: each
+/// row equals the reference of numpy's lane `a[..., j, ...]` along K, in numpy's order.
+#[test]
+fn axis_rows_equal_numpys_lanes_on_both_backends() {
+    use microbatch::source::npy;
+    let mut rng = fresh_rng("axis_rows");
+    let shape = [37u64, 5, 3];
+    let total = 37 * 5 * 3;
+    // Values by C-order multi-index.
+    let values: Vec<f64> = normal(&mut rng, total, 1.0e4, 3.0)
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
+    let at = |i: u64, j: u64, k: u64| values[((i * 5 + j) * 3 + k) as usize];
+    for (descr, fortran) in [("<f4", false), ("<f4", true), ("<f8", true), ("<i2", false)] {
+        let mut bytes = npy::write_header(descr, fortran, &shape);
+        let mut push = |x: f64| match descr {
+            "<f4" => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
+            "<f8" => bytes.extend_from_slice(&x.to_le_bytes()),
+            _ => bytes.extend_from_slice(&((x - 1.0e4) as i16).to_le_bytes()),
+        };
+        if fortran {
+            for k in 0..3 {
+                for j in 0..5 {
+                    for i in 0..37 {
+                        push(at(i, j, k));
+                    }
+                }
+            }
+        } else {
+            for i in 0..37 {
+                for j in 0..5 {
+                    for k in 0..3 {
+                        push(at(i, j, k));
+                    }
+                }
+            }
+        }
+        let stored = |x: f64| match descr {
+            "<f4" => f64::from(x as f32),
+            "<f8" => x,
+            _ => f64::from((x - 1.0e4) as i16),
+        };
+        let file = tmp_file(
+            "axis",
+            &format!("a{descr}{fortran}.npy").replace('<', ""),
+            &bytes,
+        );
+        let file = file.to_str().unwrap();
+        for backend in backends() {
+            for axis in [0i64, 1, 2, -1] {
+                let v = json(&run(&[
+                    "run",
+                    file,
+                    "--axis",
+                    &axis.to_string(),
+                    "--json",
+                    "--backend",
+                    backend,
+                    "--batch-size",
+                    "97",
+                ]));
+                let k = axis.rem_euclid(3) as usize;
+                let mut rshape = shape.to_vec();
+                rshape.remove(k);
+                assert_eq!(v["axis"]["result_shape"], serde_json::json!(rshape));
+                let rows = v["columns"].as_array().unwrap();
+                assert_eq!(rows.len() as u64, rshape.iter().product::<u64>());
+                for (c, row) in rows.iter().enumerate() {
+                    let (a, b) = (c as u64 / rshape[1], c as u64 % rshape[1]);
+                    let lane: Vec<f64> = (0..shape[k])
+                        .map(|j| {
+                            let idx = match k {
+                                0 => (j, a, b),
+                                1 => (a, j, b),
+                                _ => (a, b, j),
+                            };
+                            stored(at(idx.0, idx.1, idx.2))
+                        })
+                        .collect();
+                    let what = format!("{descr} fortran {fortran} {backend} axis {axis} row {c}");
+                    assert_eq!(row["name"], format!("({a}, {b})"), "{what}");
+                    let depth = if descr == "<f4" {
+                        depth_of_run(&v)
+                    } else {
+                        CPU_DEPTH
+                    };
+                    check_stats_json(
+                        &what,
+                        &row["stats"],
+                        &reference_f64(lane.iter().copied()),
+                        depth,
+                    );
+                }
+            }
+        }
+    }
+    // Out of range, and inputs without a shape.
+    let raw = tmp_file("axis", "v.f32", &f32_bytes(&[1.0, 2.0]));
+    let o = run(&["run", raw.to_str().unwrap(), "--axis", "0"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no shape"),
+        "{}",
+        stderr(&o)
+    );
+    let file = tmp_file("axis", "b.npy", &{
+        let mut b = npy::write_header("<f4", false, &[2, 2]);
+        b.extend_from_slice(&f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
+        b
+    });
+    let o = run(&["run", file.to_str().unwrap(), "--axis", "-3"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("out of range"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+/// The f32 depth of a `run --json` report's reduction (the GPU kernel's on the GPU).
+fn depth_of_run(v: &serde_json::Value) -> f64 {
+    if v["backend"]["kind"] == "gpu" {
+        gpu_depth(97, v["batches"]["workgroups"].as_u64().unwrap() as u32)
+    } else {
+        CPU_DEPTH
+    }
+}

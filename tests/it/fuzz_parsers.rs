@@ -116,6 +116,7 @@ proptest! {
                 let n = s.column_refs().len();
                 while let Ok(Some(pieces)) = s.next_columns() {
                     prop_assert_eq!(pieces.len(), n);
+                    prop_assert!(pieces.iter().enumerate().all(|(i, (tag, _))| *tag == i));
                 }
             }
         }

@@ -7,6 +7,7 @@ use crate::backend::cpu::CpuReducer;
 use crate::backend::gpu::{AdapterSelector, GpuConfig, GpuContext, GpuReducer};
 use crate::backend::{BackendInfo, BackendKind, BatchReducer, BatchRef, ComputeClock};
 use crate::report::{BatchCounts, ColumnStats, ColumnsReport, Report, Timings};
+use crate::sketch::Sketch;
 use crate::source::{BatchBuf, BatchSource, ColumnsSource, Element, read_batch};
 use crate::stats::{Partial, Stats};
 use crate::{Error, Result};
@@ -77,6 +78,12 @@ pub struct Engine {
     skip_nan: bool,
     buf: BatchBuf,
     notice: Option<String>,
+    /// Quantile sketches: the accuracy asked for ([`Engine::set_quantiles`]) and the sketch of
+    /// the run in progress.
+    sketch_bits: Option<u8>,
+    sketch: Option<Sketch>,
+    /// Host time spent building it (reported under `merge`).
+    sketch_time: Duration,
 }
 
 impl std::fmt::Debug for Engine {
@@ -144,7 +151,51 @@ impl Engine {
             skip_nan: false,
             buf: BatchBuf::default(),
             notice: None,
+            sketch_bits: None,
+            sketch: None,
+            sketch_time: Duration::ZERO,
         }
+    }
+
+    /// Quantiles from now on: every run also builds a mergeable sketch
+    /// ([`crate::sketch::Sketch`]) with relative accuracy at least `alpha` (`None`: no sketch,
+    /// the default). The report carries it ([`Report::sketch`]); [`Report::quantile`] reads it.
+    /// The sketch is built on the host from each batch as it passes, on either backend.
+    pub fn set_quantiles(&mut self, alpha: Option<f64>) -> Result<()> {
+        self.sketch_bits = alpha.map(crate::sketch::mantissa_bits_for).transpose()?;
+        self.sketch = None;
+        Ok(())
+    }
+
+    /// Adds a batch to the run's sketch, if quantiles are asked for.
+    fn sketch_add(&mut self, batch: BatchRef<'_>) {
+        let Some(bits) = self.sketch_bits else {
+            return;
+        };
+        let t = Instant::now();
+        let sketch = self
+            .sketch
+            .get_or_insert_with(|| Sketch::with_mantissa_bits(bits));
+        sketch.add(batch);
+        self.sketch_time += t.elapsed();
+    }
+
+    /// Forgets the sketch of a run that failed.
+    fn drop_sketch(&mut self) {
+        self.sketch = None;
+        self.sketch_time = Duration::ZERO;
+    }
+
+    /// The run's sketch (a fresh one for the next run), if quantiles are asked for.
+    fn take_sketch(&mut self) -> Option<Sketch> {
+        self.sketch_time = Duration::ZERO;
+        let bits = self.sketch_bits?;
+        let mut s = self
+            .sketch
+            .take()
+            .unwrap_or_else(|| Sketch::with_mantissa_bits(bits));
+        s.trim();
+        Some(s)
     }
 
     /// Elements per micro-batch from now on (≥ 1; see [`Engine::set_buffered_batch_size`] for
@@ -271,6 +322,7 @@ impl Engine {
                 if batch.is_empty() {
                     return Ok(());
                 }
+                self.sketch_add(batch);
                 match batch {
                     BatchRef::F32(v) => self.reducer.push(v)?,
                     BatchRef::F64(v) => {
@@ -290,6 +342,7 @@ impl Engine {
         if let Err(e) = result {
             // Drain what was pushed so the engine is clean for the next run, then report the error.
             let _ = self.reducer.finish();
+            self.drop_sketch();
             return Err(e);
         }
         self.finish(start, read, batches, size)
@@ -309,6 +362,8 @@ impl Engine {
         let mut rounds = 0u64;
         let names = source.columns();
         let what = source.describe();
+        let mut sketches: Vec<Option<Sketch>> = vec![None; names.len()];
+        let mut sketching = Duration::ZERO;
         let result = (|| {
             loop {
                 let t = Instant::now();
@@ -330,6 +385,13 @@ impl Engine {
                     if !matches!(piece, BatchRef::F32(_)) {
                         self.note_host_kernels();
                     }
+                    if let Some(bits) = self.sketch_bits {
+                        let t = Instant::now();
+                        sketches[*tag]
+                            .get_or_insert_with(|| Sketch::with_mantissa_bits(bits))
+                            .add(*piece);
+                        sketching += t.elapsed();
+                    }
                     piece.push_to(&mut *self.reducer, *tag as u64, self.batch_size)?;
                 }
                 rounds += 1;
@@ -347,16 +409,23 @@ impl Engine {
             partials[tag as usize] = p;
         }
         let (skipped, nulls) = (source.skipped(), source.nulls());
+        let bits = self.sketch_bits;
         let columns = names
             .into_iter()
             .zip(partials)
+            .zip(sketches)
             .enumerate()
-            .map(|(i, (column, partial))| ColumnStats {
+            .map(|(i, ((column, partial), sketch))| ColumnStats {
                 column,
                 stats: partial.finish(self.ddof, self.skip_nan),
                 partial,
                 skipped: skipped.get(i).copied().unwrap_or(0),
                 nulls: nulls.get(i).copied().unwrap_or(0),
+                sketch: bits.map(|b| {
+                    let mut s = sketch.unwrap_or_else(|| Sketch::with_mantissa_bits(b));
+                    s.trim();
+                    s
+                }),
             })
             .collect();
         let info = self.reducer.info().clone();
@@ -371,7 +440,7 @@ impl Engine {
             backend: info,
             timings: Timings {
                 read,
-                merge: times.merge + t.elapsed(),
+                merge: times.merge + sketching + t.elapsed(),
                 total: start.elapsed(),
                 ..times
             },
@@ -395,8 +464,10 @@ impl Engine {
             self.note_host_kernels();
         }
         let start = Instant::now();
+        self.sketch_add(data);
         if let Err(e) = data.push_to(&mut *self.reducer, 0, self.batch_size) {
             let _ = self.reducer.finish();
+            self.drop_sketch();
             return Err(e);
         }
         let batches = data.len().div_ceil(self.batch_size) as u64;
@@ -449,6 +520,7 @@ impl Engine {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => {
                     let _ = self.reducer.finish();
+                    self.drop_sketch();
                     return Err(Error::Producer {
                         after: count,
                         source: e.into(),
@@ -459,8 +531,10 @@ impl Engine {
             if batch.is_empty() {
                 continue;
             }
+            self.sketch_add(BatchRef::F32(batch));
             if let Err(e) = BatchRef::F32(batch).push_to(&mut *self.reducer, 0, self.batch_size) {
                 let _ = self.reducer.finish();
+                self.drop_sketch();
                 return Err(e);
             }
             count += 1;
@@ -475,12 +549,15 @@ impl Engine {
         batches: u64,
         size: usize,
     ) -> Result<Report> {
-        let (partial, times) = self.reducer.finish()?;
+        let (partial, times) = self.reducer.finish().inspect_err(|_| self.drop_sketch())?;
         let t = Instant::now();
         let stats = partial.finish(self.ddof, self.skip_nan);
-        let merge = times.merge + t.elapsed();
+        let sketching = self.sketch_time;
+        let sketch = self.take_sketch();
+        let merge = times.merge + sketching + t.elapsed();
         let info = self.reducer.info().clone();
         Ok(Report {
+            sketch,
             stats,
             batches: BatchCounts {
                 count: batches,
@@ -580,11 +657,13 @@ impl Accumulator<'_> {
         }
         self.pending = true;
         let engine = &mut *self.engine;
+        engine.sketch_add(batch);
         batch
             .push_to(&mut *engine.reducer, 0, engine.batch_size)
             .inspect_err(|e| {
                 self.failed = Some(e.to_string());
                 let _ = engine.reducer.finish();
+                engine.drop_sketch();
                 self.pending = false;
             })?;
         self.batches += 1;
@@ -618,8 +697,11 @@ impl Accumulator<'_> {
         let partial = self.partial()?;
         let t = Instant::now();
         let stats = partial.finish(self.engine.ddof, self.engine.skip_nan);
+        let sketching = self.engine.sketch_time;
+        let sketch = self.engine.take_sketch();
         let info = self.engine.reducer.info().clone();
         Ok(Report {
+            sketch,
             stats,
             batches: BatchCounts {
                 count: self.batches,
@@ -628,7 +710,7 @@ impl Accumulator<'_> {
             },
             backend: info,
             timings: Timings {
-                merge: self.times.merge + t.elapsed(),
+                merge: self.times.merge + sketching + t.elapsed(),
                 total: self.start.elapsed(),
                 ..self.times
             },
@@ -642,6 +724,7 @@ impl Drop for Accumulator<'_> {
         if self.pending {
             let _ = self.engine.reducer.finish();
         }
+        self.engine.drop_sketch();
     }
 }
 

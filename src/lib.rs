@@ -121,6 +121,7 @@ pub mod model;
 pub mod numerics;
 pub mod report;
 pub mod shard;
+pub mod sketch;
 pub mod source;
 pub mod stats;
 mod values;

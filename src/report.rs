@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::ColumnRef;
 use crate::backend::{BackendInfo, ComputeClock};
+use crate::sketch::Sketch;
 use crate::stats::{Partial, Stats};
 
 /// How the input was cut.
@@ -88,6 +89,10 @@ pub struct Report {
     pub timings: Timings,
     /// The merged partial the statistics came from (mergeable with other runs').
     pub partial: Partial,
+    /// The quantile sketch of the values, when quantiles were asked for
+    /// ([`crate::Engine::set_quantiles`]); [`Report::quantile`] reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<Sketch>,
 }
 
 impl Report {
@@ -106,20 +111,47 @@ impl Report {
         let mut partial = Partial::EMPTY;
         let mut timings = first.timings;
         let mut batches = first.batches;
+        let mut sketch = first.sketch.clone();
         for (i, r) in parts.iter().enumerate() {
             partial.merge(&r.partial);
             if i > 0 {
                 timings += r.timings;
                 batches.count += r.batches.count;
+                sketch = merged(sketch, r.sketch.as_ref());
             }
         }
         Some(Report {
+            sketch,
             stats: partial.finish(first.stats.ddof, first.stats.skip_nan),
             backend: first.backend.clone(),
             batches,
             timings,
             partial,
         })
+    }
+
+    /// The quantile `q` (0 ≤ q ≤ 1) as numpy's `quantile(…, method="inverted_cdf")` gives it
+    /// (`nanquantile` with `skip_nan`), within the sketch's relative error; `None` without a
+    /// sketch or without values.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.sketch
+            .as_ref()?
+            .quantile_of(&self.partial, self.stats.skip_nan, q)
+    }
+
+    /// The quantiles `qs` as the `quantiles` object of a `stats` JSON: `{"0.5": …, "0.9": …}`.
+    pub fn quantiles_json(
+        sketch: Option<&Sketch>,
+        partial: &Partial,
+        skip_nan: bool,
+        qs: &[f64],
+    ) -> Value {
+        let mut m = serde_json::Map::new();
+        for &q in qs {
+            let v = sketch.and_then(|s| s.quantile_of(partial, skip_nan, q));
+            m.insert(format!("{q}"), opt(v));
+        }
+        Value::Object(m)
     }
 
     /// The statistics alone as JSON (the `stats` object of [`Report::to_json`]).
@@ -223,6 +255,9 @@ pub struct ColumnStats {
     pub skipped: u64,
     /// Null fields in it.
     pub nulls: u64,
+    /// Its quantile sketch, when quantiles were asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<Sketch>,
 }
 
 impl ColumnStats {
@@ -273,6 +308,7 @@ impl ColumnsReport {
         for r in &parts[1..] {
             for (acc, c) in out.columns.iter_mut().zip(&r.columns) {
                 acc.partial.merge(&c.partial);
+                acc.sketch = merged(acc.sketch.take(), c.sketch.as_ref());
                 acc.skipped += c.skipped;
                 acc.nulls += c.nulls;
                 if acc.column.index != c.column.index {
@@ -340,6 +376,13 @@ impl ColumnsReport {
             },
         })
     }
+}
+
+/// Two runs' sketches merged; `None` when either has none (or they differ in accuracy).
+fn merged(a: Option<Sketch>, b: Option<&Sketch>) -> Option<Sketch> {
+    let (mut a, b) = (a?, b?);
+    a.merge(b).ok()?;
+    Some(a)
 }
 
 fn rate(amount: f64, time: Duration) -> f64 {
@@ -468,6 +511,7 @@ mod tests {
                 compute_clock: ComputeClock::Timestamps,
             },
             partial,
+            sketch: None,
         }
     }
 

@@ -29,6 +29,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::report::number;
+use crate::sketch::Sketch;
 use crate::stats::{IntPart, Partial};
 use crate::{Error, Result};
 
@@ -50,12 +51,16 @@ pub struct PartialFile {
     pub inputs: Vec<String>,
     /// Text fields skipped as invalid (`--skip-invalid`).
     pub skipped_invalid: u64,
+    /// The quantile sketch of the shard's values, when it was run with quantiles (the file's
+    /// optional `"sketch"` object: `mantissa_bits`, `zeros`, `positive` and `negative` bucket
+    /// counts from an `offset`; see [`crate::sketch`]).
+    pub sketch: Option<Sketch>,
 }
 
 impl PartialFile {
     /// The JSON object described in the module documentation.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "format": PARTIAL_FORMAT,
             "version": PARTIAL_VERSION,
             "microbatch": env!("CARGO_PKG_VERSION"),
@@ -63,7 +68,11 @@ impl PartialFile {
             "inputs": self.inputs,
             "skipped_invalid": self.skipped_invalid,
             "partial": partial_to_json(&self.partial),
-        })
+        });
+        if let Some(s) = &self.sketch {
+            v["sketch"] = serde_json::to_value(s).expect("a sketch is plain data");
+        }
+        v
     }
 
     /// Reads the partial file at `path` (what [`PartialFile::write`] wrote, or any version this
@@ -158,8 +167,19 @@ impl PartialFile {
             None => Vec::new(),
             Some(_) => return Err(bad("field \"inputs\" is not a list".to_string())),
         };
+        let sketch = match v.get("sketch") {
+            None | Some(Value::Null) => None,
+            Some(s) => {
+                let s: Sketch = serde_json::from_value(s.clone())
+                    .map_err(|e| bad(format!("field \"sketch\": {e}")))?;
+                s.validate(partial.count)
+                    .map_err(|m| bad(format!("field \"sketch\": {m}")))?;
+                Some(s)
+            }
+        };
         Ok(Self {
             partial,
+            sketch,
             ddof: u32::try_from(ddof).map_err(|_| bad(format!("ddof {ddof} is out of range")))?,
             skip_nan,
             inputs,
@@ -176,13 +196,24 @@ impl PartialFile {
         shards: impl IntoIterator<Item = (&'a Path, &'a PartialFile)>,
     ) -> Result<PartialFile> {
         let mut out: Option<PartialFile> = None;
-        for (_, shard) in shards {
+        for (path, shard) in shards {
             match &mut out {
                 None => out = Some(shard.clone()),
                 Some(acc) => {
                     acc.partial.merge(&shard.partial);
                     acc.inputs.extend(shard.inputs.iter().cloned());
                     acc.skipped_invalid += shard.skipped_invalid;
+                    // Quantiles survive a merge only if every shard has a sketch.
+                    acc.sketch = match (acc.sketch.take(), &shard.sketch) {
+                        (Some(mut a), Some(b)) => {
+                            a.merge(b).map_err(|e| Error::IncompatiblePartial {
+                                path: path.to_path_buf(),
+                                message: e.to_string(),
+                            })?;
+                            Some(a)
+                        }
+                        _ => None,
+                    };
                 }
             }
         }
@@ -407,6 +438,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mb-shard-rw-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = PartialFile {
+            sketch: None,
             partial: Partial::from_slice_f64(&[1.0, f32::NAN, -2.0]),
             ddof: 1,
             skip_nan: true,
@@ -445,6 +477,7 @@ mod tests {
 
     fn shard(values: &[f32]) -> PartialFile {
         PartialFile {
+            sketch: None,
             partial: Partial::from_slice_f64(values),
             ddof: 1,
             skip_nan: false,
@@ -540,6 +573,7 @@ mod tests {
         let a: Vec<i64> = (0..5000).map(|i| i64::MAX - i).collect();
         let b: Vec<i64> = (0..3000).map(|i| i64::MIN + 7 * i).collect();
         let file = |p| PartialFile {
+            sketch: None,
             partial: p,
             ddof: 0,
             skip_nan: false,

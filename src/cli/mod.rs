@@ -207,6 +207,22 @@ struct RunArgs {
     #[command(flatten)]
     rows: table::RowArgs,
 
+    /// Quantiles to report, comma-separated (each in [0, 1]): the values numpy's
+    /// `quantile(a, q, method="inverted_cdf")` gives (`nanquantile` with --skip-nan), within
+    /// --quantile-error relatively, from a mergeable sketch built in the same pass (it goes into
+    /// --partial files, and `merge` combines it exactly).
+    #[arg(long, value_name = "Q,…", value_delimiter = ',', value_parser = parse_quantile)]
+    quantiles: Vec<f64>,
+
+    /// The median (the 0.5 quantile; see --quantiles).
+    #[arg(long)]
+    median: bool,
+
+    /// The quantiles' relative error bound (0 < E ≤ 0.25). The sketch keeps mantissa bits for
+    /// it: its own bound, a power of two at or below E, is what the report states.
+    #[arg(long, value_name = "E", default_value_t = microbatch::sketch::DEFAULT_QUANTILE_ERROR)]
+    quantile_error: f64,
+
     /// No progress bar (it shows on a terminal once a run takes over a second).
     #[arg(short, long)]
     quiet: bool,
@@ -252,6 +268,15 @@ struct MergeArgs {
     /// Keep NaNs in the merged statistics (numpy's rule: any NaN makes them NaN).
     #[arg(long)]
     keep_nan: bool,
+
+    /// Quantiles of all the shards' values (each in [0, 1]), from their sketches merged
+    /// exactly: every shard must have been run with --quantiles or --median.
+    #[arg(long, value_name = "Q,…", value_delimiter = ',', value_parser = parse_quantile)]
+    quantiles: Vec<f64>,
+
+    /// The median of all the shards' values (see --quantiles).
+    #[arg(long)]
+    median: bool,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -300,6 +325,26 @@ pub fn main() -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Calibrate { adapter, output } => choose::calibrate(adapter, output),
         Command::Devices { json } => devices(json),
+    }
+}
+
+/// A quantile: a number in [0, 1].
+fn parse_quantile(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(q) if (0.0..=1.0).contains(&q) => Ok(q),
+        Ok(q) => Err(format!("{q} is not a quantile: it must lie in [0, 1]")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+impl RunArgs {
+    /// The quantiles asked for (--quantiles, and 0.5 for --median), in order, once each.
+    fn quantile_list(&self) -> Vec<f64> {
+        let mut qs = self.quantiles.clone();
+        if self.median && !qs.contains(&0.5) {
+            qs.insert(0, 0.5);
+        }
+        qs
     }
 }
 
@@ -380,6 +425,11 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     if !args.remote.is_empty() {
+        if !args.quantile_list().is_empty() {
+            anyhow::bail!(
+                "--quantiles and --median are computed here, not by the processing services: drop --remote to get them"
+            );
+        }
         return run_remote(&args, &options, total_bytes);
     }
     // `auto` without an adapter: the cost model decides, before any GPU is probed. N is the
@@ -431,6 +481,10 @@ fn run(args: RunArgs) -> Result<()> {
     if args.batch_size.is_none() {
         engine.set_buffered_batch_size(microbatch::BUFFERED_BATCH_SIZE);
     }
+    let qs = args.quantile_list();
+    if !qs.is_empty() {
+        engine.set_quantiles(Some(args.quantile_error))?;
+    }
     let mut noticed = engine.notice().map(str::to_string);
     if let Some(notice) = &noticed {
         eprintln!("microbatch: {notice}");
@@ -475,11 +529,23 @@ fn run(args: RunArgs) -> Result<()> {
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
 
     // Everything succeeded: only now is anything written.
-    write_partial(&args, report.partial, skipped)?;
+    write_partial(&args, report.partial, report.sketch.clone(), skipped)?;
     let mut out = std::io::stdout().lock();
+    let quantiles_of =
+        |r: &Report| -> Vec<Option<f64>> { qs.iter().map(|&q| r.quantile(q)).collect() };
     if args.stats.json {
         let mut v = report.to_json();
         v["input"] = Described::inputs_json(&described, skipped);
+        if !qs.is_empty() {
+            v["stats"]["quantiles"] = Report::quantiles_json(
+                report.sketch.as_ref(),
+                &report.partial,
+                report.stats.skip_nan,
+                &qs,
+            );
+            v["quantile_error"] =
+                serde_json::json!(report.sketch.as_ref().map(|s| s.relative_error()));
+        }
         if let Some(c) = &choice {
             v["choice"] = c.json.clone();
         }
@@ -488,9 +554,18 @@ fn run(args: RunArgs) -> Result<()> {
                 .iter()
                 .zip(&described)
                 .map(|(r, d)| {
+                    let mut stats = Report::stats_json(&r.stats);
+                    if !qs.is_empty() {
+                        stats["quantiles"] = Report::quantiles_json(
+                            r.sketch.as_ref(),
+                            &r.partial,
+                            r.stats.skip_nan,
+                            &qs,
+                        );
+                    }
                     serde_json::json!({
                         "input": d.name,
-                        "stats": Report::stats_json(&r.stats),
+                        "stats": stats,
                     })
                 })
                 .collect();
@@ -507,6 +582,7 @@ fn run(args: RunArgs) -> Result<()> {
             stats: &report.stats,
             nulls: described.iter().map(|d| d.nulls).sum(),
             skipped,
+            quantiles: quantiles_of(&report),
         }];
         if args.per_file {
             rows.extend(reports.iter().zip(&described).map(|(r, d)| table::Row {
@@ -514,9 +590,10 @@ fn run(args: RunArgs) -> Result<()> {
                 stats: &r.stats,
                 nulls: d.nulls,
                 skipped: d.skipped,
+                quantiles: quantiles_of(r),
             }));
         }
-        args.rows.write(&mut out, "input", &rows)?;
+        args.rows.write(&mut out, "input", &rows, &qs)?;
     } else {
         for d in &described {
             writeln!(out, "input        {}", d.name)?;
@@ -525,6 +602,13 @@ fn run(args: RunArgs) -> Result<()> {
             writeln!(out, "skipped      {skipped} invalid field(s)")?;
         }
         writeln!(out, "{report}")?;
+        write_quantiles(
+            &mut out,
+            report.sketch.as_ref(),
+            &report.partial,
+            report.stats.skip_nan,
+            &qs,
+        )?;
         if let Some(c) = &choice {
             writeln!(out, "chosen       {}", c.line)?;
         }
@@ -538,9 +622,10 @@ fn run(args: RunArgs) -> Result<()> {
                     stats: &r.stats,
                     nulls: d.nulls,
                     skipped: d.skipped,
+                    quantiles: quantiles_of(r),
                 })
                 .collect();
-            args.rows.write(&mut out, "file", &rows)?;
+            args.rows.write(&mut out, "file", &rows, &qs)?;
         }
     }
     out.flush()?;
@@ -607,15 +692,41 @@ fn run_columns(
             list(&reports[reports.len() - 1])
         );
     };
-    let rows_of = |r: &microbatch::ColumnsReport| -> Vec<(String, microbatch::Stats, u64, u64)> {
+    let qs = args.quantile_list();
+    let quantiles_of = |c: &microbatch::ColumnStats| -> Vec<Option<f64>> {
+        qs.iter()
+            .map(|&q| {
+                c.sketch
+                    .as_ref()
+                    .and_then(|s| s.quantile_of(&c.partial, c.stats.skip_nan, q))
+            })
+            .collect()
+    };
+    type Owned = (String, microbatch::Stats, u64, u64, Vec<Option<f64>>);
+    let rows_of = |r: &microbatch::ColumnsReport| -> Vec<Owned> {
         r.columns
             .iter()
-            .map(|c| (c.label(), c.stats, c.nulls, c.skipped))
+            .map(|c| (c.label(), c.stats, c.nulls, c.skipped, quantiles_of(c)))
             .collect()
+    };
+    // Each column's `stats` JSON with its quantiles.
+    let with_quantiles = |r: &microbatch::ColumnsReport, v: &mut serde_json::Value| {
+        if qs.is_empty() {
+            return;
+        }
+        for (c, j) in r
+            .columns
+            .iter()
+            .zip(v["columns"].as_array_mut().into_iter().flatten())
+        {
+            j["stats"]["quantiles"] =
+                Report::quantiles_json(c.sketch.as_ref(), &c.partial, c.stats.skip_nan, &qs);
+        }
     };
     let mut out = std::io::stdout().lock();
     if args.stats.json {
         let mut v = report.to_json();
+        with_quantiles(&report, &mut v);
         v["inputs"] = names.iter().map(|n| serde_json::json!(n)).collect();
         if let Some(shape) = &result_shape {
             v["axis"] = serde_json::json!({ "axis": args.axis, "result_shape": shape });
@@ -626,6 +737,7 @@ fn run_columns(
                 .zip(&names)
                 .map(|(r, n)| {
                     let mut f = r.to_json();
+                    with_quantiles(r, &mut f);
                     f["input"] = serde_json::json!(n);
                     f
                 })
@@ -642,17 +754,18 @@ fn run_columns(
             owned.extend(
                 rows_of(r)
                     .into_iter()
-                    .map(|(k, s, nl, sk)| (format!("{n}: {k}"), s, nl, sk)),
+                    .map(|(k, s, nl, sk, q)| (format!("{n}: {k}"), s, nl, sk, q)),
             );
         }
     }
     let rows: Vec<table::Row<'_>> = owned
         .iter()
-        .map(|(key, stats, nulls, skipped)| table::Row {
+        .map(|(key, stats, nulls, skipped, quantiles)| table::Row {
             key: key.clone(),
             stats,
             nulls: *nulls,
             skipped: *skipped,
+            quantiles: quantiles.clone(),
         })
         .collect();
     let key = if args.axis.is_some() {
@@ -661,7 +774,7 @@ fn run_columns(
         "column"
     };
     if args.rows.delimited() {
-        args.rows.write(&mut out, key, &rows)?;
+        args.rows.write(&mut out, key, &rows, &qs)?;
         out.flush()?;
         return Ok(());
     }
@@ -672,7 +785,14 @@ fn run_columns(
         writeln!(out, "excluded     column {c}: {why}")?;
     }
     writeln!(out)?;
-    args.rows.write(&mut out, key, &rows)?;
+    args.rows.write(&mut out, key, &rows, &qs)?;
+    if let Some(s) = report.columns.iter().find_map(|c| c.sketch.as_ref()) {
+        writeln!(
+            out,
+            "quantiles as numpy's inverted_cdf, within {:.3} % relative error",
+            s.relative_error() * 100.0
+        )?;
+    }
     let t = &report.timings;
     let b = &report.backend;
     writeln!(out)?;
@@ -695,7 +815,12 @@ fn run_columns(
 }
 
 /// Writes `--partial FILE` (if asked) once a run has succeeded.
-fn write_partial(args: &RunArgs, partial: microbatch::Partial, skipped: u64) -> Result<()> {
+fn write_partial(
+    args: &RunArgs,
+    partial: microbatch::Partial,
+    sketch: Option<microbatch::sketch::Sketch>,
+    skipped: u64,
+) -> Result<()> {
     let Some(path) = &args.partial else {
         return Ok(());
     };
@@ -706,6 +831,7 @@ fn write_partial(args: &RunArgs, partial: microbatch::Partial, skipped: u64) -> 
         .collect();
     inputs.extend(args.inputs.iter().map(|p| p.display().to_string()));
     PartialFile {
+        sketch,
         partial,
         ddof: args.stats.ddof,
         skip_nan: args.stats.skip_nan,
@@ -798,9 +924,10 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             compute_clock: microbatch::backend::ComputeClock::Wall,
         },
         partial,
+        sketch: None,
     };
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
-    write_partial(args, partial, skipped)?;
+    write_partial(args, partial, None, skipped)?;
     let per_server: Vec<serde_json::Value> = servers
         .iter()
         .map(|s| {
@@ -818,6 +945,7 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
     if args.stats.json {
         let mut v = report.to_json();
         v["input"] = Described::inputs_json(&described, skipped);
+
         v["remote"] = serde_json::json!({ "servers": per_server });
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
@@ -997,6 +1125,18 @@ fn merge(args: MergeArgs) -> Result<()> {
         }
     }
     let mut merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    let mut qs = args.quantiles.clone();
+    if args.median && !qs.contains(&0.5) {
+        qs.insert(0, 0.5);
+    }
+    if !qs.is_empty()
+        && let Some((p, _)) = shards.iter().find(|(_, f)| f.sketch.is_none())
+    {
+        anyhow::bail!(
+            "{} has no quantile sketch: run that shard with --quantiles (or --median) to merge quantiles",
+            p.display()
+        );
+    }
     let explicit_nan = (args.skip_nan || args.keep_nan).then_some(args.skip_nan);
     let (ddof, skip_nan) = match (args.ddof, explicit_nan) {
         (Some(d), Some(k)) => (d, k),
@@ -1013,12 +1153,18 @@ fn merge(args: MergeArgs) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "stats": Report::stats_json(&stats),
             "partials": shards.len(),
             "inputs": merged.inputs,
             "skipped_invalid": merged.skipped_invalid,
         });
+        if !qs.is_empty() {
+            v["stats"]["quantiles"] =
+                Report::quantiles_json(merged.sketch.as_ref(), &merged.partial, skip_nan, &qs);
+            v["quantile_error"] =
+                serde_json::json!(merged.sketch.as_ref().map(|s| s.relative_error()));
+        }
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
     } else {
@@ -1036,8 +1182,39 @@ fn merge(args: MergeArgs) -> Result<()> {
             )?;
         }
         writeln!(out, "{}", Report::stats_table(&stats))?;
+        write_quantiles(
+            &mut out,
+            merged.sketch.as_ref(),
+            &merged.partial,
+            skip_nan,
+            &qs,
+        )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The table's `quantiles` section (nothing without quantiles asked or a sketch).
+fn write_quantiles(
+    out: &mut impl Write,
+    sketch: Option<&microbatch::sketch::Sketch>,
+    partial: &microbatch::Partial,
+    skip_nan: bool,
+    qs: &[f64],
+) -> Result<()> {
+    let Some(sketch) = sketch.filter(|_| !qs.is_empty()) else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "quantiles    (as numpy's inverted_cdf, within {:.3} % relative error)",
+        sketch.relative_error() * 100.0
+    )?;
+    for &q in qs {
+        let v = sketch.quantile_of(partial, skip_nan, q);
+        let text = v.map_or("undefined".to_string(), |x| x.to_string());
+        writeln!(out, "  {:<10} {text}", table::quantile_name(q))?;
+    }
     Ok(())
 }
 

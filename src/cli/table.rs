@@ -31,6 +31,13 @@ pub struct Row<'a> {
     pub stats: &'a Stats,
     pub nulls: u64,
     pub skipped: u64,
+    /// The asked quantiles, in the order asked (empty when none were).
+    pub quantiles: Vec<Option<f64>>,
+}
+
+/// A quantile's column name: `q0.5`, `q0.99`.
+pub fn quantile_name(q: f64) -> String {
+    format!("q{q}")
 }
 
 impl RowArgs {
@@ -39,8 +46,15 @@ impl RowArgs {
         self.csv || self.tsv
     }
 
-    /// Writes `rows` under a header whose first column is `key` (`column`, `file`, `group`).
-    pub fn write(&self, out: &mut impl Write, key: &str, rows: &[Row<'_>]) -> Result<()> {
+    /// Writes `rows` under a header whose first column is `key` (`column`, `file`, `group`),
+    /// with a column per quantile in `qs`.
+    pub fn write(
+        &self,
+        out: &mut impl Write,
+        key: &str,
+        rows: &[Row<'_>],
+        qs: &[f64],
+    ) -> Result<()> {
         let extra_nulls = rows.iter().any(|r| r.nulls > 0);
         let extra_skipped = rows.iter().any(|r| r.skipped > 0);
         let mut header: Vec<String> = [
@@ -57,6 +71,7 @@ impl RowArgs {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        header.extend(qs.iter().map(|&q| quantile_name(q)));
         if extra_nulls {
             header.push("nulls".into());
         }
@@ -80,6 +95,7 @@ impl RowArgs {
                     num(s.var, digits),
                     num(s.std, digits),
                 ];
+                v.extend(r.quantiles.iter().map(|&q| num(q, digits)));
                 if extra_nulls {
                     v.push(r.nulls.to_string());
                 }

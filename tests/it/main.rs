@@ -21,6 +21,7 @@ mod fuzz_parsers;
 mod gpu;
 mod memory;
 mod numerics;
+mod quantiles;
 #[cfg(feature = "serve")]
 mod remote;
 #[cfg(feature = "serve")]

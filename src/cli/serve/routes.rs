@@ -283,11 +283,13 @@ pub(super) fn report_json(
             ..t
         },
         partial,
+        sketch: None,
     };
     let mut v = report.to_json();
     // The batch's mergeable state, as in a partial file: a batching client (`run --remote`)
     // merges these exactly, nothing rebuilt from rounded statistics.
     v["partial"] = PartialFile {
+        sketch: None,
         partial,
         ddof,
         skip_nan: false,

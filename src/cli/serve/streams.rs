@@ -275,6 +275,7 @@ pub(super) async fn stream_partial(
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
     s.last_used = Instant::now();
     let file = PartialFile {
+        sketch: None,
         partial: s.partial,
         ddof: DEFAULT_DDOF,
         skip_nan: false,

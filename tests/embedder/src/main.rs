@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     check("partial: merged through JSON", p.count == 1_000_003);
     let file = std::env::temp_dir().join(format!("embedder-{}.json", std::process::id()));
     PartialFile {
+        sketch: None,
         partial: p,
         ddof: 1,
         skip_nan: false,

@@ -360,9 +360,9 @@ impl Engine {
         let start = Instant::now();
         let mut read = Duration::ZERO;
         let mut rounds = 0u64;
-        let names = source.columns();
         let what = source.describe();
-        let mut sketches: Vec<Option<Sketch>> = vec![None; names.len()];
+        // Series may appear as the source goes (groups): names are taken at the end.
+        let mut sketches: Vec<Option<Sketch>> = Vec::new();
         let mut sketching = Duration::ZERO;
         let result = (|| {
             loop {
@@ -373,12 +373,6 @@ impl Engine {
                     return Ok(());
                 };
                 for (tag, piece) in &pieces {
-                    if *tag >= names.len() {
-                        return Err(Error::InvalidConfig(format!(
-                            "{what} gave series {tag} of {}",
-                            names.len()
-                        )));
-                    }
                     if piece.is_empty() {
                         continue;
                     }
@@ -387,6 +381,9 @@ impl Engine {
                     }
                     if let Some(bits) = self.sketch_bits {
                         let t = Instant::now();
+                        if sketches.len() <= *tag {
+                            sketches.resize(*tag + 1, None);
+                        }
                         sketches[*tag]
                             .get_or_insert_with(|| Sketch::with_mantissa_bits(bits))
                             .add(*piece);
@@ -404,10 +401,20 @@ impl Engine {
         }
         let (parts, times) = self.reducer.finish_tagged()?;
         let t = Instant::now();
+        let names = source.columns();
         let mut partials = vec![Partial::EMPTY; names.len()];
         for (tag, p) in parts {
-            partials[tag as usize] = p;
+            match partials.get_mut(tag as usize) {
+                Some(slot) => *slot = p,
+                None => {
+                    return Err(Error::InvalidConfig(format!(
+                        "{what} gave series {tag} of {}",
+                        names.len()
+                    )));
+                }
+            }
         }
+        sketches.resize(names.len(), None);
         let (skipped, nulls) = (source.skipped(), source.nulls());
         let bits = self.sketch_bits;
         let columns = names
@@ -416,6 +423,7 @@ impl Engine {
             .zip(sketches)
             .enumerate()
             .map(|(i, ((column, partial), sketch))| ColumnStats {
+                group: source.series_group(i),
                 column,
                 stats: partial.finish(self.ddof, self.skip_nan),
                 partial,

@@ -247,6 +247,9 @@ impl Report {
 pub struct ColumnStats {
     /// Which series: a column's index and header name, or an axis lane.
     pub column: ColumnRef,
+    /// The group key, when the series are groups of rows (`group_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Its statistics.
     pub stats: Stats,
     /// The partial they came from (mergeable with other runs' for the same series).
@@ -293,20 +296,40 @@ impl ColumnsReport {
     /// reports whose series differ (count or names) or whose statistics options differ.
     pub fn combine(parts: &[ColumnsReport]) -> Option<ColumnsReport> {
         let first = parts.first()?;
+        let grouped = first.columns.iter().any(|c| c.group.is_some());
+        let options = |c: &ColumnStats| (c.stats.ddof, c.stats.skip_nan);
         let same = |r: &ColumnsReport| {
             r.backend == first.backend
-                && r.columns.len() == first.columns.len()
-                && r.columns.iter().zip(&first.columns).all(|(a, b)| {
-                    a.column.name == b.column.name
-                        && (a.stats.ddof, a.stats.skip_nan) == (b.stats.ddof, b.stats.skip_nan)
-                })
+                && r.columns
+                    .iter()
+                    .all(|c| Some(options(c)) == first.columns.first().map(options))
+                && (grouped
+                    || (r.columns.len() == first.columns.len()
+                        && r.columns
+                            .iter()
+                            .zip(&first.columns)
+                            .all(|(a, b)| a.column.name == b.column.name)))
         };
         if !parts.iter().all(same) {
             return None;
         }
         let mut out = first.clone();
+        // Series by (group, name): groups first seen in a later part are appended.
+        let key = |c: &ColumnStats| (c.group.clone(), c.label());
+        let mut index: std::collections::HashMap<(Option<String>, String), usize> = out
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (key(c), i))
+            .collect();
         for r in &parts[1..] {
-            for (acc, c) in out.columns.iter_mut().zip(&r.columns) {
+            for c in &r.columns {
+                let Some(&i) = index.get(&key(c)) else {
+                    index.insert(key(c), out.columns.len());
+                    out.columns.push(c.clone());
+                    continue;
+                };
+                let acc = &mut out.columns[i];
                 acc.partial.merge(&c.partial);
                 acc.sketch = merged(acc.sketch.take(), c.sketch.as_ref());
                 acc.skipped += c.skipped;
@@ -334,19 +357,32 @@ impl ColumnsReport {
         self.columns.iter().map(|c| c.partial.total()).sum()
     }
 
+    /// Whether the series are groups of rows (`group_by`).
+    pub fn grouped(&self) -> bool {
+        self.columns.iter().any(|c| c.group.is_some())
+    }
+
     /// The report as `microbatch run --json` prints it for several series:
-    /// `"columns": [{"name": …, "index": …, "stats": {…}, "nulls": …, "skipped": …}]`, the
-    /// excluded columns, backend, batches and timings as in [`Report::to_json`].
+    /// `"columns": [{"name": …, "index": …, "stats": {…}, "nulls": …, "skipped": …}]` (for
+    /// groups `"groups"`, each also with its `"key"`), the excluded columns, backend, batches
+    /// and timings as in [`Report::to_json`].
     pub fn to_json(&self) -> Value {
         let t = &self.timings;
-        json!({
-            "columns": self.columns.iter().map(|c| json!({
-                "name": c.label(),
-                "index": c.column.index,
-                "stats": Report::stats_json(&c.stats),
-                "nulls": c.nulls,
-                "skipped": c.skipped,
-            })).collect::<Vec<_>>(),
+        let series = if self.grouped() { "groups" } else { "columns" };
+        let mut v = json!({
+            "series": self.columns.iter().map(|c| {
+                let mut v = json!({
+                    "name": c.label(),
+                    "index": c.column.index,
+                    "stats": Report::stats_json(&c.stats),
+                    "nulls": c.nulls,
+                    "skipped": c.skipped,
+                });
+                if let Some(g) = &c.group {
+                    v["key"] = json!(g);
+                }
+                v
+            }).collect::<Vec<_>>(),
             "excluded": self.excluded.iter().map(|(c, why)| json!({
                 "name": c.name,
                 "index": c.index,
@@ -374,7 +410,13 @@ impl ColumnsReport {
             "throughput": {
                 "elements_per_s": number(rate(self.elements() as f64, t.total)),
             },
-        })
+        });
+        if let Some(obj) = v.as_object_mut()
+            && let Some(list) = obj.remove("series")
+        {
+            obj.insert(series.to_string(), list);
+        }
+        v
     }
 }
 

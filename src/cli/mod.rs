@@ -128,6 +128,19 @@ struct RunArgs {
     #[arg(long, value_name = "K", allow_hyphen_values = true)]
     axis: Option<i64>,
 
+    /// Text inputs: statistics per distinct value of this column (name or index; its text is
+    /// the key), for each --column: a row per group, in first-seen order (or --sort-groups).
+    #[arg(long, value_name = "COLUMN")]
+    group_by: Option<Column>,
+
+    /// With --group-by: rows in key order (numeric when every key is a number, else by text).
+    #[arg(long, requires = "group_by")]
+    sort_groups: bool,
+
+    /// With --group-by: the most distinct keys; the next one is an error naming its line.
+    #[arg(long, value_name = "N", requires = "group_by", default_value_t = microbatch::source::DEFAULT_MAX_GROUPS)]
+    max_groups: usize,
+
     /// Text inputs: `all` reduces every numeric column in one pass (columns whose first rows
     /// hold numbers or null tokens; the others are listed as excluded).
     #[arg(long, value_name = "all", value_parser = ["all"], conflicts_with = "column")]
@@ -373,6 +386,8 @@ fn run(args: RunArgs) -> Result<()> {
                 Vec::new()
             },
             all_columns: args.columns.is_some(),
+            group_by: args.group_by.clone(),
+            max_groups: args.max_groups,
             header: if args.header {
                 Some(true)
             } else if args.no_header {
@@ -393,7 +408,10 @@ fn run(args: RunArgs) -> Result<()> {
     if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         anyhow::bail!("stdin (`-`) can be read only once");
     }
-    let several = args.column.len() > 1 || args.columns.is_some() || args.axis.is_some();
+    let several = args.column.len() > 1
+        || args.columns.is_some()
+        || args.axis.is_some()
+        || args.group_by.is_some();
     if several {
         let other = if args.random.is_some() {
             Some("--random")
@@ -676,7 +694,7 @@ fn run_columns(
         reports.push(report);
     }
     progress.finish();
-    let Some(report) = microbatch::ColumnsReport::combine(&reports) else {
+    let Some(mut report) = microbatch::ColumnsReport::combine(&reports) else {
         let list = |r: &microbatch::ColumnsReport| {
             r.columns
                 .iter()
@@ -692,6 +710,16 @@ fn run_columns(
             list(&reports[reports.len() - 1])
         );
     };
+    if args.sort_groups {
+        sort_groups(&mut report);
+    }
+    let grouped = report.grouped();
+    let several_columns = {
+        let mut names: Vec<String> = report.columns.iter().map(|c| c.label()).collect();
+        names.sort();
+        names.dedup();
+        names.len() > 1
+    };
     let qs = args.quantile_list();
     let quantiles_of = |c: &microbatch::ColumnStats| -> Vec<Option<f64>> {
         qs.iter()
@@ -703,10 +731,15 @@ fn run_columns(
             .collect()
     };
     type Owned = (String, microbatch::Stats, u64, u64, Vec<Option<f64>>);
+    let row_key = |c: &microbatch::ColumnStats| match (&c.group, several_columns) {
+        (Some(g), false) => g.clone(),
+        (Some(g), true) => format!("{g}/{}", c.label()),
+        (None, _) => c.label(),
+    };
     let rows_of = |r: &microbatch::ColumnsReport| -> Vec<Owned> {
         r.columns
             .iter()
-            .map(|c| (c.label(), c.stats, c.nulls, c.skipped, quantiles_of(c)))
+            .map(|c| (row_key(c), c.stats, c.nulls, c.skipped, quantiles_of(c)))
             .collect()
     };
     // Each column's `stats` JSON with its quantiles.
@@ -714,10 +747,11 @@ fn run_columns(
         if qs.is_empty() {
             return;
         }
+        let list = if r.grouped() { "groups" } else { "columns" };
         for (c, j) in r
             .columns
             .iter()
-            .zip(v["columns"].as_array_mut().into_iter().flatten())
+            .zip(v[list].as_array_mut().into_iter().flatten())
         {
             j["stats"]["quantiles"] =
                 Report::quantiles_json(c.sketch.as_ref(), &c.partial, c.stats.skip_nan, &qs);
@@ -768,10 +802,11 @@ fn run_columns(
             quantiles: quantiles.clone(),
         })
         .collect();
-    let key = if args.axis.is_some() {
-        "index"
-    } else {
-        "column"
+    let key = match (args.axis.is_some(), grouped, several_columns) {
+        (true, _, _) => "index",
+        (false, true, false) => "group",
+        (false, true, true) => "group/column",
+        (false, false, _) => "column",
     };
     if args.rows.delimited() {
         args.rows.write(&mut out, key, &rows, &qs)?;
@@ -812,6 +847,29 @@ fn run_columns(
     )?;
     out.flush()?;
     Ok(())
+}
+
+/// Puts the groups of a report in key order: numeric when every key is a number, else by text;
+/// a group's columns keep their order.
+fn sort_groups(report: &mut microbatch::ColumnsReport) {
+    let numeric = report.columns.iter().all(|c| {
+        c.group
+            .as_deref()
+            .is_some_and(|g| g.trim().parse::<f64>().is_ok())
+    });
+    if numeric {
+        report.columns.sort_by(|a, b| {
+            let k = |c: &microbatch::ColumnStats| {
+                c.group
+                    .as_deref()
+                    .and_then(|g| g.trim().parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            k(a).total_cmp(&k(b))
+        });
+    } else {
+        report.columns.sort_by(|a, b| a.group.cmp(&b.group));
+    }
 }
 
 /// Writes `--partial FILE` (if asked) once a run has succeeded.
@@ -1097,6 +1155,8 @@ pub(crate) fn hint(e: &microbatch::Error) -> Option<&'static str> {
         } => {
             if message == "empty field" {
                 "--null '' counts empty fields as nulls; --skip-invalid skips fields that are not numbers"
+            } else if message.contains("distinct group keys") {
+                "--max-groups N raises the limit on distinct keys"
             } else {
                 "--skip-invalid counts and skips fields that are not numbers"
             }

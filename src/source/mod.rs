@@ -20,7 +20,7 @@ pub use dtype::{Dtype, Endian};
 pub use mapped::MappedSource;
 pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};
 pub use random::RandomSource;
-pub use text::{Column, Delimiter, TextOptions, TextSource};
+pub use text::{Column, DEFAULT_MAX_GROUPS, Delimiter, TextOptions, TextSource};
 
 use crate::backend::BatchRef;
 use crate::{ColumnRef, Result};
@@ -248,6 +248,10 @@ pub trait ColumnsSource {
     /// Series of the input left out, with why (non-numeric columns).
     fn excluded(&self) -> Vec<(ColumnRef, String)> {
         Vec::new()
+    }
+    /// The group key of a series, when the series are groups ([`TextOptions::group_by`]).
+    fn series_group(&self, _series: usize) -> Option<String> {
+        None
     }
     /// What the source reads, for reports.
     fn describe(&self) -> String;

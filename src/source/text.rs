@@ -62,6 +62,12 @@ pub struct TextOptions {
     /// numbers or null tokens, at least one a number; the others are listed as excluded
     /// ([`TextSource::excluded`]).
     pub all_columns: bool,
+    /// Statistics per distinct value of this column (its trimmed text is the key: a string or
+    /// an integer column), for every column read: each (group, column) is its own series,
+    /// groups numbered in first-seen order.
+    pub group_by: Option<Column>,
+    /// The most distinct keys `group_by` accepts (an error names the line of the next one).
+    pub max_groups: usize,
     /// Whether the first row names the columns: `None` decides from the row itself (a header
     /// exactly when the selected field is not a number or a null token; always when the column
     /// is chosen by name).
@@ -81,6 +87,8 @@ impl Default for TextOptions {
             column: Column::Index(0),
             columns: Vec::new(),
             all_columns: false,
+            group_by: None,
+            max_groups: DEFAULT_MAX_GROUPS,
             header: None,
             delimiter: None,
             skip_invalid: false,
@@ -88,6 +96,9 @@ impl Default for TextOptions {
         }
     }
 }
+
+/// The default limit on distinct group keys ([`TextOptions::max_groups`]).
+pub const DEFAULT_MAX_GROUPS: usize = 100_000;
 
 /// A field delimiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +293,8 @@ struct RowSpec {
     slots: Vec<Option<usize>>,
     nulls: Vec<Vec<u8>>,
     skip_invalid: bool,
+    /// The group key's field index (`group_by`).
+    key: Option<usize>,
 }
 
 impl RowSpec {
@@ -302,6 +315,7 @@ impl RowSpec {
             slots,
             nulls,
             skip_invalid,
+            key: None,
         }
     }
 
@@ -315,6 +329,16 @@ impl RowSpec {
 #[derive(Default)]
 struct Parsed {
     values: Vec<Vec<f64>>,
+    /// With a group key: each value's row key, as an index into `dict`.
+    keys: Vec<Vec<u32>>,
+    /// The chunk's distinct keys in first-seen order, and where each is in it.
+    dict: Vec<Vec<u8>>,
+    dict_index: std::collections::HashMap<Vec<u8>, u32>,
+    /// The chunk line (from 1) where each of `dict` was first seen.
+    dict_lines: Vec<u64>,
+    /// With a group key: (key, column, whether a null) of each field not taken (a null, or an
+    /// invalid field skipped), so that they are counted per group.
+    keyed_misses: Vec<(u32, usize, bool)>,
     nulls: Vec<u64>,
     skipped: Vec<u64>,
     /// Line ends in the chunk (its lines, for numbering the next chunk's).
@@ -328,11 +352,45 @@ impl Parsed {
     fn new(columns: usize, capacity: usize) -> Self {
         Self {
             values: (0..columns).map(|_| Vec::with_capacity(capacity)).collect(),
+            keys: vec![Vec::new(); columns],
             nulls: vec![0; columns],
             skipped: vec![0; columns],
-            lines: 0,
-            error: None,
+            ..Self::default()
         }
+    }
+
+    /// The chunk-local id of the key `text` (first seen on `line`).
+    fn key_id(&mut self, text: &[u8], line: u64) -> u32 {
+        if let Some(&i) = self.dict_index.get(text) {
+            return i;
+        }
+        let i = self.dict.len() as u32;
+        self.dict.push(text.to_vec());
+        self.dict_index.insert(text.to_vec(), i);
+        self.dict_lines.push(line);
+        i
+    }
+
+    /// Takes a row's field of column `slot` for the group `key` (a chunk-local id).
+    fn take_keyed(
+        &mut self,
+        line: u64,
+        slot: usize,
+        key: Option<u32>,
+        field: Field,
+        skip: bool,
+    ) -> bool {
+        let null = matches!(field, Field::Null);
+        let was = self.values[slot].len();
+        let ok = self.take(line, slot, field, skip);
+        if let Some(k) = key {
+            if self.values[slot].len() > was {
+                self.keys[slot].push(k);
+            } else if ok {
+                self.keyed_misses.push((k, slot, null));
+            }
+        }
+        ok
     }
 
     fn take(&mut self, line: u64, slot: usize, field: Field, skip_invalid: bool) -> bool {
@@ -377,19 +435,44 @@ fn parse_chunk(bytes: &[u8], spec: &RowSpec, skip_rows: usize) -> Parsed {
                     continue;
                 }
                 let line = record.position().map_or(1, |p| p.line());
+                let key = match spec.key {
+                    None => None,
+                    Some(k) => match record.get(k) {
+                        Some(text) => Some(out.key_id(text.trim_ascii(), line)),
+                        None => {
+                            if !missing_key(&mut out, spec, line) {
+                                return out;
+                            }
+                            continue;
+                        }
+                    },
+                };
                 for (slot, &c) in spec.columns.iter().enumerate() {
                     let field = classify(record.get(c), &spec.nulls);
-                    if !out.take(line, slot, field, spec.skip_invalid) {
+                    if !out.take_keyed(line, slot, key, field, spec.skip_invalid) {
                         return out;
                     }
                 }
             }
             out.lines = count_lines(bytes);
         }
-        _ if n > 1 => parse_plain_columns(bytes, spec, skip, &mut out),
+        _ if n > 1 || spec.key.is_some() => parse_plain_columns(bytes, spec, skip, &mut out),
         _ => parse_plain(bytes, spec, skip, &mut out),
     }
     out
+}
+
+/// A row without its group key field: an error naming the key column (`slot` usize::MAX), or
+/// with skipping on, the row skipped and counted in every column read.
+fn missing_key(out: &mut Parsed, spec: &RowSpec, line: u64) -> bool {
+    if spec.skip_invalid {
+        for s in &mut out.skipped {
+            *s += 1;
+        }
+        return true;
+    }
+    out.error = Some((line, usize::MAX, "the line has no such column".to_string()));
+    false
 }
 
 /// Parses a chunk without quote marks for several columns: each line split into fields once,
@@ -411,16 +494,33 @@ fn parse_plain_columns(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut 
             skip -= 1;
             continue;
         }
+        let key = match spec.key {
+            None => None,
+            Some(k) => {
+                let field = match spec.delimiter {
+                    Delimiter::Byte(d) => nth_field(line, d, k),
+                    Delimiter::Whitespace => line
+                        .split(u8::is_ascii_whitespace)
+                        .filter(|f| !f.is_empty())
+                        .nth(k),
+                };
+                match field {
+                    Some(text) => Some(out.key_id(text.trim_ascii(), number)),
+                    None => {
+                        if !missing_key(out, spec, number) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
         let mut seen = 0usize;
         let mut take = |f: usize, field: &[u8]| -> bool {
             if let Some(Some(slot)) = spec.slots.get(f) {
                 seen += 1;
-                return out.take(
-                    number,
-                    *slot,
-                    classify(Some(field), &spec.nulls),
-                    spec.skip_invalid,
-                );
+                let field = classify(Some(field), &spec.nulls);
+                return out.take_keyed(number, *slot, key, field, spec.skip_invalid);
             }
             true
         };
@@ -450,9 +550,8 @@ fn parse_plain_columns(bytes: &[u8], spec: &RowSpec, mut skip: usize, out: &mut 
                     .count(),
             };
             for (slot, &c) in spec.columns.iter().enumerate() {
-                if c >= fields
-                    && !out.take(number, slot, classify(None, &spec.nulls), spec.skip_invalid)
-                {
+                let field = classify(None, &spec.nulls);
+                if c >= fields && !out.take_keyed(number, slot, key, field, spec.skip_invalid) {
                     return;
                 }
             }
@@ -616,6 +715,19 @@ pub struct TextSource<'a> {
     column_refs: Vec<ColumnRef>,
     /// Columns left out of `all_columns`, and why.
     excluded: Vec<(ColumnRef, String)>,
+    /// The group key column (`group_by`), its keys in first-seen order and their ids.
+    key_ref: Option<ColumnRef>,
+    groups: Vec<String>,
+    group_index: std::collections::HashMap<Vec<u8>, u32>,
+    max_groups: usize,
+    /// Each ready value's group id (with a key), per column.
+    ready_keys: Vec<Vec<u32>>,
+    /// With a key: nulls and skipped fields per (group, column) series.
+    series_nulls: Vec<u64>,
+    series_skipped: Vec<u64>,
+    /// Gathered values of a round by (group, column) series: values, and (series, start, len).
+    gathered: Vec<f64>,
+    spans: Vec<(usize, usize, usize)>,
     /// Non-blank rows to skip at the start of the next chunk (the header).
     skip_rows: usize,
     /// Lines before the next chunk to parse.
@@ -761,6 +873,7 @@ impl<'a> TextSource<'a> {
         let not_number = |f: &[u8]| matches!(classify(Some(f), &nulls), Field::Invalid(_));
         let is_header = match options.header {
             Some(h) => h,
+            None if matches!(options.group_by, Some(Column::Name(_))) => true,
             None if options.all_columns => row.iter().any(|f| not_number(f)),
             None => wanted.iter().any(|c| match c {
                 Column::Name(_) => true,
@@ -777,6 +890,30 @@ impl<'a> TextSource<'a> {
             name: header.as_ref().and_then(|h| h.get(i).cloned()),
         };
         let mut excluded = Vec::new();
+        let key: Option<usize> = match &options.group_by {
+            None => None,
+            Some(Column::Index(i)) => Some(*i),
+            Some(Column::Name(n)) => match &header {
+                Some(h) => Some(h.iter().position(|c| c == n.trim()).ok_or_else(|| {
+                    invalid(
+                        first_line,
+                        Some(ColumnRef {
+                            index: None,
+                            name: Some(n.trim().to_string()),
+                        }),
+                        format!(
+                            "no such column to group by; the header has: {}",
+                            h.join(", ")
+                        ),
+                    )
+                })?),
+                None => {
+                    return Err(Error::InvalidConfig(format!(
+                        "group-by column {n:?} is a name, but the input has no header: give a 0-based index"
+                    )));
+                }
+            },
+        };
         let columns: Vec<usize> = if options.all_columns {
             // Every column of the first row, kept where the first chunk's fields are numbers
             // or null tokens, at least one a number.
@@ -785,6 +922,10 @@ impl<'a> TextSource<'a> {
             let parsed = parse_chunk(head, &probe, usize::from(is_header));
             let mut keep = Vec::new();
             for c in all {
+                if Some(c) == key {
+                    excluded.push((column_ref(c), "the group key".to_string()));
+                    continue;
+                }
                 match (parsed.values[c].len(), parsed.skipped[c]) {
                     (n, 0) if n > 0 => keep.push(c),
                     (0, 0) => {
@@ -840,6 +981,12 @@ impl<'a> TextSource<'a> {
                         column_ref(i)
                     )));
                 }
+                if Some(i) == key {
+                    return Err(Error::InvalidConfig(format!(
+                        "column {} is the group key: it cannot also be reduced",
+                        column_ref(i)
+                    )));
+                }
                 out.push(i);
             }
             out
@@ -857,13 +1004,28 @@ impl<'a> TextSource<'a> {
         };
         let label = format!("{} ({kind} text, {which}{header_note})", path.display());
         let n = columns.len();
+        let mut spec = RowSpec::new(delimiter, columns, nulls, options.skip_invalid);
+        spec.key = key;
+        let label = match key {
+            Some(k) => format!("{label}, grouped by column {}", column_ref(k)),
+            None => label,
+        };
         Ok(Self {
             input,
             chunk: CHUNK,
-            spec: RowSpec::new(delimiter, columns, nulls, options.skip_invalid),
+            spec,
             path,
             column_refs,
             excluded,
+            key_ref: key.map(column_ref),
+            groups: Vec::new(),
+            group_index: std::collections::HashMap::new(),
+            max_groups: options.max_groups.max(1),
+            ready_keys: vec![Vec::new(); n],
+            series_nulls: Vec::new(),
+            series_skipped: Vec::new(),
+            gathered: Vec::new(),
+            spans: Vec::new(),
             skip_rows: usize::from(is_header),
             line: 0,
             ready: vec![Vec::new(); n],
@@ -958,19 +1120,69 @@ impl<'a> TextSource<'a> {
         for r in &mut self.ready {
             r.clear();
         }
+        for r in &mut self.ready_keys {
+            r.clear();
+        }
         self.ready_at = 0;
         for p in parsed {
+            // The chunk's keys in global ids, new ones numbered in the order first seen.
+            let mut global = Vec::with_capacity(p.dict.len());
+            for (text, &at) in p.dict.iter().zip(&p.dict_lines) {
+                let id = match self.group_index.get(text.as_slice()) {
+                    Some(&id) => id,
+                    None => {
+                        if self.groups.len() == self.max_groups {
+                            self.failed = Some(Error::InvalidInput {
+                                path: self.path.clone(),
+                                at: Location::Line {
+                                    line: self.line + at,
+                                    column: self.key_ref.clone(),
+                                },
+                                message: format!(
+                                    "more than {} distinct group keys (this one: {:?})",
+                                    self.max_groups,
+                                    String::from_utf8_lossy(text)
+                                ),
+                            });
+                            return Ok(true);
+                        }
+                        let id = self.groups.len() as u32;
+                        self.groups.push(String::from_utf8_lossy(text).into_owned());
+                        self.group_index.insert(text.clone(), id);
+                        id
+                    }
+                };
+                global.push(id);
+            }
+            let n = self.column_refs.len();
+            for &(k, slot, null) in &p.keyed_misses {
+                let series = global[k as usize] as usize * n + slot;
+                if self.series_nulls.len() <= series {
+                    self.series_nulls.resize(series + 1, 0);
+                    self.series_skipped.resize(series + 1, 0);
+                }
+                if null {
+                    self.series_nulls[series] += 1;
+                } else {
+                    self.series_skipped[series] += 1;
+                }
+            }
             for (slot, values) in p.values.iter().enumerate() {
                 self.ready[slot].extend_from_slice(values);
+                self.ready_keys[slot].extend(p.keys[slot].iter().map(|&k| global[k as usize]));
                 self.null_count[slot] += p.nulls[slot];
                 self.skipped[slot] += p.skipped[slot];
             }
             if let Some((line, slot, message)) = p.error {
+                let column = match slot {
+                    usize::MAX => self.key_ref.clone(),
+                    s => Some(self.column_refs[s].clone()),
+                };
                 self.failed = Some(Error::InvalidInput {
                     path: self.path.clone(),
                     at: Location::Line {
                         line: self.line + line,
-                        column: Some(self.column_refs[slot].clone()),
+                        column,
                     },
                     message,
                 });
@@ -984,7 +1196,18 @@ impl<'a> TextSource<'a> {
 
 impl crate::source::ColumnsSource for TextSource<'_> {
     fn columns(&self) -> Vec<ColumnRef> {
-        self.column_refs.clone()
+        if self.key_ref.is_none() {
+            return self.column_refs.clone();
+        }
+        // One series per (group, column), group-major.
+        (0..self.groups.len())
+            .flat_map(|_| self.column_refs.iter().cloned())
+            .collect()
+    }
+
+    fn series_group(&self, series: usize) -> Option<String> {
+        self.key_ref.as_ref()?;
+        self.groups.get(series / self.column_refs.len()).cloned()
     }
 
     fn next_columns(&mut self) -> Result<Option<Vec<(usize, crate::backend::BatchRef<'_>)>>> {
@@ -993,6 +1216,46 @@ impl crate::source::ColumnsSource for TextSource<'_> {
         }
         if !self.parse_round()? {
             return Ok(None);
+        }
+        if self.key_ref.is_some() {
+            // Each column's values gathered by group: series group · columns + column.
+            let n = self.column_refs.len();
+            self.gathered.clear();
+            self.spans.clear();
+            let mut counts = vec![0u32; self.groups.len()];
+            for (slot, (values, keys)) in self.ready.iter().zip(&self.ready_keys).enumerate() {
+                let base = self.gathered.len();
+                let mut touched = Vec::new();
+                for &k in keys {
+                    if counts[k as usize] == 0 {
+                        touched.push(k);
+                    }
+                    counts[k as usize] += 1;
+                }
+                let mut start = base;
+                for &k in &touched {
+                    let c = counts[k as usize] as usize;
+                    self.spans.push((k as usize * n + slot, start, c));
+                    counts[k as usize] = start as u32;
+                    start += c;
+                }
+                self.gathered.resize(start, 0.0);
+                for (&k, &v) in keys.iter().zip(values) {
+                    let at = &mut counts[k as usize];
+                    self.gathered[*at as usize] = v;
+                    *at += 1;
+                }
+                for &k in &touched {
+                    counts[k as usize] = 0;
+                }
+            }
+            let g = &self.gathered;
+            return Ok(Some(
+                self.spans
+                    .iter()
+                    .map(|&(s, a, l)| (s, crate::backend::BatchRef::F64(&g[a..a + l])))
+                    .collect(),
+            ));
         }
         Ok(Some(
             self.ready
@@ -1012,11 +1275,17 @@ impl crate::source::ColumnsSource for TextSource<'_> {
     }
 
     fn skipped(&self) -> Vec<u64> {
-        self.skipped.clone()
+        match self.key_ref {
+            None => self.skipped.clone(),
+            Some(_) => self.series_skipped.clone(),
+        }
     }
 
     fn nulls(&self) -> Vec<u64> {
-        self.null_count.clone()
+        match self.key_ref {
+            None => self.null_count.clone(),
+            Some(_) => self.series_nulls.clone(),
+        }
     }
 
     fn excluded(&self) -> Vec<(ColumnRef, String)> {

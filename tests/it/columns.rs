@@ -425,3 +425,242 @@ fn depth_of_run(v: &serde_json::Value) -> f64 {
         CPU_DEPTH
     }
 }
+
+/// `--group-by`: each group's statistics equal a dictionary-of-lists reference, groups in
+/// first-seen order (or `--sort-groups`: numeric keys by value, text keys by text), over a
+/// file of several MiB (keys seen first in later chunks too), quoted keys holding the
+/// delimiter, nulls, two value columns, both backends; two files of one table merge by key.
+#[test]
+fn group_by_equals_a_dictionary_of_lists() {
+    let mut rng = fresh_rng("group_by");
+    let rows = 120_000;
+    let names = [
+        "paris",
+        "lyon",
+        "\"saint-denis, 93\"",
+        "nice",
+        "lille",
+        "brest",
+    ];
+    let mut csv = String::from("city,code,temp,rain\n");
+    let mut by_city: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut by_code: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    let mut rain_nulls: std::collections::HashMap<String, u64> = Default::default();
+    for r in 0..rows {
+        // A new city only after the first MiB: first seen in a later chunk.
+        let city = if r > 60_000 && r % 1000 == 0 {
+            "\"late, key\""
+        } else {
+            names[rng.random_range(0..names.len())]
+        };
+        let code: i64 = rng.random_range(-20..20) * 1000;
+        let temp = rng.random_range(-30.0..45.0f64) + 1.0e5;
+        let rain = if r % 17 == 0 {
+            None
+        } else {
+            Some(rng.random_range(0.0..1.0f64).powi(3))
+        };
+        let rain_text = rain.map_or("NA".to_string(), |x| format!("{x:e}"));
+        csv += &format!("{city},{code},{temp},{rain_text}\n");
+        let key = city.trim_matches('"').to_string();
+        let at = match by_city.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                by_city.push((key, Vec::new(), Vec::new()));
+                by_city.len() - 1
+            }
+        };
+        by_city[at].1.push(temp);
+        match rain {
+            Some(x) => by_city[at].2.push(x),
+            None => *rain_nulls.entry(by_city[at].0.clone()).or_default() += 1,
+        }
+        by_code.entry(code).or_default().push(temp);
+    }
+    let file = tmp_file("group-by", "weather.csv", csv.as_bytes());
+    let file = file.to_str().unwrap();
+    for backend in backends() {
+        let v = json(&run(&[
+            "run",
+            file,
+            "--group-by",
+            "city",
+            "--column",
+            "temp,rain",
+            "--null",
+            "NA",
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        let groups = v["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 2 * by_city.len(), "{backend}");
+        for (g, (key, temps, rains)) in by_city.iter().enumerate() {
+            for (c, (name, values)) in [("temp", temps), ("rain", rains)].into_iter().enumerate() {
+                let row = &groups[2 * g + c];
+                let what = format!("{backend}: group {key} column {name}");
+                assert_eq!(row["key"], key.as_str(), "{what}: first-seen order");
+                assert_eq!(row["name"], name, "{what}");
+                check_stats_json(
+                    &what,
+                    &row["stats"],
+                    &reference_f64(values.iter().copied()),
+                    CPU_DEPTH,
+                );
+            }
+        }
+        // Integer keys sorted by value.
+        let w = json(&run(&[
+            "run",
+            file,
+            "--group-by",
+            "code",
+            "--column",
+            "temp",
+            "--sort-groups",
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        let keys: Vec<i64> = w["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["key"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(keys, by_code.keys().copied().collect::<Vec<_>>());
+        for (g, values) in w["groups"].as_array().unwrap().iter().zip(by_code.values()) {
+            check_stats_json(
+                "code",
+                &g["stats"],
+                &reference_f64(values.iter().copied()),
+                CPU_DEPTH,
+            );
+        }
+    }
+    // Text keys sorted; rows as CSV keyed by group.
+    let o = run(&[
+        "run",
+        file,
+        "--group-by",
+        "city",
+        "--column",
+        "temp",
+        "--sort-groups",
+        "--csv",
+    ]);
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert!(lines[0].starts_with("group,count,"), "{}", lines[0]);
+    let mut sorted: Vec<&str> = by_city.iter().map(|(k, _, _)| k.as_str()).collect();
+    sorted.sort();
+    let got: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(l.as_bytes());
+            r.records().next().unwrap().unwrap()[0].to_string()
+        })
+        .collect();
+    assert_eq!(got, sorted);
+
+    // Two files of the table: groups merged by key (one file lacks a key the other has).
+    let (head, body) = csv.split_once('\n').unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    let a = tmp_file(
+        "group-by",
+        "a.csv",
+        format!("{head}\n{}\n", lines[..30_000].join("\n")).as_bytes(),
+    );
+    let b = tmp_file(
+        "group-by",
+        "b.csv",
+        format!("{head}\n{}\n", lines[30_000..].join("\n")).as_bytes(),
+    );
+    let both = json(&run(&[
+        "run",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--group-by",
+        "city",
+        "--column",
+        "temp",
+        "--json",
+    ]));
+    let groups = both["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), by_city.len());
+    for (key, temps, _) in &by_city {
+        let g = groups.iter().find(|g| g["key"] == key.as_str()).unwrap();
+        check_stats_json(
+            key,
+            &g["stats"],
+            &reference_f64(temps.iter().copied()),
+            CPU_DEPTH,
+        );
+    }
+}
+
+/// Group-by errors: too many keys (naming the line of the first one too many), a missing key
+/// column, a ragged line without its key (or, skipping, counted), the key asked as a value.
+#[test]
+fn group_by_errors() {
+    let file = tmp_file("group-by-errors", "t.csv", b"k,v\na,1\nb,2\nc,3\nd\n");
+    let f = file.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "run",
+                f,
+                "--group-by",
+                "k",
+                "--column",
+                "v",
+                "--max-groups",
+                "2",
+            ],
+            "line 4",
+        ),
+        (
+            vec!["run", f, "--group-by", "nope", "--column", "v"],
+            "no such column to group by",
+        ),
+        (vec!["run", f, "--group-by", "k", "--column", "v"], "line 5"),
+        (
+            vec!["run", f, "--group-by", "k", "--column", "k,v"],
+            "group key",
+        ),
+        (vec!["run", f, "--sort-groups"], "--group-by"),
+    ] {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stdout(&o).is_empty(), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&[
+        "run",
+        f,
+        "--group-by",
+        "k",
+        "--column",
+        "v",
+        "--max-groups",
+        "2",
+    ]);
+    assert!(stderr(&o).contains("--max-groups"), "{}", stderr(&o));
+    let v = json(&run(&[
+        "run",
+        f,
+        "--group-by",
+        "k",
+        "--column",
+        "v",
+        "--skip-invalid",
+        "--json",
+    ]));
+    let groups = v["groups"].as_array().unwrap();
+    // The short line "d" has its key but no value: the group is there, its value skipped.
+    assert_eq!(groups.len(), 4);
+    assert_eq!(groups[3]["key"], "d");
+    assert_eq!(groups[3]["stats"]["count"], 0);
+    assert_eq!(groups[3]["skipped"], 1);
+}

@@ -95,13 +95,16 @@ proptest! {
         column in 0usize..4,
         delimiter in prop::option::of(prop::sample::select(vec![b',', b'\t', b';', b' '])),
         skip_invalid in any::<bool>(),
-        several in 0usize..3,
+        several in 0usize..4,
     ) {
         let options = TextOptions {
             column: Column::Index(column),
             // Several columns (one pass) or every numeric one: the multi-column parser.
             columns: if several == 1 { vec![Column::Index(column), Column::Index((column + 1) % 4)] } else { vec![] },
             all_columns: several == 2,
+            // Grouped by another column, with a small limit on keys.
+            group_by: (several == 3).then(|| Column::Index((column + 2) % 4)),
+            max_groups: 5,
             header,
             nulls,
             delimiter: delimiter.map(|d| if d == b' ' { Delimiter::Whitespace } else { Delimiter::Byte(d) }),
@@ -115,6 +118,12 @@ proptest! {
                 use microbatch::source::ColumnsSource;
                 let n = s.column_refs().len();
                 while let Ok(Some(pieces)) = s.next_columns() {
+                    if several == 3 {
+                        // Grouped: every piece is a known (group, column) series.
+                        let series = s.columns().len();
+                        prop_assert!(series <= 5 * n);
+                        continue;
+                    }
                     prop_assert_eq!(pieces.len(), n);
                     prop_assert!(pieces.iter().enumerate().all(|(i, (tag, _))| *tag == i));
                 }

@@ -342,6 +342,97 @@ impl Sketch {
     }
 }
 
+/// How histogram bins are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    /// Equal widths from the minimum to the maximum.
+    Linear,
+    /// Equal ratios from the minimum to the maximum (positive values only).
+    Log,
+}
+
+/// A histogram of the finite values from a sketch ([`Sketch::histogram`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Bin spacing.
+    pub scale: Scale,
+    /// `bins + 1` edges from the exact minimum to the exact maximum; bin `i` is
+    /// `[edges[i], edges[i+1])`, the last one closed.
+    pub edges: Vec<f64>,
+    /// Values per bin.
+    pub counts: Vec<u64>,
+    /// The sketch's relative error: a value within this fraction of its magnitude from an
+    /// edge may be counted in the bin on the other side of it; every other value is in its bin.
+    pub relative_error: f64,
+}
+
+impl Sketch {
+    /// A histogram of the finite values in `bins` bins between their exact `min` and `max`,
+    /// each sketch bucket counted in the bin of its midpoint (clamped to [min, max]): exact for
+    /// every value farther than the relative error from a bin edge. `None` without values;
+    /// an error for log bins over values that are not all positive, or no bins.
+    pub fn histogram(
+        &self,
+        bins: usize,
+        scale: Scale,
+        min: f64,
+        max: f64,
+    ) -> Result<Option<Histogram>> {
+        if bins == 0 {
+            return Err(Error::InvalidConfig(
+                "a histogram needs at least one bin".to_string(),
+            ));
+        }
+        if self.count() == 0 || !(min.is_finite() && max.is_finite()) {
+            return Ok(None);
+        }
+        if scale == Scale::Log && min <= 0.0 {
+            return Err(Error::InvalidConfig(format!(
+                "log bins need positive values, but the smallest is {min}: use linear bins"
+            )));
+        }
+        let edges: Vec<f64> = (0..=bins)
+            .map(|i| {
+                let f = i as f64 / bins as f64;
+                match (i, scale) {
+                    (0, _) => min,
+                    (i, _) if i == bins => max,
+                    (_, Scale::Linear) => min + (max - min) * f,
+                    (_, Scale::Log) => min * (max / min).powf(f),
+                }
+            })
+            .collect();
+        let mut counts = vec![0u64; bins];
+        let bin_of = |x: f64| -> usize {
+            // The last edge not above x (edges are increasing; equal edges when min == max).
+            edges[1..bins].partition_point(|&e| e <= x)
+        };
+        let mut add = |x: f64, c: u64| {
+            counts[bin_of(x.clamp(min, max))] += c;
+        };
+        for (i, &c) in self.negative.counts.iter().enumerate() {
+            if c > 0 {
+                add(-self.value(self.negative.offset + i as i64), c);
+            }
+        }
+        if self.zeros > 0 {
+            add(0.0, self.zeros);
+        }
+        for (i, &c) in self.positive.counts.iter().enumerate() {
+            if c > 0 {
+                add(self.value(self.positive.offset + i as i64), c);
+            }
+        }
+        Ok(Some(Histogram {
+            scale,
+            edges,
+            counts,
+            relative_error: self.relative_error(),
+        }))
+    }
+}
+
 /// Mantissa bits for a relative accuracy of at least `alpha`: the fewest `m` with
 /// `2^−(m+1) ≤ alpha`.
 pub fn mantissa_bits_for(alpha: f64) -> Result<u8> {
@@ -564,6 +655,70 @@ mod tests {
             &format!("seed {seed}, i64"),
             &ints.iter().map(|&x| x as f64).collect::<Vec<_>>(),
             &s,
+        );
+    }
+
+    /// Histograms: every value farther than the relative error from an edge is in its own bin
+    /// (checked against exact counts), the counts add up, log bins refuse non-positive data.
+    #[test]
+    fn histograms_count_every_value_in_its_bin_but_near_edges() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
+        let data: Vec<f64> = (0..20_000)
+            .map(|_| rng.random_range(0.5..1000.0f64).powf(1.3))
+            .collect();
+        let mut s = Sketch::new(0.01).unwrap();
+        s.add_f64_slice(&data);
+        let (min, max) = data
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        for scale in [Scale::Linear, Scale::Log] {
+            let h = s.histogram(37, scale, min, max).unwrap().unwrap();
+            assert_eq!(h.edges.len(), 38);
+            assert_eq!((h.edges[0], h.edges[37]), (min, max));
+            assert_eq!(h.counts.iter().sum::<u64>(), data.len() as u64);
+            // Exact counts, and how many values lie near an edge: the difference is at most that.
+            let mut exact = vec![0u64; 37];
+            let mut near = vec![0u64; 37];
+            for &x in &data {
+                let b = h.edges[1..37].partition_point(|&e| e <= x);
+                exact[b] += 1;
+                if h.edges
+                    .iter()
+                    .any(|&e| (x - e).abs() <= h.relative_error * x.abs())
+                {
+                    near[b] += 1;
+                    if b > 0 {
+                        near[b - 1] += 1;
+                    }
+                    if b + 1 < 37 {
+                        near[b + 1] += 1;
+                    }
+                }
+            }
+            for b in 0..37 {
+                assert!(
+                    h.counts[b].abs_diff(exact[b]) <= near[b],
+                    "{scale:?} bin {b}: {} vs {} (near {})",
+                    h.counts[b],
+                    exact[b],
+                    near[b]
+                );
+            }
+        }
+        let mut signed = Sketch::new(0.01).unwrap();
+        signed.add_f64_slice(&[-1.0, 0.0, 2.0]);
+        assert!(signed.histogram(4, Scale::Log, -1.0, 2.0).is_err());
+        let h = signed
+            .histogram(3, Scale::Linear, -1.0, 2.0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.counts, [1, 1, 1]);
+        assert!(
+            Sketch::new(0.01)
+                .unwrap()
+                .histogram(3, Scale::Linear, 0.0, 0.0)
+                .unwrap()
+                .is_none()
         );
     }
 

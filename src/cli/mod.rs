@@ -236,9 +236,37 @@ struct RunArgs {
     #[arg(long, value_name = "E", default_value_t = microbatch::sketch::DEFAULT_QUANTILE_ERROR)]
     quantile_error: f64,
 
+    /// A histogram of the values in BINS bins from the exact minimum to the exact maximum (from
+    /// the quantile sketch: a value within --quantile-error of a bin edge may be counted in the
+    /// bin beside it; every other value is in its own bin). NaN and infinities are counted
+    /// apart.
+    #[arg(long, value_name = "BINS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    histogram: Option<u32>,
+
+    /// With --histogram: linear bins (equal widths) or log bins (equal ratios; positive data).
+    #[arg(
+        long,
+        value_name = "SCALE",
+        default_value = "linear",
+        requires = "histogram"
+    )]
+    histogram_scale: HistogramScale,
+
+    /// With --histogram: also draw it as SVG to FILE.svg.
+    #[cfg(feature = "plot")]
+    #[arg(long, value_name = "FILE.svg", requires = "histogram")]
+    histogram_plot: Option<PathBuf>,
+
     /// No progress bar (it shows on a terminal once a run takes over a second).
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// How histogram bins are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HistogramScale {
+    Linear,
+    Log,
 }
 
 /// What the statistics mean and how they are printed.
@@ -422,6 +450,7 @@ fn run(args: RunArgs) -> Result<()> {
         } else {
             None
         };
+        let other = other.or(args.histogram.map(|_| "--histogram"));
         if let Some(flag) = other {
             anyhow::bail!(
                 "{flag} reduces one series: it takes one --column, not several columns or an --axis"
@@ -443,9 +472,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     if !args.remote.is_empty() {
-        if !args.quantile_list().is_empty() {
+        if !args.quantile_list().is_empty() || args.histogram.is_some() {
             anyhow::bail!(
-                "--quantiles and --median are computed here, not by the processing services: drop --remote to get them"
+                "--quantiles, --median and --histogram are computed here, not by the processing services: drop --remote to get them"
             );
         }
         return run_remote(&args, &options, total_bytes);
@@ -500,7 +529,7 @@ fn run(args: RunArgs) -> Result<()> {
         engine.set_buffered_batch_size(microbatch::BUFFERED_BATCH_SIZE);
     }
     let qs = args.quantile_list();
-    if !qs.is_empty() {
+    if !qs.is_empty() || args.histogram.is_some() {
         engine.set_quantiles(Some(args.quantile_error))?;
     }
     let mut noticed = engine.notice().map(str::to_string);
@@ -546,8 +575,25 @@ fn run(args: RunArgs) -> Result<()> {
     let report = Report::combine(&reports).expect("at least one input");
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
 
+    let histogram = match (args.histogram, &report.sketch) {
+        (Some(bins), Some(sketch)) => sketch.histogram(
+            bins as usize,
+            match args.histogram_scale {
+                HistogramScale::Linear => microbatch::sketch::Scale::Linear,
+                HistogramScale::Log => microbatch::sketch::Scale::Log,
+            },
+            report.partial.min,
+            report.partial.max,
+        )?,
+        _ => None,
+    };
     // Everything succeeded: only now is anything written.
     write_partial(&args, report.partial, report.sketch.clone(), skipped)?;
+    #[cfg(feature = "plot")]
+    if let (Some(path), Some(h)) = (&args.histogram_plot, &histogram) {
+        plot::histogram(path, h, &report.partial)
+            .with_context(|| format!("drawing {}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     let quantiles_of =
         |r: &Report| -> Vec<Option<f64>> { qs.iter().map(|&q| r.quantile(q)).collect() };
@@ -563,6 +609,9 @@ fn run(args: RunArgs) -> Result<()> {
             );
             v["quantile_error"] =
                 serde_json::json!(report.sketch.as_ref().map(|s| s.relative_error()));
+        }
+        if args.histogram.is_some() {
+            v["histogram"] = histogram_json(histogram.as_ref(), &report.partial);
         }
         if let Some(c) = &choice {
             v["choice"] = c.json.clone();
@@ -627,6 +676,9 @@ fn run(args: RunArgs) -> Result<()> {
             report.stats.skip_nan,
             &qs,
         )?;
+        if args.histogram.is_some() {
+            write_histogram(&mut out, histogram.as_ref(), &report.partial)?;
+        }
         if let Some(c) = &choice {
             writeln!(out, "chosen       {}", c.line)?;
         }
@@ -1251,6 +1303,60 @@ fn merge(args: MergeArgs) -> Result<()> {
         )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The `histogram` object of `run --json`: scale, edges, counts, the relative error at edges,
+/// and the values outside (NaN, ±inf); null edges and counts without finite values.
+fn histogram_json(
+    h: Option<&microbatch::sketch::Histogram>,
+    p: &microbatch::Partial,
+) -> serde_json::Value {
+    serde_json::json!({
+        "scale": h.map(|h| h.scale),
+        "edges": h.map(|h| h.edges.iter().map(|&e| serde_json::json!(e)).collect::<Vec<_>>()),
+        "counts": h.map(|h| h.counts.clone()),
+        "relative_error": h.map(|h| h.relative_error),
+        "outside": {"nan": p.nan_count, "neg_inf": p.neg_inf_count, "pos_inf": p.pos_inf_count},
+    })
+}
+
+/// The table's `histogram` section: a line per bin with its count and a bar.
+fn write_histogram(
+    out: &mut impl Write,
+    h: Option<&microbatch::sketch::Histogram>,
+    p: &microbatch::Partial,
+) -> Result<()> {
+    let Some(h) = h else {
+        writeln!(out, "histogram    no finite values")?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "histogram    {} bins, {:?} (values within {:.3} % of an edge may sit in the bin beside it)",
+        h.counts.len(),
+        h.scale,
+        h.relative_error * 100.0
+    )?;
+    let top = h.counts.iter().copied().max().unwrap_or(0).max(1);
+    let edge = |x: f64| format!("{x:.6e}");
+    for (i, &c) in h.counts.iter().enumerate() {
+        let close = if i + 1 == h.counts.len() { "]" } else { ")" };
+        let bar = "#".repeat(((c as f64 / top as f64) * 40.0).round() as usize);
+        writeln!(
+            out,
+            "  [{}, {}{close}  {c:>12}  {bar}",
+            edge(h.edges[i]),
+            edge(h.edges[i + 1])
+        )?;
+    }
+    if p.nan_count + p.neg_inf_count + p.pos_inf_count > 0 {
+        writeln!(
+            out,
+            "  outside: {} NaN, {} -inf, {} +inf",
+            p.nan_count, p.neg_inf_count, p.pos_inf_count
+        )?;
+    }
     Ok(())
 }
 

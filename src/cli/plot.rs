@@ -175,3 +175,72 @@ pub(crate) fn plot(path: &Path, r: &BenchReport) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// `run --histogram-plot`: the histogram as bars over its bin edges (log x axis for log bins).
+pub(crate) fn histogram(
+    path: &Path,
+    h: &microbatch::sketch::Histogram,
+    p: &microbatch::Partial,
+) -> Result<()> {
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let (lo, hi) = (h.edges[0], *h.edges.last().unwrap_or(&h.edges[0]));
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let caption = format!(
+        "microbatch: {} values in {} bins ({:.2} % at edges){}",
+        h.counts.iter().sum::<u64>(),
+        h.counts.len(),
+        h.relative_error * 100.0,
+        if p.nan_count + p.pos_inf_count + p.neg_inf_count > 0 {
+            format!(
+                "; outside: {} NaN, {} ±inf",
+                p.nan_count,
+                p.pos_inf_count + p.neg_inf_count
+            )
+        } else {
+            String::new()
+        }
+    );
+    let bars = h.counts.iter().enumerate().map(|(i, &c)| {
+        Rectangle::new(
+            [
+                (h.edges[i], 0.0),
+                (h.edges[i + 1].max(h.edges[i]), c as f64),
+            ],
+            BLUE.mix(0.6).filled(),
+        )
+    });
+    match h.scale {
+        microbatch::sketch::Scale::Linear => {
+            let mut chart = ChartBuilder::on(&root)
+                .caption(caption, ("sans-serif", 20))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(70)
+                .build_cartesian_2d(lo..hi, 0.0..top * 1.05)?;
+            chart
+                .configure_mesh()
+                .x_desc("value")
+                .y_desc("count")
+                .draw()?;
+            chart.draw_series(bars)?;
+        }
+        microbatch::sketch::Scale::Log => {
+            let mut chart = ChartBuilder::on(&root)
+                .caption(caption, ("sans-serif", 20))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(70)
+                .build_cartesian_2d((lo..hi).log_scale(), 0.0..top * 1.05)?;
+            chart
+                .configure_mesh()
+                .x_desc("value (log)")
+                .y_desc("count")
+                .draw()?;
+            chart.draw_series(bars)?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

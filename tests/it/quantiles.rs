@@ -349,3 +349,135 @@ fn quantiles_per_column_and_per_lane() {
         "{text}"
     );
 }
+
+/// `--histogram BINS`: edges from the exact min to the exact max, every value farther than the
+/// stated relative error from an edge counted in its own bin (checked against exact counts on
+/// both backends), NaN and infinities apart; log bins; the SVG; the errors.
+#[test]
+fn histograms_against_exact_counts() {
+    let mut rng = fresh_rng("histogram");
+    let mut data: Vec<f32> = (0..50_000)
+        .map(|_| rng.random_range(-3.0f32..7.0).powi(3))
+        .collect();
+    data.extend([f32::NAN, f32::INFINITY, 0.0]);
+    let dir = Scratch::new("histogram");
+    let f = dir.join("v.f32");
+    std::fs::write(&f, f32_bytes(&data)).unwrap();
+    let svg = dir.join("h.svg");
+    for backend in backends() {
+        let mut args = vec![
+            "run",
+            f.to_str().unwrap(),
+            "--histogram",
+            "13",
+            "--json",
+            "--backend",
+            backend,
+        ];
+        if cfg!(feature = "plot") {
+            args.extend(["--histogram-plot", svg.to_str().unwrap()]);
+        }
+        let v = json(&run(&args));
+        let h = &v["histogram"];
+        let edges: Vec<f64> = h["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_f64().unwrap())
+            .collect();
+        let counts: Vec<u64> = h["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        let alpha = h["relative_error"].as_f64().unwrap();
+        let finite: Vec<f64> = data
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|&x| f64::from(x))
+            .collect();
+        let (min, max) = finite
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        assert_eq!((edges[0], edges[13]), (min, max), "{backend}");
+        assert_eq!(counts.iter().sum::<u64>(), finite.len() as u64);
+        assert_eq!(
+            (
+                h["outside"]["nan"].as_u64(),
+                h["outside"]["pos_inf"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+        let mut exact = [0u64; 13];
+        let mut near = [0u64; 13];
+        for &x in &finite {
+            let b = edges[1..13].partition_point(|&e| e <= x);
+            exact[b] += 1;
+            if edges.iter().any(|&e| (x - e).abs() <= alpha * x.abs()) {
+                for nb in b.saturating_sub(1)..(b + 2).min(13) {
+                    near[nb] += 1;
+                }
+            }
+        }
+        for b in 0..13 {
+            assert!(
+                counts[b].abs_diff(exact[b]) <= near[b],
+                "{backend} bin {b}: {} vs exact {}",
+                counts[b],
+                exact[b]
+            );
+        }
+        if cfg!(feature = "plot") {
+            let text = std::fs::read_to_string(&svg).unwrap();
+            assert!(
+                text.contains("<svg") && text.contains("13 bins"),
+                "{text:.200}"
+            );
+        }
+    }
+    // Log bins need positive values; several series take no histogram.
+    let o = run(&[
+        "run",
+        f.to_str().unwrap(),
+        "--histogram",
+        "4",
+        "--histogram-scale",
+        "log",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("positive"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+    let pos = dir.join("p.f32");
+    std::fs::write(&pos, f32_bytes(&[1.0, 10.0, 100.0, 1000.0])).unwrap();
+    let v = json(&run(&[
+        "run",
+        pos.to_str().unwrap(),
+        "--histogram",
+        "3",
+        "--histogram-scale",
+        "log",
+        "--json",
+    ]));
+    assert_eq!(v["histogram"]["counts"], serde_json::json!([1, 1, 2]));
+    assert_eq!(v["histogram"]["scale"], "log");
+    let csv = tmp_file("histogram", "t.csv", b"a,b\n1,2\n");
+    let o = run(&[
+        "run",
+        csv.to_str().unwrap(),
+        "--column",
+        "a,b",
+        "--histogram",
+        "3",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--histogram"),
+        "{}",
+        stderr(&o)
+    );
+}

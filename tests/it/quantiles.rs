@@ -417,8 +417,8 @@ fn histograms_against_exact_counts() {
             let b = edges[1..13].partition_point(|&e| e <= x);
             exact[b] += 1;
             if edges.iter().any(|&e| (x - e).abs() <= alpha * x.abs()) {
-                for nb in b.saturating_sub(1)..(b + 2).min(13) {
-                    near[nb] += 1;
+                for n in &mut near[b.saturating_sub(1)..(b + 2).min(13)] {
+                    *n += 1;
                 }
             }
         }

@@ -17,6 +17,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use microbatch::Partial;
+use microbatch::sketch::Sketch;
 use microbatch::stats::IntPart;
 
 /// stream id → its record (JSON of [`Record`]).
@@ -46,10 +47,13 @@ struct Record {
     /// The address of the client that opened the stream.
     #[serde(default)]
     owner: String,
+    /// The stream's quantile sketch, when it was opened with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sketch: Option<Sketch>,
 }
 
 impl Record {
-    fn of(p: &Partial, batches: u64, owner: &str) -> Self {
+    fn of(p: &Partial, batches: u64, owner: &str, sketch: Option<&Sketch>) -> Self {
         Self {
             count: p.count,
             nan_count: p.nan_count,
@@ -66,6 +70,7 @@ impl Record {
                 .map(|i| [i.sum.to_string(), i.min.to_string(), i.max.to_string()]),
             batches,
             owner: owner.to_string(),
+            sketch: sketch.cloned(),
         }
     }
 
@@ -104,6 +109,7 @@ pub(crate) struct Loaded {
     /// Each key's answer and when it was applied (Unix seconds).
     pub keys: HashMap<String, (String, u64)>,
     pub owner: String,
+    pub sketch: Option<Sketch>,
 }
 
 /// One write for the committer.
@@ -222,6 +228,7 @@ impl Store {
                     batches,
                     keys: HashMap::new(),
                     owner: record.owner.clone(),
+                    sketch: record.sketch.clone(),
                 },
             );
         }
@@ -261,12 +268,13 @@ impl Store {
         partial: &Partial,
         batches: u64,
         owner: &str,
+        sketch: Option<&Sketch>,
         key: Option<(&str, &str, u64)>,
     ) -> Result<u64> {
         if self.committer.is_none() {
             return Ok(0);
         }
-        let record = serde_json::to_vec(&Record::of(partial, batches, owner))?;
+        let record = serde_json::to_vec(&Record::of(partial, batches, owner, sketch))?;
         Ok(self.submit(Op::Save {
             id: id.to_string(),
             record,
@@ -396,7 +404,9 @@ mod tests {
         // the other's keys.
         for (id, keys) in [("s1", ["a", "b"]), ("s10", ["a", "c"]), ("s2", ["z", "y"])] {
             for k in keys {
-                let t = store.save(id, &p, 1, "me", Some((k, "{}", 7))).unwrap();
+                let t = store
+                    .save(id, &p, 1, "me", None, Some((k, "{}", 7)))
+                    .unwrap();
                 store.wait(t).await;
             }
         }

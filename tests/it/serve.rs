@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::common::*;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
+use rand::RngExt;
 use serde_json::Value;
 
 /// A server on a free loopback port, killed when dropped.
@@ -1448,4 +1449,123 @@ fn idempotency_keys_are_forgotten_after_their_ttl_in_memory_and_on_disk() {
     assert_eq!(v["stats"]["count"], 4, "{v}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stream opened with `?quantile_error=E` keeps a sketch of its batches: `?quantiles=` on
+/// its answers gives the quantiles of everything appended (equal to `run --quantiles` over the
+/// same values, bit for bit: sketches merge exactly), small and large batches alike; its
+/// partial carries the sketch (it merges with the CLI's shards); the sketch survives a restart
+/// from the store; a stream without one answers quantiles as null; bad options are 400.
+#[test]
+fn streams_keep_a_quantile_sketch_across_batches_and_restarts() {
+    let dir = scratch_root().join("microbatch-store-sketch");
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.to_str().unwrap().to_string();
+    let server = Server::start(&["--backend", "cpu", "--data-dir", &data_dir]);
+    let c = client();
+    let id = json_ok(
+        c.post(server.url("/v1/streams?quantile_error=0.01"))
+            .send()
+            .unwrap(),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut rng = fresh_rng("serve_sketch");
+    let mut all = Vec::new();
+    // A small body (the runtime's path) and a large one (the engine's).
+    for n in [1_000usize, 300_000] {
+        let batch: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(-1e3f32..1e3).powi(3))
+            .collect();
+        all.extend_from_slice(&batch);
+        let v = json_ok(
+            c.post(server.url(&format!("/v1/streams/{id}/batches?quantiles=0.5")))
+                .body(f32_bytes(&batch))
+                .send()
+                .unwrap(),
+        );
+        assert!(v["stats"]["quantiles"]["0.5"].is_number(), "{v}");
+    }
+    let file = tmp_file("serve-sketch", "all.f32", &f32_bytes(&all));
+    let local = json(&run(&[
+        "run",
+        file.to_str().unwrap(),
+        "--quantiles",
+        "0.01,0.5,0.99",
+        "--json",
+    ]));
+    let get = || {
+        json_ok(
+            c.get(server.url(&format!("/v1/streams/{id}?quantiles=0.01,0.5,0.99")))
+                .send()
+                .unwrap(),
+        )
+    };
+    let v = get();
+    assert_eq!(v["stats"]["quantiles"], local["stats"]["quantiles"]);
+    assert_eq!(v["quantile_error"], local["quantile_error"]);
+    // The partial carries the sketch: merged with nothing else, the same quantiles.
+    let partial = c
+        .get(server.url(&format!("/v1/streams/{id}/partial")))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let shard = tmp_file("serve-sketch", "stream.json", partial.as_bytes());
+    let merged = json(&run(&[
+        "merge",
+        shard.to_str().unwrap(),
+        "--quantiles",
+        "0.01,0.5,0.99",
+        "--json",
+    ]));
+    assert_eq!(merged["stats"]["quantiles"], local["stats"]["quantiles"]);
+    // A restart from the store keeps it.
+    drop(server);
+    let server = Server::start(&["--backend", "cpu", "--data-dir", &data_dir]);
+    let v = json_ok(
+        c.get(server.url(&format!("/v1/streams/{id}?quantiles=0.01,0.5,0.99")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(v["stats"]["quantiles"], local["stats"]["quantiles"]);
+    // A stream without a sketch: quantiles are null, not made up.
+    let plain = json_ok(c.post(server.url("/v1/streams")).send().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = json_ok(
+        c.post(server.url(&format!("/v1/streams/{plain}/batches?quantiles=0.5")))
+            .body(f32_bytes(&[1.0, 2.0]))
+            .send()
+            .unwrap(),
+    );
+    assert!(v["stats"]["quantiles"]["0.5"].is_null(), "{v}");
+    for (url, says) in [
+        ("/v1/streams?quantile_error=0.9", "0.25"),
+        ("/v1/streams?quantile_error=x", "not a number"),
+    ] {
+        let e = error_of(
+            c.post(server.url(url)).send().unwrap(),
+            StatusCode::BAD_REQUEST,
+        );
+        assert!(e.contains(says), "{url}: {e}");
+    }
+    let e = error_of(
+        c.get(server.url(&format!("/v1/streams/{id}?quantiles=2")))
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(e.contains("[0, 1]"), "{e}");
+    // /v1/reduce takes no quantiles: refused, not ignored.
+    let e = error_of(
+        c.post(server.url("/v1/reduce?quantiles=0.5"))
+            .body(f32_bytes(&[1.0]))
+            .send()
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    );
+    assert!(e.contains("quantiles"), "{e}");
 }

@@ -74,6 +74,9 @@ pub(super) struct BodySpec {
     pub(super) length: Option<u64>,
     /// Most elements the body may hold (a stream's batch: `--max-batch`).
     pub(super) max_elements: Option<usize>,
+    /// Build a quantile sketch of the body with this many mantissa bits (a stream opened
+    /// with one).
+    pub(super) sketch_bits: Option<u8>,
 }
 
 impl BodySpec {
@@ -91,6 +94,7 @@ impl BodySpec {
             encoding: encoding_of(headers)?,
             length,
             max_elements,
+            sketch_bits: None,
         })
     }
 
@@ -189,6 +193,8 @@ pub(super) struct BodyInfo {
     pub(super) nulls: u64,
     pub(super) dtype: String,
     pub(super) precision: &'static str,
+    /// The body's quantile sketch, when asked for ([`BodySpec::sketch_bits`]).
+    pub(super) sketch: Option<microbatch::sketch::Sketch>,
 }
 
 /// Turns a streamed body into a blocking reader (for a blocking thread) that counts what
@@ -467,6 +473,9 @@ pub(super) fn reduce_reader(
         }
         reports.push(done);
     };
+    let mut sketch = spec
+        .sketch_bits
+        .map(microbatch::sketch::Sketch::with_mantissa_bits);
     loop {
         let mut buf = match free.pop() {
             Some(JobBatch::F32(v)) => microbatch::source::BatchBuf {
@@ -495,6 +504,9 @@ pub(super) fn reduce_reader(
             microbatch::source::Element::Int => JobBatch::Int(buf.int, source.int_offset()),
         };
         elements += n;
+        if let Some(s) = &mut sketch {
+            s.add(batch.as_ref());
+        }
         if let Some(max) = spec.max_elements
             && elements > max
         {
@@ -550,6 +562,7 @@ pub(super) fn reduce_reader(
             nulls: source.nulls(),
             dtype: source.dtype_name(),
             precision: source.element().name(),
+            sketch,
         },
     ))
 }

@@ -207,6 +207,8 @@ struct Stream {
     key_order: std::collections::VecDeque<(u64, String)>,
     /// The address of the client that opened it (for `--max-streams-per-client`).
     owner: String,
+    /// Its quantile sketch, when it was opened with `?quantile_error=E`.
+    sketch: Option<microbatch::sketch::Sketch>,
 }
 
 /// Whether a request presented the admin token.
@@ -320,6 +322,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
                     },
                     keys: l.keys.into_iter().map(|(k, (a, _))| (k, (a, 0))).collect(),
                     owner: l.owner,
+                    sketch: l.sketch,
                 },
             )
         })

@@ -67,7 +67,19 @@ pub(super) async fn create_stream(
     axum::Extension(Peer(peer)): axum::Extension<Peer>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    check_params(&query, &[])?;
+    check_params(&query, &["quantile_error"])?;
+    // A stream opened with `?quantile_error=E` keeps a mergeable quantile sketch of its batches.
+    let sketch = match query.get("quantile_error") {
+        None => None,
+        Some(e) => {
+            let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+            let e: f64 = e
+                .parse()
+                .map_err(|_| bad(format!("quantile_error {e:?} is not a number")))?;
+            let bits = microbatch::sketch::mantissa_bits_for(e).map_err(|x| bad(x.to_string()))?;
+            Some(microbatch::sketch::Sketch::with_mantissa_bits(bits))
+        }
+    };
     let (id, ticket) = {
         let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
         if streams.len() >= state.limits.max_streams {
@@ -92,7 +104,7 @@ pub(super) async fn create_stream(
         let id = format!("s{:032x}", rand::random::<u128>());
         let ticket = state
             .store
-            .save(&id, &Partial::EMPTY, 0, &peer, None)
+            .save(&id, &Partial::EMPTY, 0, &peer, sketch.as_ref(), None)
             .map_err(store_error)?;
         let now = Instant::now();
         streams.insert(
@@ -105,6 +117,7 @@ pub(super) async fn create_stream(
                 keys: HashMap::new(),
                 key_order: std::collections::VecDeque::new(),
                 owner: peer,
+                sketch,
             },
         );
         (id, ticket)
@@ -142,22 +155,63 @@ pub(super) fn unknown(id: &str) -> ApiError {
     )
 }
 
-pub(super) fn stream_json(state: &AppState, id: &str, s: &Stream, ddof: u32) -> Value {
-    stream_view(state, id, &s.partial, s.batches, s.created, ddof)
+pub(super) fn stream_json(state: &AppState, id: &str, s: &Stream, view: &View) -> Value {
+    stream_view(
+        state,
+        id,
+        &s.partial,
+        s.sketch.as_ref(),
+        s.batches,
+        s.created,
+        view,
+    )
+}
+
+/// How a stream's statistics are shown: `?ddof=` and `?quantiles=0.5,0.9` (for a stream with
+/// a sketch).
+pub(super) struct View {
+    pub(super) ddof: u32,
+    pub(super) quantiles: Vec<f64>,
+}
+
+impl View {
+    pub(super) fn of(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+        let quantiles = match query.get("quantiles") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|q| match q.trim().parse::<f64>() {
+                    Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                    _ => Err(bad(format!("quantile {q:?} is not a number in [0, 1]"))),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            ddof: ddof_of(query)?,
+            quantiles,
+        })
+    }
 }
 
 pub(super) fn stream_view(
     state: &AppState,
     id: &str,
     partial: &Partial,
+    sketch: Option<&microbatch::sketch::Sketch>,
     batches: u64,
     created: Instant,
-    ddof: u32,
+    view: &View,
 ) -> Value {
+    let mut stats = Report::stats_json(&partial.finish(view.ddof, false));
+    if !view.quantiles.is_empty() {
+        stats["quantiles"] = Report::quantiles_json(sketch, partial, false, &view.quantiles);
+    }
     json!({
         "id": id,
         "batches": batches,
-        "stats": Report::stats_json(&partial.finish(ddof, false)),
+        "stats": stats,
+        "quantile_error": sketch.map(|s| s.relative_error()),
         "age_s": created.elapsed().as_secs_f64(),
         "backend": state.backend,
     })
@@ -172,8 +226,11 @@ pub(super) async fn append_batch(
 ) -> Result<Response, ApiError> {
     // Everything is validated before anything is read or applied: a refused batch is never
     // merged (a client that retries after a 400 must not count its data twice).
-    let spec = BodySpec::of(&state, &headers, &query, Some(state.limits.max_batch))?;
-    let ddof = ddof_of(&query)?;
+    // `quantiles` shapes the answer, not the body: it is taken out before the body's checks.
+    let view = View::of(&query)?;
+    let mut body_query = query.clone();
+    body_query.remove("quantiles");
+    let mut spec = BodySpec::of(&state, &headers, &body_query, Some(state.limits.max_batch))?;
     let key = idempotency_key(&headers)?;
     let replay = |answer: &str| -> Response {
         (
@@ -191,6 +248,7 @@ pub(super) async fn append_batch(
         // The upload counts as use: the stream cannot expire while its batch arrives.
         let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
         s.last_used = Instant::now();
+        spec.sketch_bits = s.sketch.as_ref().map(|k| k.mantissa_bits);
         key.as_ref().and_then(|k| s.keys.get(k)).cloned()
     };
     // A key already applied: the original answer (once it is on disk), nothing applied again.
@@ -198,7 +256,7 @@ pub(super) async fn append_batch(
         state.store.wait(ticket).await;
         return Ok(replay(&answer));
     }
-    let (done, _) = reduce_request(Arc::clone(&state), body, spec).await?;
+    let (done, info) = reduce_request(Arc::clone(&state), body, spec).await?;
     // All of the batch is reduced: apply it whole, and commit its effect and its key before
     // answering.
     let mut batch = Partial::EMPTY;
@@ -215,8 +273,27 @@ pub(super) async fn append_batch(
             let now_s = store::unix_now();
             let mut partial = s.partial;
             partial.merge(&batch);
+            let sketch = match (&s.sketch, &info.sketch) {
+                (Some(a), Some(b)) => {
+                    let mut m = a.clone();
+                    m.merge(b).map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    })?;
+                    Some(m)
+                }
+                (other, _) => other.clone(),
+            };
             let batches = s.batches + 1;
-            let answer = stream_view(&state, &id, &partial, batches, s.created, ddof).to_string();
+            let answer = stream_view(
+                &state,
+                &id,
+                &partial,
+                sketch.as_ref(),
+                batches,
+                s.created,
+                &view,
+            )
+            .to_string();
             // Queued under the lock, so the store sees this stream's states in order.
             let ticket = state
                 .store
@@ -225,10 +302,12 @@ pub(super) async fn append_batch(
                     &partial,
                     batches,
                     &s.owner,
+                    sketch.as_ref(),
                     key.as_deref().map(|k| (k, answer.as_str(), now_s)),
                 )
                 .map_err(store_error)?;
             s.partial = partial;
+            s.sketch = sketch;
             s.batches = batches;
             s.last_used = Instant::now();
             if let Some(k) = key {
@@ -257,12 +336,12 @@ pub(super) async fn get_stream(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    check_params(&query, &["ddof"])?;
-    let ddof = ddof_of(&query)?;
+    check_params(&query, &["ddof", "quantiles"])?;
+    let view = View::of(&query)?;
     let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
     s.last_used = Instant::now();
-    Ok(axum::Json(stream_json(&state, &id, s, ddof)).into_response())
+    Ok(axum::Json(stream_json(&state, &id, s, &view)).into_response())
 }
 
 pub(super) async fn stream_partial(
@@ -275,7 +354,7 @@ pub(super) async fn stream_partial(
     let s = streams.get_mut(&id).ok_or_else(|| unknown(&id))?;
     s.last_used = Instant::now();
     let file = PartialFile {
-        sketch: None,
+        sketch: s.sketch.clone(),
         partial: s.partial,
         ddof: DEFAULT_DDOF,
         skip_nan: false,
@@ -290,7 +369,8 @@ pub(super) async fn delete_stream(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    check_params(&query, &[])?;
+    check_params(&query, &["quantiles"])?;
+    let view = View::of(&query)?;
     let (s, ticket) = {
         let mut streams = state.streams.lock().unwrap_or_else(|e| e.into_inner());
         if !streams.contains_key(&id) {
@@ -301,5 +381,5 @@ pub(super) async fn delete_stream(
         (s, ticket)
     };
     state.store.wait(ticket).await;
-    Ok(axum::Json(stream_json(&state, &id, &s, DEFAULT_DDOF)).into_response())
+    Ok(axum::Json(stream_json(&state, &id, &s, &view)).into_response())
 }

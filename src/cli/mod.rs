@@ -732,7 +732,7 @@ fn run_columns(
             None => match source.as_columns() {
                 Some(c) => c,
                 None => anyhow::bail!(
-                    "{name}: several columns are read from text inputs (CSV, TSV, whitespace-separated); reduce this input one --column at a time"
+                    "{name}: several columns are read from text, Parquet and Arrow inputs; reduce this input one --column at a time"
                 ),
             },
         };

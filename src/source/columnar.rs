@@ -1,5 +1,5 @@
-//! Parquet and Arrow IPC (Feather) inputs, read with the arrow-rs crates: one column, by name or
-//! index; every numeric type at its own precision (f32, f64, integers exactly; f16 widened to
+//! Parquet and Arrow IPC (Feather) inputs, read with the arrow-rs crates: one column, or several
+//! in one pass ([`crate::source::ColumnsSource`]), by name or index; every numeric type at its own precision (f32, f64, integers exactly; f16 widened to
 //! f32 exactly); nulls counted apart; dictionary-encoded and compressed pages decoded by the
 //! library. Record batches are the micro-batches' source: a null-free f32, f64 or i64 column is
 //! lent to the engine straight from the decoded buffer. Parquet row groups are decoded on all
@@ -43,21 +43,32 @@ enum Batches<'a> {
     ),
 }
 
-/// One numeric column of a Parquet or Arrow IPC input.
-pub struct ColumnarSource<'a> {
-    batches: Batches<'a>,
-    path: PathBuf,
+/// One column read: where it is, how it is reduced, and its conversion buffers.
+struct Col {
+    /// Its index in the file's schema, and its place among the columns decoded (the record
+    /// batches hold the columns read in schema order).
+    index: usize,
+    at: usize,
     element: Element,
-    /// The column's type as stored (for reports).
+    /// The column's type as stored (for reports), and its name.
     dtype: String,
-    /// The array being served, and the next row of it.
-    current: Option<ArrayRef>,
-    pos: usize,
+    name: String,
     /// Values converted for the batch being lent (nulls left out, types widened).
     f32s: Vec<f32>,
     f64s: Vec<f64>,
     ints: Vec<i64>,
     nulls: u64,
+}
+
+/// One numeric column of a Parquet or Arrow IPC input, or several read in one pass.
+pub struct ColumnarSource<'a> {
+    batches: Batches<'a>,
+    path: PathBuf,
+    /// The columns read, in the order asked.
+    cols: Vec<Col>,
+    /// The record batch being served (its columns in schema order), and the next row of it.
+    current: Option<Vec<ArrayRef>>,
+    pos: usize,
     rows: u64,
     total_rows: Option<u64>,
     len_bytes: Option<u64>,
@@ -68,7 +79,10 @@ impl std::fmt::Debug for ColumnarSource<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ColumnarSource")
             .field("path", &self.path)
-            .field("dtype", &self.dtype)
+            .field(
+                "columns",
+                &self.cols.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -135,9 +149,62 @@ fn pick(schema: &Schema, column: &Column, path: &Path) -> Result<(usize, Element
     Ok((index, element, field.data_type().to_string()))
 }
 
+/// The columns asked, resolved against `schema`: each one's schema index and how it is reduced;
+/// the same column twice is an error.
+fn pick_all(schema: &Schema, columns: &[Column], path: &Path) -> Result<Vec<Col>> {
+    let mut out: Vec<Col> = Vec::with_capacity(columns.len());
+    for c in columns {
+        let (index, element, dtype) = pick(schema, c, path)?;
+        if out.iter().any(|o| o.index == index) {
+            return Err(Error::InvalidConfig(format!(
+                "column {:?} is asked for twice",
+                schema.fields()[index].name()
+            )));
+        }
+        out.push(Col {
+            index,
+            at: 0,
+            element,
+            dtype,
+            name: schema.fields()[index].name().clone(),
+            f32s: Vec::new(),
+            f64s: Vec::new(),
+            ints: Vec::new(),
+            nulls: 0,
+        });
+    }
+    // Decoded batches hold the columns read in schema order.
+    let mut sorted: Vec<usize> = out.iter().map(|c| c.index).collect();
+    sorted.sort_unstable();
+    for c in &mut out {
+        c.at = sorted.binary_search(&c.index).expect("present");
+    }
+    Ok(out)
+}
+
+/// The schema indices of `cols`, ascending (the projection to decode).
+fn projection(cols: &[Col]) -> Vec<usize> {
+    let mut v: Vec<usize> = cols.iter().map(|c| c.index).collect();
+    v.sort_unstable();
+    v
+}
+
+/// "column "x" float" or "3 columns" for a label.
+fn which(cols: &[Col]) -> String {
+    match cols {
+        [c] => format!("column {:?} {}", c.name, c.dtype),
+        many => format!("{} columns", many.len()),
+    }
+}
+
 impl<'a> ColumnarSource<'a> {
     /// Opens a Parquet file's `column`.
     pub fn open_parquet(path: &Path, column: &Column) -> Result<Self> {
+        Self::open_parquet_columns(path, std::slice::from_ref(column))
+    }
+
+    /// Opens several columns of a Parquet file, decoded together in one pass.
+    pub fn open_parquet_columns(path: &Path, columns: &[Column]) -> Result<Self> {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let io = |error| Error::Io {
             path: path.to_path_buf(),
@@ -154,14 +221,15 @@ impl<'a> ColumnarSource<'a> {
                 .map_err(|e| invalid(path, format!("not a readable Parquet file: {e}")))?;
         let builder =
             ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone());
-        let (index, element, dtype) = pick(builder.schema(), column, path)?;
+        let cols = pick_all(builder.schema(), columns, path)?;
+        let indices = projection(&cols);
         let footer = builder.metadata();
         let groups = footer.num_row_groups();
         let rows = footer.file_metadata().num_rows().max(0) as u64;
         let label = format!(
-            "{} (Parquet, column {:?} {dtype}, {rows} rows in {groups} row group{})",
+            "{} (Parquet, {}, {rows} rows in {groups} row group{})",
             path.display(),
-            builder.schema().fields()[index].name(),
+            which(&cols),
             if groups == 1 { "" } else { "s" }
         );
         // One round of decoded row groups waits while the next is decoded: memory stays bounded
@@ -172,15 +240,14 @@ impl<'a> ColumnarSource<'a> {
             let (tx, rx) = std::sync::mpsc::sync_channel(threads);
             std::thread::Builder::new()
                 .name("microbatch-parquet".into())
-                .spawn(move || decode_groups(bytes, map, meta, index, 0..groups, threads, tx))
+                .spawn(move || decode_groups(bytes, map, meta, indices, 0..groups, threads, tx))
                 .map_err(|error| Error::Io { path: owned, error })?;
             Ok(Batches::Parquet(rx))
         };
         Ok(Self::new(
             Batches::ParquetUnstarted(Box::new(start)),
             path,
-            element,
-            dtype,
+            cols,
             Some(rows),
             Some(len),
             label,
@@ -189,6 +256,11 @@ impl<'a> ColumnarSource<'a> {
 
     /// Opens an Arrow IPC file (`.arrow`, `.feather`: random access, from its footer).
     pub fn open_ipc_file(path: &Path, column: &Column) -> Result<Self> {
+        Self::open_ipc_file_columns(path, std::slice::from_ref(column))
+    }
+
+    /// Opens several columns of an Arrow IPC file, read together in one pass.
+    pub fn open_ipc_file_columns(path: &Path, columns: &[Column]) -> Result<Self> {
         let io = |error| Error::Io {
             path: path.to_path_buf(),
             error,
@@ -199,19 +271,14 @@ impl<'a> ColumnarSource<'a> {
             arrow_ipc::reader::FileReader::try_new_buffered(file.try_clone().map_err(io)?, None)
                 .map_err(|e| invalid(path, format!("not a readable Arrow IPC file: {e}")))?
                 .schema();
-        let (index, element, dtype) = pick(&schema, column, path)?;
-        let reader = arrow_ipc::reader::FileReader::try_new_buffered(file, Some(vec![index]))
+        let cols = pick_all(&schema, columns, path)?;
+        let reader = arrow_ipc::reader::FileReader::try_new_buffered(file, Some(projection(&cols)))
             .map_err(|e| invalid(path, format!("not a readable Arrow IPC file: {e}")))?;
-        let label = format!(
-            "{} (Arrow IPC file, column {:?} {dtype})",
-            path.display(),
-            schema.fields()[index].name()
-        );
+        let label = format!("{} (Arrow IPC file, {})", path.display(), which(&cols));
         Ok(Self::new(
             Batches::Ipc(Box::new(reader)),
             path,
-            element,
-            dtype,
+            cols,
             None,
             Some(len),
             label,
@@ -224,21 +291,26 @@ impl<'a> ColumnarSource<'a> {
         name: &Path,
         column: &Column,
     ) -> Result<Self> {
+        Self::open_ipc_stream_columns(reader, name, std::slice::from_ref(column))
+    }
+
+    /// Reads several columns of an Arrow IPC stream in one pass.
+    pub fn open_ipc_stream_columns(
+        reader: Box<dyn std::io::Read + Send + 'a>,
+        name: &Path,
+        columns: &[Column],
+    ) -> Result<Self> {
         let stream = arrow_ipc::reader::StreamReader::try_new_buffered(reader, None)
             .map_err(|e| invalid(name, format!("not a readable Arrow IPC stream: {e}")))?;
         let schema = stream.schema();
-        let (index, element, dtype) = pick(&schema, column, name)?;
-        let label = format!(
-            "{} (Arrow IPC stream, column {:?} {dtype})",
-            name.display(),
-            schema.fields()[index].name()
-        );
-        let batches = stream.map(move |b| b.map(|b| b.project(&[index])).and_then(|b| b));
+        let cols = pick_all(&schema, columns, name)?;
+        let label = format!("{} (Arrow IPC stream, {})", name.display(), which(&cols));
+        let indices = projection(&cols);
+        let batches = stream.map(move |b| b.map(|b| b.project(&indices)).and_then(|b| b));
         Ok(Self::new(
             Batches::Ipc(Box::new(batches)),
             name,
-            element,
-            dtype,
+            cols,
             None,
             None,
             label,
@@ -248,8 +320,7 @@ impl<'a> ColumnarSource<'a> {
     fn new(
         batches: Batches<'a>,
         path: &Path,
-        element: Element,
-        dtype: String,
+        cols: Vec<Col>,
         total_rows: Option<u64>,
         len_bytes: Option<u64>,
         label: String,
@@ -257,14 +328,9 @@ impl<'a> ColumnarSource<'a> {
         Self {
             batches,
             path: path.to_path_buf(),
-            element,
-            dtype,
+            cols,
             current: None,
             pos: 0,
-            f32s: Vec::new(),
-            f64s: Vec::new(),
-            ints: Vec::new(),
-            nulls: 0,
             rows: 0,
             total_rows,
             len_bytes,
@@ -272,8 +338,8 @@ impl<'a> ColumnarSource<'a> {
         }
     }
 
-    /// The next record batch's column, `None` at the end.
-    fn next_array(&mut self) -> Result<Option<ArrayRef>> {
+    /// The next record batch's columns (in schema order), `None` at the end.
+    fn next_arrays(&mut self) -> Result<Option<Vec<ArrayRef>>> {
         if matches!(self.batches, Batches::ParquetUnstarted(_)) {
             let Batches::ParquetUnstarted(start) = std::mem::replace(
                 &mut self.batches,
@@ -287,13 +353,13 @@ impl<'a> ColumnarSource<'a> {
         match &mut self.batches {
             Batches::Ipc(it) => match it.next() {
                 None => Ok(None),
-                Some(Ok(b)) => Ok(Some(Arc::clone(b.column(0)))),
+                Some(Ok(b)) => Ok(Some(b.columns().to_vec())),
                 Some(Err(e)) => Err(bad(&e)),
             },
             Batches::Parquet(rx) => match rx.recv() {
                 // The decoder has finished (or stopped after sending its error).
                 Err(_) => Ok(None),
-                Ok(Ok(b)) => Ok(Some(Arc::clone(b.column(0)))),
+                Ok(Ok(b)) => Ok(Some(b.columns().to_vec())),
                 Ok(Err(e)) => Err(bad(&e)),
             },
             Batches::ParquetUnstarted(_) => unreachable!("started above"),
@@ -309,7 +375,7 @@ fn decode_groups(
     bytes: bytes::Bytes,
     map: Arc<memmap2::Mmap>,
     meta: parquet::arrow::arrow_reader::ArrowReaderMetadata,
-    column: usize,
+    columns: Vec<usize>,
     mut groups: std::ops::Range<usize>,
     round: usize,
     tx: std::sync::mpsc::SyncSender<std::result::Result<RecordBatch, String>>,
@@ -319,7 +385,7 @@ fn decode_groups(
         let take: Vec<usize> = groups.by_ref().take(round).collect();
         let decoded: Vec<std::result::Result<Vec<RecordBatch>, String>> = take
             .par_iter()
-            .map(|&g| decode_group(&bytes, &meta, column, g))
+            .map(|&g| decode_group(&bytes, &meta, &columns, g))
             .collect();
         for d in decoded {
             match d {
@@ -338,9 +404,11 @@ fn decode_groups(
         }
         let done = meta.metadata().row_groups()[..groups.start]
             .iter()
-            .map(|g| {
-                let (start, len) = g.column(column).byte_range();
-                (start + len) as usize
+            .flat_map(|g| {
+                columns.iter().map(move |&c| {
+                    let (start, len) = g.column(c).byte_range();
+                    (start + len) as usize
+                })
             })
             .max()
             .unwrap_or(0)
@@ -369,17 +437,17 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// Decodes row group `group`'s `column` of a Parquet file mapped as `bytes`.
+/// Decodes row group `group`'s `columns` of a Parquet file mapped as `bytes`.
 fn decode_group(
     bytes: &bytes::Bytes,
     meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
-    column: usize,
+    columns: &[usize],
     group: usize,
 ) -> std::result::Result<Vec<RecordBatch>, String> {
     use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone());
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
     let reader = builder
         .with_projection(mask)
         .with_row_groups(vec![group])
@@ -419,23 +487,30 @@ macro_rules! gather {
 }
 
 impl<'a> ColumnarSource<'a> {
-    /// Serves up to `max` rows of the current array (fetching the next when it is done):
-    /// lent from the array where no conversion is needed, else converted into a scratch
-    /// buffer. An empty batch is the end.
+    /// Serves up to `max` rows of the current batch's (one) column (fetching the next batch
+    /// when it is done): lent from the array where no conversion is needed, else converted
+    /// into a scratch buffer. An empty batch is the end.
     fn serve(&mut self, max: usize) -> Result<BatchRef<'_>> {
+        if self.cols.len() != 1 {
+            return Err(Error::InvalidConfig(format!(
+                "{} holds {} columns: read them with Engine::run_columns",
+                self.label,
+                self.cols.len()
+            )));
+        }
         loop {
-            let done = self.current.as_ref().is_none_or(|a| self.pos >= a.len());
+            let done = self.current.as_ref().is_none_or(|a| self.pos >= a[0].len());
             if !done {
                 break;
             }
-            match self.next_array()? {
+            match self.next_arrays()? {
                 Some(a) => {
                     self.current = Some(a);
                     self.pos = 0;
                 }
                 None => {
                     self.current = None;
-                    return Ok(match self.element {
+                    return Ok(match self.cols[0].element {
                         Element::F32 => BatchRef::F32(&[]),
                         Element::F64 => BatchRef::F64(&[]),
                         Element::Int => BatchRef::Int(&[], 0),
@@ -443,76 +518,147 @@ impl<'a> ColumnarSource<'a> {
                 }
             }
         }
-        let a = self.current.as_ref().expect("set above");
+        let a = &self.current.as_ref().expect("set above")[0];
         let (from, to) = (self.pos, (self.pos + max).min(a.len()));
         self.pos = to;
         self.rows += (to - from) as u64;
-        let no_nulls = a.logical_null_count() == 0;
-        Ok(match a.data_type() {
-            DataType::Float32 if no_nulls => {
-                BatchRef::F32(&a.as_primitive::<Float32Type>().values()[from..to])
-            }
-            DataType::Float64 if no_nulls => {
-                BatchRef::F64(&a.as_primitive::<Float64Type>().values()[from..to])
-            }
-            DataType::Int64 if no_nulls => {
-                BatchRef::Int(&a.as_primitive::<Int64Type>().values()[from..to], 0)
-            }
-            DataType::Float16 => {
-                self.nulls += gather!(a, Float16Type, from, to, self.f32s, |v: half::f16| v
-                    .to_f32());
-                BatchRef::F32(&self.f32s)
-            }
-            DataType::Float32 => {
-                self.nulls += gather!(a, Float32Type, from, to, self.f32s, |v: f32| v);
-                BatchRef::F32(&self.f32s)
-            }
-            DataType::Float64 => {
-                self.nulls += gather!(a, Float64Type, from, to, self.f64s, |v: f64| v);
-                BatchRef::F64(&self.f64s)
-            }
-            DataType::Int8 => {
-                self.nulls += gather!(a, Int8Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::Int16 => {
-                self.nulls += gather!(a, Int16Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::Int32 => {
-                self.nulls += gather!(a, Int32Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::Int64 => {
-                self.nulls += gather!(a, Int64Type, from, to, self.ints, |v: i64| v);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::UInt8 => {
-                self.nulls += gather!(a, UInt8Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::UInt16 => {
-                self.nulls += gather!(a, UInt16Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::UInt32 => {
-                self.nulls += gather!(a, UInt32Type, from, to, self.ints, i64::from);
-                BatchRef::Int(&self.ints, 0)
-            }
-            DataType::UInt64 => {
-                // Stored shifted into i64's range, the offset 2^63 added back exactly.
-                self.nulls += gather!(a, UInt64Type, from, to, self.ints, |v: u64| {
-                    (v ^ (1 << 63)) as i64
-                });
-                BatchRef::Int(&self.ints, 1i128 << 63)
-            }
-            other => {
-                return Err(invalid(
-                    &self.path,
-                    format!("a batch of {other} in a column of {}", self.dtype),
-                ));
-            }
-        })
+        convert(a, from, to, &mut self.cols[0], &self.path)
+    }
+}
+
+/// Rows `from..to` of `a` (column `col`) as a batch: lent from the array where no conversion is
+/// needed (a null-free f32, f64 or i64 array), else converted into `col`'s buffers (nulls
+/// counted and left out, types widened).
+fn convert<'x>(
+    a: &'x ArrayRef,
+    from: usize,
+    to: usize,
+    col: &'x mut Col,
+    path: &Path,
+) -> Result<BatchRef<'x>> {
+    let no_nulls = a.logical_null_count() == 0;
+    Ok(match a.data_type() {
+        DataType::Float32 if no_nulls => {
+            BatchRef::F32(&a.as_primitive::<Float32Type>().values()[from..to])
+        }
+        DataType::Float64 if no_nulls => {
+            BatchRef::F64(&a.as_primitive::<Float64Type>().values()[from..to])
+        }
+        DataType::Int64 if no_nulls => {
+            BatchRef::Int(&a.as_primitive::<Int64Type>().values()[from..to], 0)
+        }
+        DataType::Float16 => {
+            col.nulls += gather!(a, Float16Type, from, to, col.f32s, |v: half::f16| v
+                .to_f32());
+            BatchRef::F32(&col.f32s)
+        }
+        DataType::Float32 => {
+            col.nulls += gather!(a, Float32Type, from, to, col.f32s, |v: f32| v);
+            BatchRef::F32(&col.f32s)
+        }
+        DataType::Float64 => {
+            col.nulls += gather!(a, Float64Type, from, to, col.f64s, |v: f64| v);
+            BatchRef::F64(&col.f64s)
+        }
+        DataType::Int8 => {
+            col.nulls += gather!(a, Int8Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::Int16 => {
+            col.nulls += gather!(a, Int16Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::Int32 => {
+            col.nulls += gather!(a, Int32Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::Int64 => {
+            col.nulls += gather!(a, Int64Type, from, to, col.ints, |v: i64| v);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::UInt8 => {
+            col.nulls += gather!(a, UInt8Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::UInt16 => {
+            col.nulls += gather!(a, UInt16Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::UInt32 => {
+            col.nulls += gather!(a, UInt32Type, from, to, col.ints, i64::from);
+            BatchRef::Int(&col.ints, 0)
+        }
+        DataType::UInt64 => {
+            // Stored shifted into i64's range, the offset 2^63 added back exactly.
+            col.nulls += gather!(a, UInt64Type, from, to, col.ints, |v: u64| {
+                (v ^ (1 << 63)) as i64
+            });
+            BatchRef::Int(&col.ints, 1i128 << 63)
+        }
+        other => {
+            return Err(invalid(
+                path,
+                format!("a batch of {other} in a column of {}", col.dtype),
+            ));
+        }
+    })
+}
+
+impl super::ColumnsSource for ColumnarSource<'_> {
+    fn columns(&self) -> Vec<crate::ColumnRef> {
+        self.cols
+            .iter()
+            .map(|c| crate::ColumnRef {
+                index: Some(c.index),
+                name: Some(c.name.clone()),
+            })
+            .collect()
+    }
+
+    fn next_columns(&mut self) -> Result<Option<Vec<(usize, BatchRef<'_>)>>> {
+        let Some(arrays) = self.next_arrays()? else {
+            self.current = None;
+            return Ok(None);
+        };
+        let rows = arrays.first().map_or(0, |a| a.len());
+        self.rows += rows as u64;
+        self.current = Some(arrays);
+        self.pos = rows;
+        let Self {
+            current,
+            cols,
+            path,
+            ..
+        } = self;
+        let arrays = current.as_ref().expect("set above");
+        cols.iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let a = &arrays[c.at];
+                convert(a, 0, a.len(), c, path).map(|b| (i, b))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn bytes_read(&self) -> u64 {
+        BatchSource::bytes_read(self)
+    }
+
+    fn len_bytes(&self) -> Option<u64> {
+        BatchSource::len_bytes(self)
+    }
+
+    fn skipped(&self) -> Vec<u64> {
+        vec![0; self.cols.len()]
+    }
+
+    fn nulls(&self) -> Vec<u64> {
+        self.cols.iter().map(|c| c.nulls).collect()
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
     }
 }
 
@@ -526,14 +672,18 @@ impl BatchSource for ColumnarSource<'_> {
             }
             _ => Err(Error::WrongElementType {
                 source_name: self.label.clone(),
-                holds: self.dtype.to_string(),
+                holds: self.cols[0].dtype.to_string(),
                 asked: "f32",
             }),
         }
     }
 
+    fn as_columns(&mut self) -> Option<&mut dyn super::ColumnsSource> {
+        Some(self)
+    }
+
     fn element(&self) -> Element {
-        self.element
+        self.cols[0].element
     }
 
     fn next_batch_f64(&mut self, buf: &mut Vec<f64>, max: usize) -> Result<usize> {
@@ -555,7 +705,7 @@ impl BatchSource for ColumnarSource<'_> {
             }
             _ => Err(Error::WrongElementType {
                 source_name: self.label.clone(),
-                holds: self.dtype.to_string(),
+                holds: self.cols[0].dtype.to_string(),
                 asked: "integer",
             }),
         }
@@ -567,7 +717,7 @@ impl BatchSource for ColumnarSource<'_> {
 
     fn int_offset(&self) -> i128 {
         // The offset `serve` lends u64 batches with (the type is fixed per column).
-        if self.dtype == DataType::UInt64.to_string() {
+        if self.cols[0].dtype == DataType::UInt64.to_string() {
             1i128 << 63
         } else {
             0
@@ -575,7 +725,7 @@ impl BatchSource for ColumnarSource<'_> {
     }
 
     fn dtype_name(&self) -> String {
-        self.dtype.clone()
+        self.cols[0].dtype.clone()
     }
 
     fn len_hint(&self) -> Option<u64> {
@@ -595,7 +745,7 @@ impl BatchSource for ColumnarSource<'_> {
     }
 
     fn nulls(&self) -> u64 {
-        self.nulls
+        self.cols.iter().map(|c| c.nulls).sum()
     }
 
     fn describe(&self) -> String {

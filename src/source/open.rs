@@ -445,6 +445,22 @@ fn text_options(format: Format, given: &TextOptions) -> TextOptions {
     o
 }
 
+/// The columns a Parquet or Arrow input reads: the one column, or the several asked for.
+#[cfg(feature = "arrow")]
+fn columnar_columns(options: &InputOptions) -> Result<Vec<super::text::Column>> {
+    if options.text.all_columns || options.text.group_by.is_some() {
+        return Err(Error::InvalidConfig(
+            "every numeric column and group-by are for text inputs; name the Parquet or Arrow columns one by one"
+                .to_string(),
+        ));
+    }
+    Ok(if options.text.columns.is_empty() {
+        vec![options.text.column.clone()]
+    } else {
+        options.text.columns.clone()
+    })
+}
+
 /// A Parquet or Arrow IPC file, by the column `--column` names.
 #[cfg(feature = "arrow")]
 fn columnar_file(
@@ -453,9 +469,10 @@ fn columnar_file(
     options: &InputOptions,
 ) -> Result<Box<dyn BatchSource + Send>> {
     use super::columnar::ColumnarSource;
+    let columns = columnar_columns(options)?;
     Ok(Box::new(match format {
-        Format::Parquet => ColumnarSource::open_parquet(path, &options.text.column)?,
-        _ => ColumnarSource::open_ipc_file(path, &options.text.column)?,
+        Format::Parquet => ColumnarSource::open_parquet_columns(path, &columns)?,
+        _ => ColumnarSource::open_ipc_file_columns(path, &columns)?,
     }))
 }
 
@@ -475,11 +492,13 @@ fn arrow_stream<'a>(
     name: &Path,
     options: &InputOptions,
 ) -> Result<Box<dyn BatchSource + Send + 'a>> {
-    Ok(Box::new(super::columnar::ColumnarSource::open_ipc_stream(
-        reader,
-        name,
-        &options.text.column,
-    )?))
+    Ok(Box::new(
+        super::columnar::ColumnarSource::open_ipc_stream_columns(
+            reader,
+            name,
+            &columnar_columns(options)?,
+        )?,
+    ))
 }
 
 #[cfg(not(feature = "arrow"))]

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
+use rand::RngExt;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
-use rand::RngExt;
 use serde_json::Value;
 
 /// A server on a free loopback port, killed when dropped.

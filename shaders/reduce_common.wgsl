@@ -366,6 +366,19 @@ fn wg_load(i: u32) -> Thread {
                   wg_neg_inf[i], wg_min[i], wg_max[i]);
 }
 
+// Combines every invocation's state through a tree in workgroup memory (log2(WG_SIZE) levels,
+// in index order); the result is at index 0. Called by every invocation, in uniform control.
+fn tree_combine(t: u32, mine: Thread) {
+    wg_store(t, mine);
+    workgroupBarrier();
+    for (var half = WG_SIZE / 2u; half > 0u; half >>= 1u) {
+        if (t < half) {
+            wg_store(t, combine(wg_load(t), wg_load(t + half)));
+        }
+        workgroupBarrier();
+    }
+}
+
 fn write_partial(wid: u32, t: Thread, dirty: u32) {
     partials[params.out_base + wid] = Partial(
         t.m.n, t.nan, t.pos_inf, t.neg_inf, t.kmin, t.kmax, f32(t.m.p), dirty, t.m.t, t.m.m2,

@@ -52,14 +52,7 @@ fn fixup(
     }
     batch_end(&s, g, next, t, w);
 
-    wg_store(t, s);
-    workgroupBarrier();
-    for (var half = WG_SIZE / 2u; half > 0u; half >>= 1u) {
-        if (t < half) {
-            wg_store(t, combine(wg_load(t), wg_load(t + half)));
-        }
-        workgroupBarrier();
-    }
+    tree_combine(t, s);
     if (t == 0u) {
         var all = wg_load(0u);
         if (!dirty) {

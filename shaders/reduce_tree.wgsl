@@ -8,15 +8,7 @@ fn reduce(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let t = lid.x;
-    wg_store(t, reduce_thread(t, wid.x, nwg.x));
-    workgroupBarrier();
-
-    for (var half = WG_SIZE / 2u; half > 0u; half >>= 1u) {
-        if (t < half) {
-            wg_store(t, combine(wg_load(t), wg_load(t + half)));
-        }
-        workgroupBarrier();
-    }
+    tree_combine(t, reduce_thread(t, wid.x, nwg.x));
 
     if (t == 0u) {
         finish_partial(wid.x, wg_load(0u));

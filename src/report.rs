@@ -215,25 +215,9 @@ impl Report {
         let t = &self.timings;
         json!({
             "stats": Self::stats_json(s),
-            "backend": {
-                "kind": self.backend.kind,
-                "adapter": self.backend.adapter,
-                "api": self.backend.api,
-                "device_type": self.backend.device_type,
-            },
-            "batches": {
-                "count": self.batches.count,
-                "size": self.batches.size,
-                "workgroups": self.batches.workgroups,
-            },
-            "timings_s": {
-                "read": t.read.as_secs_f64(),
-                "upload": t.upload.as_secs_f64(),
-                "compute": t.compute.as_secs_f64(),
-                "readback": t.readback.as_secs_f64(),
-                "merge": t.merge.as_secs_f64(),
-                "total": t.total.as_secs_f64(),
-            },
+            "backend": backend_json(&self.backend),
+            "batches": batches_json(&self.batches),
+            "timings_s": timings_json(t),
             "throughput": {
                 "elements_per_s": number(self.elements_per_s()),
                 "bytes_per_s": number(self.bytes_per_s()),
@@ -388,25 +372,9 @@ impl ColumnsReport {
                 "index": c.index,
                 "why": why,
             })).collect::<Vec<_>>(),
-            "backend": {
-                "kind": self.backend.kind,
-                "adapter": self.backend.adapter,
-                "api": self.backend.api,
-                "device_type": self.backend.device_type,
-            },
-            "batches": {
-                "count": self.batches.count,
-                "size": self.batches.size,
-                "workgroups": self.batches.workgroups,
-            },
-            "timings_s": {
-                "read": t.read.as_secs_f64(),
-                "upload": t.upload.as_secs_f64(),
-                "compute": t.compute.as_secs_f64(),
-                "readback": t.readback.as_secs_f64(),
-                "merge": t.merge.as_secs_f64(),
-                "total": t.total.as_secs_f64(),
-            },
+            "backend": backend_json(&self.backend),
+            "batches": batches_json(&self.batches),
+            "timings_s": timings_json(t),
             "throughput": {
                 "elements_per_s": number(rate(self.elements() as f64, t.total)),
             },
@@ -418,6 +386,33 @@ impl ColumnsReport {
         }
         v
     }
+}
+
+/// The `backend` object of the run reports.
+fn backend_json(b: &BackendInfo) -> Value {
+    json!({
+        "kind": b.kind,
+        "adapter": b.adapter,
+        "api": b.api,
+        "device_type": b.device_type,
+    })
+}
+
+/// The `batches` object of the run reports.
+fn batches_json(b: &BatchCounts) -> Value {
+    json!({"count": b.count, "size": b.size, "workgroups": b.workgroups})
+}
+
+/// The `timings_s` object of the run reports: every stage in seconds.
+fn timings_json(t: &Timings) -> Value {
+    json!({
+        "read": t.read.as_secs_f64(),
+        "upload": t.upload.as_secs_f64(),
+        "compute": t.compute.as_secs_f64(),
+        "readback": t.readback.as_secs_f64(),
+        "merge": t.merge.as_secs_f64(),
+        "total": t.total.as_secs_f64(),
+    })
 }
 
 /// Two runs' sketches merged; `None` when either has none (or they differ in accuracy).

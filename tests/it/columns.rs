@@ -266,7 +266,10 @@ fn column_errors_name_the_column_and_line() {
     for (args, says) in [
         (vec!["run", good, "--column", "a,nope"], "\"nope\""),
         (vec!["run", good, "--column", "a,0"], "twice"),
-        (vec!["run", raw, "--column", "0,1"], "Parquet and Arrow inputs"),
+        (
+            vec!["run", raw, "--column", "0,1"],
+            "Parquet and Arrow inputs",
+        ),
         (
             vec!["run", good, "--column", "a,b", "--partial", "p.json"],
             "--partial",

@@ -472,10 +472,8 @@ fn run(args: RunArgs) -> Result<()> {
     }
 
     if !args.remote.is_empty() {
-        if !args.quantile_list().is_empty() || args.histogram.is_some() {
-            anyhow::bail!(
-                "--quantiles, --median and --histogram are computed here, not by the processing services: drop --remote to get them"
-            );
+        if args.histogram.is_some() {
+            anyhow::bail!("--histogram is not available with --remote: drop --remote to get it");
         }
         return run_remote(&args, &options, total_bytes);
     }
@@ -967,7 +965,20 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
         .map(|url| http::Endpoint::parse(url).map_err(|e| anyhow::anyhow!("--remote {e}")))
         .collect::<Result<Vec<_>>>()?;
     let batch = args.batch_size.unwrap_or(1 << 20);
-    let mut remote = remote::Remote::start(&args.remote, endpoints, token, args.stats.ddof, batch);
+    let qs = args.quantile_list();
+    // With quantiles, every server sends back a sketch of its batch; they merge here exactly.
+    let quantile_error = (!qs.is_empty()).then_some(args.quantile_error);
+    if let Some(e) = quantile_error {
+        microbatch::sketch::mantissa_bits_for(e)?;
+    }
+    let mut remote = remote::Remote::start(
+        &args.remote,
+        endpoints,
+        token,
+        args.stats.ddof,
+        quantile_error,
+        batch,
+    );
     let progress = Progress::new(total_bytes, args.quiet);
     let mut described = Vec::new();
     let mut batches = 0;
@@ -995,7 +1006,13 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
         progress.update(done_bytes);
         described.push(Described::of(source.as_ref()));
     }
-    let (partial, servers, backend, times) = remote.finish()?;
+    let remote::Finished {
+        partial,
+        sketch,
+        servers,
+        backend,
+        times,
+    } = remote.finish()?;
     progress.finish();
     let kind = match backend.as_ref().and_then(|b| b["kind"].as_str()) {
         Some("gpu") => microbatch::BackendKind::Gpu,
@@ -1034,10 +1051,10 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             compute_clock: microbatch::backend::ComputeClock::Wall,
         },
         partial,
-        sketch: None,
+        sketch,
     };
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
-    write_partial(args, partial, None, skipped)?;
+    write_partial(args, partial, report.sketch.clone(), skipped)?;
     let per_server: Vec<serde_json::Value> = servers
         .iter()
         .map(|s| {
@@ -1055,7 +1072,16 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
     if args.stats.json {
         let mut v = report.to_json();
         v["input"] = Described::inputs_json(&described, skipped);
-
+        if !qs.is_empty() {
+            v["stats"]["quantiles"] = Report::quantiles_json(
+                report.sketch.as_ref(),
+                &report.partial,
+                report.stats.skip_nan,
+                &qs,
+            );
+            v["quantile_error"] =
+                serde_json::json!(report.sketch.as_ref().map(|s| s.relative_error()));
+        }
         v["remote"] = serde_json::json!({ "servers": per_server });
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
@@ -1064,6 +1090,13 @@ fn run_remote(args: &RunArgs, options: &InputOptions, total_bytes: Option<u64>) 
             writeln!(out, "input        {}", d.name)?;
         }
         writeln!(out, "{report}")?;
+        write_quantiles(
+            &mut out,
+            report.sketch.as_ref(),
+            &report.partial,
+            report.stats.skip_nan,
+            &qs,
+        )?;
         for s in &servers {
             writeln!(
                 out,

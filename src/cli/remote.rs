@@ -19,6 +19,7 @@ use super::http::{Client, Endpoint, HttpError};
 use microbatch::Partial;
 use microbatch::backend::BatchRef;
 use microbatch::shard::{PARTIAL_VERSION, PartialFile};
+use microbatch::sketch::Sketch;
 use microbatch::source::{BatchBuf, BatchSource, Element, read_batch};
 
 /// Requests in flight per server.
@@ -57,10 +58,12 @@ pub(crate) struct ServerStats {
 struct State {
     queue: VecDeque<Job>,
     in_flight: usize,
-    /// Finished batches' partials, merged into `merged` in index order.
-    done: BTreeMap<u64, Partial>,
+    /// Finished batches' partials (and sketches), merged into `merged` in index order.
+    done: BTreeMap<u64, (Partial, Option<Sketch>)>,
     next: u64,
     merged: Partial,
+    /// The answers' quantile sketches merged (when quantiles are asked for).
+    sketch: Option<Sketch>,
     servers: Vec<ServerStats>,
     /// Consecutive failures per server.
     failures: Vec<u32>,
@@ -113,6 +116,7 @@ impl Remote {
         endpoints: Vec<Endpoint>,
         token: Option<String>,
         ddof: u32,
+        quantile_error: Option<f64>,
         batch_size: usize,
     ) -> Self {
         let state = Arc::new((
@@ -139,7 +143,12 @@ impl Remote {
                 let (url, endpoint) = (url.clone(), endpoint.clone());
                 workers.push(std::thread::spawn(move || {
                     let mut client = Client::new(endpoint, REQUEST_TIMEOUT);
-                    work(s, &url, &mut client, token.as_deref(), ddof, &state)
+                    let ask = Ask {
+                        token: token.as_deref(),
+                        ddof,
+                        quantile_error,
+                    };
+                    work(s, &url, &mut client, &ask, &state)
                 }));
             }
         }
@@ -210,7 +219,7 @@ impl Remote {
 
     /// Waits for every batch; returns the merged partial, each server's figures, the
     /// backend the first answer named and where the time went.
-    pub fn finish(mut self) -> Result<(Partial, Vec<ServerStats>, Option<Value>, RemoteTimes)> {
+    pub fn finish(mut self) -> Result<Finished> {
         let (lock, wake) = &*self.state;
         {
             let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,8 +247,32 @@ impl Remote {
             merge: st.merge,
             workgroups: st.workgroups,
         };
-        Ok((st.merged, st.servers.clone(), st.backend.clone(), times))
+        Ok(Finished {
+            partial: st.merged,
+            sketch: st.sketch.clone(),
+            servers: st.servers.clone(),
+            backend: st.backend.clone(),
+            times,
+        })
     }
+}
+
+/// What a remote run gathered: the merged partial (and sketch, with quantiles), each server's
+/// figures, the backend the first answer named, and where the time went.
+pub(crate) struct Finished {
+    pub partial: Partial,
+    pub sketch: Option<Sketch>,
+    pub servers: Vec<ServerStats>,
+    pub backend: Option<Value>,
+    pub times: RemoteTimes,
+}
+
+/// What every request asks of the servers.
+struct Ask<'a> {
+    token: Option<&'a str>,
+    ddof: u32,
+    /// A sketch of each batch, at this relative error (the run's quantiles).
+    quantile_error: Option<f64>,
 }
 
 /// A batch as a request body and its `?dtype=`; `None` for an empty batch (the end).
@@ -262,14 +295,7 @@ fn body_of(batch: BatchRef<'_>) -> Option<(Vec<u8>, &'static str)> {
 }
 
 /// One worker: takes batches for server `s`, sends them, files the answers.
-fn work(
-    s: usize,
-    url: &str,
-    client: &mut Client,
-    token: Option<&str>,
-    ddof: u32,
-    state: &(Mutex<State>, Condvar),
-) {
+fn work(s: usize, url: &str, client: &mut Client, ask: &Ask<'_>, state: &(Mutex<State>, Condvar)) {
     let (lock, wake) = state;
     loop {
         let job = {
@@ -305,7 +331,7 @@ fn work(
             }
         };
         let t = Instant::now();
-        let outcome = send(url, client, token, ddof, &job);
+        let outcome = send(url, client, ask, &job);
         let busy = t.elapsed();
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         st.in_flight -= 1;
@@ -313,6 +339,7 @@ fn work(
         match outcome {
             Ok(Answer {
                 partial,
+                sketch,
                 backend,
                 workgroups,
                 compute,
@@ -327,15 +354,25 @@ fn work(
                     st.workgroups = workgroups;
                 }
                 st.server_compute += compute;
-                st.done.insert(job.index, partial);
+                st.done.insert(job.index, (partial, sketch));
                 // Merge in batch order: the result does not depend on who answered when.
                 let t = Instant::now();
                 loop {
                     let next = st.next;
-                    let Some(p) = st.done.remove(&next) else {
+                    let Some((p, sketch)) = st.done.remove(&next) else {
                         break;
                     };
                     st.merged.merge(&p);
+                    if let Some(b) = sketch {
+                        match &mut st.sketch {
+                            None => st.sketch = Some(b),
+                            Some(a) => {
+                                if let Err(e) = a.merge(&b) {
+                                    st.fatal = Some(format!("{url}: {e}"));
+                                }
+                            }
+                        }
+                    }
                     st.next += 1;
                 }
                 st.merge += t.elapsed();
@@ -393,6 +430,8 @@ enum Failure {
 /// What a server answered for one batch.
 struct Answer {
     partial: Partial,
+    /// The batch's sketch, when asked for.
+    sketch: Option<Sketch>,
     /// The answer's `backend` object.
     backend: Value,
     /// Its P.
@@ -405,12 +444,15 @@ struct Answer {
 fn send(
     url: &str,
     client: &mut Client,
-    token: Option<&str>,
-    ddof: u32,
+    ask: &Ask<'_>,
     job: &Job,
 ) -> std::result::Result<Answer, Failure> {
-    let route = format!("/v1/reduce?dtype={}&ddof={ddof}", job.dtype);
-    let bearer = token.map(|t| format!("Bearer {t}"));
+    let ddof = ask.ddof;
+    let mut route = format!("/v1/reduce?dtype={}&ddof={ddof}", job.dtype);
+    if let Some(e) = ask.quantile_error {
+        route += &format!("&quantile_error={e}");
+    }
+    let bearer = ask.token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = bearer
         .as_deref()
         .map(|b| ("Authorization", b))
@@ -448,8 +490,15 @@ fn send(
             file.ddof
         )));
     }
+    if ask.quantile_error.is_some() && file.sketch.is_none() {
+        return Err(Failure::Fatal(format!(
+            "its answer carries no quantile sketch (is it older than {}?)",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     Ok(Answer {
         partial: file.partial,
+        sketch: file.sketch,
         backend: v["backend"].clone(),
         workgroups: v["batches"]["workgroups"].as_u64().unwrap_or(0) as u32,
         compute: v["timings_s"]["compute"]

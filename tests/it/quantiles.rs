@@ -284,11 +284,12 @@ fn sketches_merge_across_shards_exactly() {
             vec![
                 "run",
                 whole.to_str().unwrap(),
-                "--median",
+                "--histogram",
+                "3",
                 "--remote",
                 "http://127.0.0.1:1",
             ],
-            "--remote",
+            "--histogram",
         ),
     ] {
         let o = run(&args);

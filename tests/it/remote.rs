@@ -359,3 +359,62 @@ fn dead_servers_wrong_tokens_and_foreign_answers_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&path);
 }
+
+/// `run --remote --quantiles`: each server sends back its batch's sketch, merged here exactly:
+/// the quantiles equal the local run's bit for bit (one server or two), the partial file
+/// carries the sketch; `--histogram` with `--remote` is refused.
+#[test]
+fn remote_quantiles_equal_the_local_run() {
+    let path = data_file("quantiles", 700_001);
+    let p = path.to_str().unwrap();
+    let local = json(&run(&[
+        "run",
+        p,
+        "--quantiles",
+        "0.001,0.5,0.999",
+        "--json",
+        "--backend",
+        "cpu",
+    ]));
+    let servers: Vec<Server> = (0..2).map(|_| Server::start(&[])).collect();
+    for n in [1, 2] {
+        let urls: Vec<&str> = servers[..n].iter().map(|s| s.url.as_str()).collect();
+        let list = urls.join(",");
+        let shard = scratch_root().join(format!("mb-remote-quantiles-{n}.json"));
+        let v = json(&run(&[
+            "run",
+            p,
+            "--remote",
+            &list,
+            "--batch-size",
+            "100000",
+            "--quantiles",
+            "0.001,0.5,0.999",
+            "--partial",
+            shard.to_str().unwrap(),
+            "--json",
+        ]));
+        assert_eq!(
+            v["stats"]["quantiles"], local["stats"]["quantiles"],
+            "{n} server(s)"
+        );
+        assert_eq!(v["quantile_error"], local["quantile_error"]);
+        let merged = json(&run(&[
+            "merge",
+            shard.to_str().unwrap(),
+            "--quantiles",
+            "0.5",
+            "--json",
+        ]));
+        assert_eq!(
+            merged["stats"]["quantiles"]["0.5"],
+            local["stats"]["quantiles"]["0.5"]
+        );
+    }
+    let o = run(&["run", p, "--remote", &servers[0].url, "--histogram", "4"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--histogram"),
+        "{}",
+        stderr(&o)
+    );
+}

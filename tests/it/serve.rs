@@ -1559,13 +1559,22 @@ fn streams_keep_a_quantile_sketch_across_batches_and_restarts() {
         StatusCode::BAD_REQUEST,
     );
     assert!(e.contains("[0, 1]"), "{e}");
-    // /v1/reduce takes no quantiles: refused, not ignored.
+    // /v1/reduce: a sketch of the body, its quantiles in the answer and its partial.
+    let v = json_ok(
+        c.post(server.url("/v1/reduce?quantiles=0.5&quantile_error=0.001"))
+            .body(f32_bytes(&[4.0, 1.0, 3.0]))
+            .send()
+            .unwrap(),
+    );
+    let median = v["stats"]["quantiles"]["0.5"].as_f64().unwrap();
+    assert!((median - 3.0).abs() <= 3.0 * 0.001, "{v}");
+    assert!(v["partial"]["sketch"].is_object(), "{v}");
     let e = error_of(
-        c.post(server.url("/v1/reduce?quantiles=0.5"))
+        c.post(server.url("/v1/reduce?quantile_error=2"))
             .body(f32_bytes(&[1.0]))
             .send()
             .unwrap(),
         StatusCode::BAD_REQUEST,
     );
-    assert!(e.contains("quantiles"), "{e}");
+    assert!(e.contains("0.25"), "{e}");
 }

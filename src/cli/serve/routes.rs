@@ -261,6 +261,7 @@ pub(super) fn report_json(
     done: &[Done],
     info: BodyInfo,
     ddof: u32,
+    quantiles: &[f64],
     total: Duration,
 ) -> Value {
     let mut partial = Partial::EMPTY;
@@ -283,13 +284,18 @@ pub(super) fn report_json(
             ..t
         },
         partial,
-        sketch: None,
+        sketch: info.sketch,
     };
     let mut v = report.to_json();
+    if !quantiles.is_empty() {
+        v["stats"]["quantiles"] =
+            Report::quantiles_json(report.sketch.as_ref(), &partial, false, quantiles);
+        v["quantile_error"] = json!(report.sketch.as_ref().map(|s| s.relative_error()));
+    }
     // The batch's mergeable state, as in a partial file: a batching client (`run --remote`)
     // merges these exactly, nothing rebuilt from rounded statistics.
     v["partial"] = PartialFile {
-        sketch: None,
+        sketch: report.sketch.clone(),
         partial,
         ddof,
         skip_nan: false,
@@ -318,11 +324,31 @@ pub(super) async fn reduce(
     body: Body,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    // Everything about the request is checked before any of its body is read.
-    let spec = BodySpec::of(&state, &headers, &query, None)?;
+    // Everything about the request is checked before any of its body is read. `quantiles`
+    // and `quantile_error` shape the answer (a sketch of the body), not the body: they are
+    // taken out before the body's checks.
+    let view = super::streams::View::of(&query)?;
+    let mut body_query = query.clone();
+    body_query.remove("quantiles");
+    let error = body_query.remove("quantile_error");
+    let mut spec = BodySpec::of(&state, &headers, &body_query, None)?;
     let ddof = ddof_of(&query)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    spec.sketch_bits = match (&error, view.quantiles.is_empty()) {
+        (None, true) => None,
+        (None, false) => Some(
+            microbatch::sketch::mantissa_bits_for(microbatch::sketch::DEFAULT_QUANTILE_ERROR)
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        (Some(e), _) => {
+            let e: f64 = e
+                .parse()
+                .map_err(|_| bad(format!("quantile_error {e:?} is not a number")))?;
+            Some(microbatch::sketch::mantissa_bits_for(e).map_err(|x| bad(x.to_string()))?)
+        }
+    };
     let (done, info) = reduce_request(Arc::clone(&state), body, spec).await?;
-    let v = report_json(&state, &done, info, ddof, start.elapsed());
+    let v = report_json(&state, &done, info, ddof, &view.quantiles, start.elapsed());
     Ok(axum::Json(v).into_response())
 }
 

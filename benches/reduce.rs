@@ -69,5 +69,31 @@ fn cpu_kernel(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, cpu_kernel);
+/// Quantiles' cost: the sketch of f32 data in memory (all cores) beside the moments of the same
+/// data, side by side in one run (issue 16: the run with quantiles should keep half the
+/// moments-only throughput).
+fn sketch(c: &mut Criterion) {
+    let n = if std::env::var_os("CI").is_some() {
+        1 << 18
+    } else {
+        1 << 26
+    };
+    let data = data(n);
+    let mut group = c.benchmark_group("sketch");
+    group.throughput(Throughput::Bytes((n * 4) as u64));
+    group.sample_size(10);
+    group.bench_function("moments", |bench| {
+        bench.iter(|| microbatch::backend::cpu::reduce_slice(&data).sum)
+    });
+    group.bench_function("sketch_1pct", |bench| {
+        bench.iter(|| {
+            let mut s = microbatch::sketch::Sketch::new(0.01).unwrap();
+            s.add_f32_slice(&data);
+            s.count()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, cpu_kernel, sketch);
 criterion_main!(benches);

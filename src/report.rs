@@ -297,6 +297,9 @@ impl ColumnsReport {
         if !parts.iter().all(same) {
             return None;
         }
+        if parts.len() == 1 {
+            return Some(first.clone());
+        }
         let mut out = first.clone();
         // Series by (group, name): groups first seen in a later part are appended.
         let key = |c: &ColumnStats| (c.group.clone(), c.label());

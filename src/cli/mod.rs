@@ -764,11 +764,11 @@ fn run_columns(
         sort_groups(&mut report);
     }
     let grouped = report.grouped();
-    let several_columns = {
-        let mut names: Vec<String> = report.columns.iter().map(|c| c.label()).collect();
-        names.sort();
-        names.dedup();
-        names.len() > 1
+    // Groups of several columns name their rows group/column (only groups need asking: a
+    // million axis lanes are not sorted for it).
+    let several_columns = grouped && {
+        let first = report.columns.first().map(|c| c.label());
+        report.columns.iter().any(|c| Some(c.label()) != first)
     };
     let qs = args.quantile_list();
     let quantiles_of = |c: &microbatch::ColumnStats| -> Vec<Option<f64>> {

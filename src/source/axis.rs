@@ -14,7 +14,7 @@ use crate::backend::BatchRef;
 use crate::{ColumnRef, Error, Result};
 
 /// The most series an axis reduction may give: each holds its partial, statistics and name
-/// until the end (about 2 KB each with the report printed: 1.8 GB of memory for a million,
+/// until the end (about 2 KB each with the report printed: 2.0 GB of memory for a million,
 /// measured), so more is refused rather than left to exhaust memory.
 pub const MAX_AXIS_RESULTS: u64 = 1_000_000;
 

@@ -26,9 +26,10 @@ pub struct AxisSource<'a> {
     outer: u64,
     n: u64,
     lanes: u64,
-    /// numpy's result shape (the input's shape without the axis) and the storage order.
+    /// numpy's result shape (the input's shape without the axis), and for a Fortran array the
+    /// strides that renumber its lanes in numpy's C order ([`c_index`]).
     result_shape: Vec<u64>,
-    fortran: bool,
+    fortran: Option<Vec<(u64, u64, u64)>>,
     /// Elements read so far.
     pos: u64,
     batch: usize,
@@ -111,6 +112,16 @@ impl<'a> AxisSource<'a> {
             )));
         }
         let label = format!("{describe}, along axis {k}");
+        let fortran = fortran.then(|| {
+            let dims = result_shape.len();
+            (0..dims)
+                .map(|d| {
+                    let f: u64 = result_shape[..d].iter().product();
+                    let c: u64 = result_shape[d + 1..].iter().product();
+                    (f.max(1), c, result_shape[d])
+                })
+                .collect()
+        });
         Ok(Self {
             source,
             outer,
@@ -140,22 +151,16 @@ impl<'a> AxisSource<'a> {
 
 /// Series `q` of the C-order view (block · lanes + lane) as its index in numpy's C-order
 /// result: the same for a C array; for a Fortran array, `q` is the result's Fortran-order index
-/// (first axis fastest), unravelled that way and ravelled in C order.
-fn c_index(q: u64, fortran: bool, shape: &[u64]) -> usize {
-    if !fortran {
+/// (first axis fastest): each axis' position taken from it by the Fortran strides and placed
+/// by the C strides (`strides`: per axis, (Fortran stride, C stride, length)).
+fn c_index(q: u64, strides: Option<&[(u64, u64, u64)]>) -> usize {
+    let Some(strides) = strides else {
         return q as usize;
-    }
-    let mut rest = q;
-    let mut c = 0u64;
-    let mut idx = Vec::with_capacity(shape.len());
-    for &len in shape {
-        idx.push(rest % len.max(1));
-        rest /= len.max(1);
-    }
-    for (d, &len) in shape.iter().enumerate() {
-        c = c * len + idx[d];
-    }
-    c as usize
+    };
+    strides
+        .iter()
+        .map(|&(f, c, len)| (q / f) % len.max(1) * c)
+        .sum::<u64>() as usize
 }
 
 /// Gathers `src` (elements `g0..` of the C-order view) per series into `out`, recording each
@@ -268,9 +273,9 @@ impl ColumnsSource for AxisSource<'_> {
             return Ok(None);
         }
         self.pos += batch.len() as u64;
-        let (n, lanes, fortran) = (self.n, self.lanes, self.fortran);
-        let shape = &self.result_shape;
-        let series = |o: u64, i: u64| c_index(o * lanes + i, fortran, shape);
+        let (n, lanes) = (self.n, self.lanes);
+        let strides = self.fortran.as_deref();
+        let series = |o: u64, i: u64| c_index(o * lanes + i, strides);
         if lanes == 1 {
             // Each series is a contiguous run of n values: handed out as it lies in the batch.
             let mut out = Vec::new();

@@ -284,7 +284,10 @@ pub(super) fn report_json(
             ..t
         },
         partial,
-        sketch: info.sketch,
+        sketch: info.sketch.map(|mut s| {
+            s.trim();
+            s
+        }),
     };
     let mut v = report.to_json();
     if !quantiles.is_empty() {

@@ -273,6 +273,7 @@ pub(super) async fn append_batch(
             let now_s = store::unix_now();
             let mut partial = s.partial;
             partial.merge(&batch);
+            // (`merge` leaves the result trimmed.)
             let sketch = match (&s.sketch, &info.sketch) {
                 (Some(a), Some(b)) => {
                     let mut m = a.clone();

@@ -66,6 +66,15 @@ fn cpu_kernel(c: &mut Criterion) {
             pool.install(|| bench.iter(|| reduce_slice_with(level, &data).sum))
         });
     }
+    // The fused moments + sketch kernel (best level) on data in cache: its compute cost alone.
+    group.bench_function("sketched_1pct", |bench| {
+        pool.install(|| {
+            bench.iter(|| {
+                let mut s = microbatch::sketch::Sketch::new(0.01).unwrap();
+                microbatch::backend::cpu::reduce_slice_sketched(&data, &mut s).sum
+            })
+        })
+    });
     group.finish();
 }
 
@@ -90,6 +99,14 @@ fn sketch(c: &mut Criterion) {
             let mut s = microbatch::sketch::Sketch::new(0.01).unwrap();
             s.add_f32_slice(&data);
             s.count()
+        })
+    });
+    // Both in one pass: what a run with quantiles costs on the CPU backend.
+    group.bench_function("moments_and_sketch_1pct", |bench| {
+        bench.iter(|| {
+            let mut s = microbatch::sketch::Sketch::new(0.01).unwrap();
+            let p = microbatch::backend::cpu::reduce_slice_sketched(&data, &mut s);
+            (p.sum, s.count())
         })
     });
     group.finish();

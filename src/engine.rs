@@ -167,17 +167,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Adds a batch to the run's sketch, if quantiles are asked for.
-    fn sketch_add(&mut self, batch: BatchRef<'_>) {
+    /// Pushes `batch` under `tag` in pieces of at most `max` values, into the run's sketch as
+    /// well if quantiles are asked for (in the reducer's own pass where it can: the CPU
+    /// backend's).
+    fn push_batch(&mut self, tag: u64, batch: BatchRef<'_>, max: usize) -> Result<()> {
         let Some(bits) = self.sketch_bits else {
-            return;
+            return batch.push_to(&mut *self.reducer, tag, max);
         };
-        let t = Instant::now();
         let sketch = self
             .sketch
             .get_or_insert_with(|| Sketch::with_mantissa_bits(bits));
-        sketch.add(batch);
-        self.sketch_time += t.elapsed();
+        self.sketch_time += batch.push_sketched_to(&mut *self.reducer, tag, max, sketch)?;
+        Ok(())
     }
 
     /// Forgets the sketch of a run that failed.
@@ -322,18 +323,11 @@ impl Engine {
                 if batch.is_empty() {
                     return Ok(());
                 }
-                self.sketch_add(batch);
-                match batch {
-                    BatchRef::F32(v) => self.reducer.push(v)?,
-                    BatchRef::F64(v) => {
-                        self.note_host_kernels();
-                        self.reducer.push_f64(v)?;
-                    }
-                    BatchRef::Int(v, offset) => {
-                        self.note_host_kernels();
-                        self.reducer.push_int_tagged(0, v, offset)?;
-                    }
+                if !matches!(batch, BatchRef::F32(_)) {
+                    self.note_host_kernels();
                 }
+                // Whole: the source cut it.
+                self.push_batch(0, batch, batch.len())?;
                 batches += 1;
                 observe(&*source);
             }
@@ -380,16 +374,20 @@ impl Engine {
                         self.note_host_kernels();
                     }
                     if let Some(bits) = self.sketch_bits {
-                        let t = Instant::now();
                         if sketches.len() <= *tag {
                             sketches.resize(*tag + 1, None);
                         }
-                        sketches[*tag]
-                            .get_or_insert_with(|| Sketch::with_mantissa_bits(bits))
-                            .add(*piece);
-                        sketching += t.elapsed();
+                        let sketch =
+                            sketches[*tag].get_or_insert_with(|| Sketch::with_mantissa_bits(bits));
+                        sketching += piece.push_sketched_to(
+                            &mut *self.reducer,
+                            *tag as u64,
+                            self.batch_size,
+                            sketch,
+                        )?;
+                    } else {
+                        piece.push_to(&mut *self.reducer, *tag as u64, self.batch_size)?;
                     }
-                    piece.push_to(&mut *self.reducer, *tag as u64, self.batch_size)?;
                 }
                 rounds += 1;
                 observe(&*source);
@@ -472,8 +470,7 @@ impl Engine {
             self.note_host_kernels();
         }
         let start = Instant::now();
-        self.sketch_add(data);
-        if let Err(e) = data.push_to(&mut *self.reducer, 0, self.batch_size) {
+        if let Err(e) = self.push_batch(0, data, self.batch_size) {
             let _ = self.reducer.finish();
             self.drop_sketch();
             return Err(e);
@@ -539,8 +536,7 @@ impl Engine {
             if batch.is_empty() {
                 continue;
             }
-            self.sketch_add(BatchRef::F32(batch));
-            if let Err(e) = BatchRef::F32(batch).push_to(&mut *self.reducer, 0, self.batch_size) {
+            if let Err(e) = self.push_batch(0, BatchRef::F32(batch), self.batch_size) {
                 let _ = self.reducer.finish();
                 self.drop_sketch();
                 return Err(e);
@@ -665,15 +661,13 @@ impl Accumulator<'_> {
         }
         self.pending = true;
         let engine = &mut *self.engine;
-        engine.sketch_add(batch);
-        batch
-            .push_to(&mut *engine.reducer, 0, engine.batch_size)
-            .inspect_err(|e| {
-                self.failed = Some(e.to_string());
-                let _ = engine.reducer.finish();
-                engine.drop_sketch();
-                self.pending = false;
-            })?;
+        let max = engine.batch_size;
+        engine.push_batch(0, batch, max).inspect_err(|e| {
+            self.failed = Some(e.to_string());
+            let _ = engine.reducer.finish();
+            engine.drop_sketch();
+            self.pending = false;
+        })?;
         self.batches += 1;
         Ok(())
     }

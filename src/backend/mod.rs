@@ -127,6 +127,35 @@ impl BatchRef<'_> {
                 .try_for_each(|c| reducer.push_int_tagged(tag, c, *off)),
         }
     }
+
+    /// [`BatchRef::push_to`], adding the values to `sketch` as well: in the reducer's own pass
+    /// over them where it can ([`BatchReducer::push_sketched_tagged`]), else here before each
+    /// push. Returns the time spent sketching here.
+    pub fn push_sketched_to(
+        &self,
+        reducer: &mut (impl BatchReducer + ?Sized),
+        tag: u64,
+        max: usize,
+        sketch: &mut crate::sketch::Sketch,
+    ) -> Result<std::time::Duration> {
+        let mut apart = std::time::Duration::ZERO;
+        if let BatchRef::F32(v) = self {
+            for c in v.chunks(max) {
+                if !reducer.push_sketched_tagged(tag, c, sketch)? {
+                    let t = std::time::Instant::now();
+                    sketch.add_f32_slice(c);
+                    apart += t.elapsed();
+                    reducer.push_tagged(tag, c)?;
+                }
+            }
+        } else {
+            let t = std::time::Instant::now();
+            sketch.add(*self);
+            apart += t.elapsed();
+            self.push_to(reducer, tag, max)?;
+        }
+        Ok(apart)
+    }
 }
 
 /// A backend that reduces a stream of micro-batches.
@@ -150,6 +179,19 @@ pub trait BatchReducer {
     /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
     /// the stage times.
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)>;
+    /// Reduces (or enqueues) one micro-batch under `tag` and adds its values to `sketch` in
+    /// the same pass over memory, where this reducer can (the CPU backend: `Ok(true)`, the
+    /// time counted as compute). `Ok(false)`: it cannot, and did nothing; the caller adds the
+    /// batch to the sketch itself and pushes it.
+    fn push_sketched_tagged(
+        &mut self,
+        tag: u64,
+        batch: &[f32],
+        sketch: &mut crate::sketch::Sketch,
+    ) -> Result<bool> {
+        let _ = (tag, batch, sketch);
+        Ok(false)
+    }
     /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
     fn push(&mut self, batch: &[f32]) -> Result<()> {
         self.push_tagged(0, batch)

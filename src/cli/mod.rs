@@ -1406,8 +1406,8 @@ fn write_quantiles(
     };
     writeln!(
         out,
-        "quantiles    (as numpy's inverted_cdf, within {:.3} % relative error)",
-        sketch.relative_error() * 100.0
+        "quantiles    (as numpy's inverted_cdf, within {} % relative error)",
+        table::significant(sketch.relative_error() * 100.0, 3)
     )?;
     for &q in qs {
         let v = sketch.quantile_of(partial, skip_nan, q);

@@ -171,7 +171,7 @@ fn num(x: Option<f64>, digits: Option<u32>) -> String {
 
 /// `v` with `d` significant digits, like C's `%g`: fixed notation for moderate exponents, else
 /// scientific; trailing zeros dropped.
-fn significant(v: f64, d: usize) -> String {
+pub(crate) fn significant(v: f64, d: usize) -> String {
     if v == 0.0 {
         return "0".into();
     }

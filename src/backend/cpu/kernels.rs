@@ -3,6 +3,7 @@
 
 use super::SimdLevel;
 use crate::numerics::{PivotMoments, order_key};
+use crate::sketch::F32Counts;
 use crate::stats::{IntPart, Partial};
 
 /// f32 lanes of the first pass (two AVX-512 registers, so that the adds of consecutive
@@ -225,7 +226,7 @@ pub(crate) fn prefetch(p: *const f32) {
 
 /// Asks for the cache line holding `p` to be brought into L2 (a hint, like [`prefetch`]).
 #[inline(always)]
-fn prefetch_l2<T>(p: *const T) {
+pub(crate) fn prefetch_l2<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT1 only hints the cache; it has no architectural effect and cannot fault.
     unsafe {
@@ -235,8 +236,13 @@ fn prefetch_l2<T>(p: *const T) {
     let _ = p;
 }
 
+/// Reduces `data` block by block, handing each block to `each_block` after its moments (while
+/// the block is still in L1).
 #[inline(always)]
-fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
+fn reduce_serial_impl<const FMA: bool>(
+    data: &[f32],
+    each_block: &mut impl FnMut(&[f32]),
+) -> Partial {
     let mut acc = Partial::EMPTY;
     let mut range = LaneRange::EMPTY;
     let mut blocks = data.chunks_exact(BLOCK);
@@ -245,11 +251,13 @@ fn reduce_serial_impl<const FMA: bool>(data: &[f32]) -> Partial {
         let pm =
             reduce_block_fast::<FMA>(block, &mut range).unwrap_or_else(|| reduce_block_slow(block));
         acc.merge(&pm.to_partial());
+        each_block(block);
     }
     let rest = blocks.remainder();
     if !rest.is_empty() {
         let pm = reduce_fast::<FMA>(rest, &mut range).unwrap_or_else(|| reduce_block_slow(rest));
         acc.merge(&pm.to_partial());
+        each_block(rest);
     }
     if acc.count > 0 {
         range.fold_into(&mut acc);
@@ -387,7 +395,7 @@ simd_versions! {
     /// [`reduce_serial_with`] for f64 values.
     pub(crate) fn reduce_serial_f64_with(data: &[f64]) -> Partial;
     avx512: "avx512f,fma", avx2: "avx2,fma";
-    |data, FMA| reduce_serial_f64_impl::<FMA>(data)
+    |FMA| reduce_serial_f64_impl::<FMA>(data)
 }
 
 /// Values per integer block (32 KiB of i64, in L1).
@@ -477,5 +485,13 @@ simd_versions! {
     /// one [`SimdLevel::available`] lists.
     pub(crate) fn reduce_serial_with(data: &[f32]) -> Partial;
     avx512: "avx512f,fma", avx2: "avx2,fma";
-    |data, FMA| reduce_serial_impl::<FMA>(data)
+    |FMA| reduce_serial_impl::<FMA>(data, &mut |_| {})
+}
+
+simd_versions! {
+    /// [`reduce_serial_with`] that also counts every block into `counts` while it is in L1
+    /// (quantiles at one read of memory).
+    pub(crate) fn reduce_serial_sketched_with(data: &[f32], counts: &mut F32Counts) -> Partial;
+    avx512: "avx512f,fma", avx2: "avx2,fma";
+    |FMA| reduce_serial_impl::<FMA>(data, &mut |block| counts.add_block::<false>(block))
 }

@@ -12,7 +12,7 @@ simd_versions! {
     /// this code knows, not a naive loop the kernel could beat.
     pub(crate) fn read_sum_with(data: &[f32]) -> f32;
     avx512: "avx512f", avx2: "avx2";
-    |data, _FAST| read_sum_impl(data)
+    |_FAST| read_sum_impl(data)
 }
 
 /// [`read_sum_with`] at the best level the processor runs.

@@ -34,11 +34,18 @@ override WG_SIZE: u32 = 256u;
 override VEC_PER_THREAD: u32 = 8u;
 const MAX_VPT: u32 = 16u;
 
+// Series one dispatch can reduce side by side (a segmented reduction).
+const MAX_SEGMENTS: u32 = 32u;
+
 struct Params {
-    len: u32,        // valid f32 elements in `input`
+    len: u32,        // valid f32 elements in `input` (segments == 0)
     out_base: u32,   // index of this dispatch's first partial in `partials`
-    _pad0: u32,
+    segments: u32,   // 0: `input` is one series; else the series in `segment`
     _pad1: u32,
+    // Segment i: (its first vec4 in `input`, its valid f32 elements, its first workgroup, its
+    // workgroups), by increasing first workgroup from 0; each workgroup reduces within one
+    // segment exactly as a dispatch over that segment alone would.
+    segment: array<vec4<u32>, MAX_SEGMENTS>,
 }
 
 struct Partial {
@@ -142,12 +149,12 @@ fn exact_f64(b: u32) -> f64 {
 // Adds the classified, valid lanes of `n_vec` vec4s starting at `i` (stepping WG_SIZE) to `s`,
 // as one tile (two passes in f64 over the finite values; the vec4s are read twice: this path is
 // rare).
-fn tile_general(s: ptr<function, Thread>, i: u32, n_vec: u32, len: u32) {
+fn tile_general(s: ptr<function, Thread>, base: u32, i: u32, n_vec: u32, len: u32) {
     var sum = 0.0lf;
     var n = 0u;
     for (var k = 0u; k < n_vec; k++) {
         let j = i + k * WG_SIZE;
-        let bits = bitcast<vec4<u32>>(input[j]);
+        let bits = bitcast<vec4<u32>>(input[base + j]);
         let valid = vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
         let abs_bits = bits & vec4<u32>(ABS_MASK);
         let finite = valid & (abs_bits < vec4<u32>(INF_BITS));
@@ -175,7 +182,7 @@ fn tile_general(s: ptr<function, Thread>, i: u32, n_vec: u32, len: u32) {
     var q = 0.0lf;
     for (var k = 0u; k < n_vec; k++) {
         let j = i + k * WG_SIZE;
-        let bits = bitcast<vec4<u32>>(input[j]);
+        let bits = bitcast<vec4<u32>>(input[base + j]);
         let valid = vec4<u32>(j * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(len);
         let finite = valid & ((bits & vec4<u32>(ABS_MASK)) < vec4<u32>(INF_BITS));
         for (var l = 0u; l < 4u; l++) {
@@ -190,19 +197,39 @@ fn tile_general(s: ptr<function, Thread>, i: u32, n_vec: u32, len: u32) {
 }
 
 // Where a thread's tiles lie: tiles of VEC_PER_THREAD vec4s first + k·WG_SIZE for
-// first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid.
+// first = (wid·VEC_PER_THREAD)·WG_SIZE + lid, stepping by the whole grid — of the workgroup's
+// segment (indices relative to `base`, `wid` and the grid the segment's own).
 struct Geometry {
+    base: u32,     // the segment's first vec4 in `input`
     len: u32,      // valid f32 elements
     n_full: u32,   // whole vec4s
     first: u32,    // the thread's first vec4
     stride: u32,   // vec4s between a thread's tiles
     last_k: u32,   // offset of a tile's last vec4 from its first
+    wid: u32,      // the workgroup within its segment
 }
 
 fn geometry(lid: u32, wid: u32, nwg: u32) -> Geometry {
-    let len = params.len;
+    var base = 0u;
+    var len = params.len;
+    var w = wid;
+    var n = nwg;
+    if (params.segments > 0u) {
+        // The last segment starting at or before this workgroup (uniform per workgroup).
+        var s = 0u;
+        for (var i = 1u; i < params.segments; i++) {
+            if (params.segment[i].z <= wid) {
+                s = i;
+            }
+        }
+        let seg = params.segment[s];
+        base = seg.x;
+        len = seg.y;
+        w = wid - seg.z;
+        n = seg.w;
+    }
     let tile = WG_SIZE * VEC_PER_THREAD;
-    return Geometry(len, len / 4u, wid * tile + lid, nwg * tile, (VEC_PER_THREAD - 1u) * WG_SIZE);
+    return Geometry(base, len, len / 4u, w * tile + lid, n * tile, (VEC_PER_THREAD - 1u) * WG_SIZE, w);
 }
 
 // A thread's whole tiles by the fast path: their moments and key range, whether every value
@@ -242,7 +269,7 @@ fn whole_tiles(g: Geometry) -> Fast {
     for (; i + g.last_k < g.n_full; i += g.stride) {
         //#loads
         for (var k = 0u; k < VEC_PER_THREAD; k++) {
-            v[k] = input[i + k * WG_SIZE];
+            v[k] = input[g.base + i + k * WG_SIZE];
         }
         //#end
         var s4 = vec4<f32>(0.0);
@@ -294,19 +321,20 @@ fn whole_tiles(g: Geometry) -> Fast {
 // Every whole tile of the thread with each value classified (the slow path).
 fn whole_tiles_general(s: ptr<function, Thread>, g: Geometry) {
     for (var j = g.first; j + g.last_k < g.n_full; j += g.stride) {
-        tile_general(s, j, VEC_PER_THREAD, g.len);
+        tile_general(s, g.base, j, VEC_PER_THREAD, g.len);
     }
 }
 
 // The thread's partial tile at the end of the batch (at most one, starting at `next`), and in
-// global thread 0 the last vec4 when it is partial.
-fn batch_end(s: ptr<function, Thread>, g: Geometry, next: u32, lid: u32, wid: u32) {
+// the segment's thread 0 the last vec4 when it is partial.
+fn batch_end(s: ptr<function, Thread>, g: Geometry, next: u32, lid: u32) {
     if (next < g.n_full) {
-        tile_general(s, next, (g.n_full - next + WG_SIZE - 1u) / WG_SIZE, g.len);
+        tile_general(s, g.base, next, (g.n_full - next + WG_SIZE - 1u) / WG_SIZE, g.len);
     }
-    if (g.len % 4u != 0u && lid == 0u && wid == 0u) {
-        // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier batch.
-        tile_general(s, g.n_full, 1u, g.len);
+    if (g.len % 4u != 0u && lid == 0u && g.wid == 0u) {
+        // The last vec4 holds len % 4 valid lanes; the rest may be stale data from an earlier
+        // batch or the next segment's first values.
+        tile_general(s, g.base, g.n_full, 1u, g.len);
     }
 }
 
@@ -320,7 +348,7 @@ fn reduce_thread_inline(lid: u32, wid: u32, nwg: u32) -> Thread {
         s = Thread(moments_empty(), 0u, 0u, 0u, 0xffffffffu, 0u);
         whole_tiles_general(&s, g);
     }
-    batch_end(&s, g, f.next, lid, wid);
+    batch_end(&s, g, f.next, lid);
     return s;
 }
 

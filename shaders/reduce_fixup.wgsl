@@ -29,14 +29,14 @@ fn fixup(
     // The workgroup's last stride with data: its tiles there start at `base`; they are partial
     // when they reach past the whole vec4s.
     let tile = WG_SIZE * VEC_PER_THREAD;
-    let wg_first = w * tile;
+    let wg_first = g.wid * tile;
     var straddle = false;
     var base = 0u;
     if (wg_first < g.n_full) {
         base = wg_first + (g.n_full - 1u - wg_first) / g.stride * g.stride;
         straddle = base + tile > g.n_full;
     }
-    let tail = w == 0u && g.len % 4u != 0u;
+    let tail = g.wid == 0u && g.len % 4u != 0u;
     if (!dirty && !straddle && !tail) {
         return;
     }
@@ -50,7 +50,7 @@ fn fixup(
     if (straddle && base + t + g.last_k >= g.n_full) {
         next = base + t;
     }
-    batch_end(&s, g, next, t, w);
+    batch_end(&s, g, next, t);
 
     tree_combine(t, s);
     if (t == 0u) {

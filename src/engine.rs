@@ -366,29 +366,50 @@ impl Engine {
                 let Some(pieces) = next else {
                     return Ok(());
                 };
-                for (tag, piece) in &pieces {
+                // The round's f32 pieces go to the reducer together (on the GPU, one dispatch
+                // for several series); the others, and those the CPU backend sketches in its
+                // own pass, one by one.
+                let mut segments: Vec<(u64, &[f32])> = Vec::new();
+                for &(tag, piece) in &pieces {
                     if piece.is_empty() {
                         continue;
                     }
-                    if !matches!(piece, BatchRef::F32(_)) {
-                        self.note_host_kernels();
-                    }
-                    if let Some(bits) = self.sketch_bits {
-                        if sketches.len() <= *tag {
-                            sketches.resize(*tag + 1, None);
+                    let sketch = self.sketch_bits.map(|bits| {
+                        if sketches.len() <= tag {
+                            sketches.resize(tag + 1, None);
                         }
-                        let sketch =
-                            sketches[*tag].get_or_insert_with(|| Sketch::with_mantissa_bits(bits));
-                        sketching += piece.push_sketched_to(
-                            &mut *self.reducer,
-                            *tag as u64,
-                            self.batch_size,
-                            sketch,
-                        )?;
-                    } else {
-                        piece.push_to(&mut *self.reducer, *tag as u64, self.batch_size)?;
+                        sketches[tag].get_or_insert_with(|| Sketch::with_mantissa_bits(bits))
+                    });
+                    match (piece, sketch) {
+                        (BatchRef::F32(v), mut sketch) => {
+                            for c in v.chunks(self.batch_size) {
+                                if let Some(s) = sketch.as_deref_mut() {
+                                    if self.reducer.push_sketched_tagged(tag as u64, c, s)? {
+                                        continue;
+                                    }
+                                    let t = Instant::now();
+                                    s.add_f32_slice(c);
+                                    sketching += t.elapsed();
+                                }
+                                segments.push((tag as u64, c));
+                            }
+                        }
+                        (other, Some(s)) => {
+                            self.note_host_kernels();
+                            sketching += other.push_sketched_to(
+                                &mut *self.reducer,
+                                tag as u64,
+                                self.batch_size,
+                                s,
+                            )?;
+                        }
+                        (other, None) => {
+                            self.note_host_kernels();
+                            other.push_to(&mut *self.reducer, tag as u64, self.batch_size)?;
+                        }
                     }
                 }
+                self.reducer.push_segments(&segments)?;
                 rounds += 1;
                 observe(&*source);
             }

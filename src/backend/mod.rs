@@ -192,6 +192,14 @@ pub trait BatchReducer {
         let _ = (tag, batch, sketch);
         Ok(false)
     }
+    /// Reduces (or enqueues) several series' micro-batches, each under its tag: the GPU backend
+    /// reduces them side by side in one dispatch where they fit (a segmented reduction);
+    /// others push them one by one (the default).
+    fn push_segments(&mut self, pieces: &[(u64, &[f32])]) -> Result<()> {
+        pieces
+            .iter()
+            .try_for_each(|&(tag, piece)| self.push_tagged(tag, piece))
+    }
     /// Reduces (or enqueues) one micro-batch. The slice is not kept past the call.
     fn push(&mut self, batch: &[f32]) -> Result<()> {
         self.push_tagged(0, batch)

@@ -435,6 +435,91 @@ fn every_kernel_variant_matches_the_reference() {
     }
 }
 
+/// Several series in one dispatch (the segmented reduction `push_segments` does) give each
+/// series the partial a dispatch of its own gives, bit for bit: more series than one dispatch
+/// holds, series longer than a binding, lengths that are not whole vec4s (1, 2, 3 values…),
+/// NaN, infinities and subnormals in some series only, for every slow path and both
+/// loads' forms; and each series' finite values match the f64 reference.
+#[test]
+fn segmented_dispatch_equals_one_dispatch_per_series() {
+    use microbatch::backend::gpu::{Loads, SlowPath};
+    use rand::RngExt;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("segmented_dispatch");
+    let lengths = [1usize, 2, 3, 4, 5, 7, 9, 255, 1023, 1024, 4097, 20_001];
+    let series: Vec<Vec<f32>> = (0..45)
+        .map(|i| {
+            let n = lengths[rng.random_range(0..lengths.len())];
+            let mean = rng.random_range(-1e4..1e4);
+            let mut v = normal(&mut rng, n, mean, 3.0);
+            if i % 7 == 3 {
+                let at = rng.random_range(0..n);
+                v[at] = [
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    f32::MIN_POSITIVE / 4.0,
+                ][i % 4];
+            }
+            v
+        })
+        .collect();
+    let pieces: Vec<(u64, &[f32])> = series
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64, v.as_slice()))
+        .collect();
+    for slow_path in [SlowPath::Inline, SlowPath::Deferred] {
+        for loads in [Loads::Loop, Loads::Unrolled] {
+            for (vpt, p) in [(1, 3), (8, 64)] {
+                let make = || {
+                    // Bindings of 8 Ki values: the longest series span three dispatches.
+                    let mut config = GpuConfig::new(8192);
+                    config.workgroups = Some(p);
+                    config.vec_per_thread = Some(vpt);
+                    config.loads = Some(loads);
+                    config.slow_path = Some(slow_path);
+                    GpuReducer::new(ctx, config).unwrap()
+                };
+                let mut together = make();
+                together.push_segments(&pieces).unwrap();
+                let (got, _) = together.finish_tagged().unwrap();
+                let mut apart = make();
+                for &(tag, piece) in &pieces {
+                    apart.push_tagged(tag, piece).unwrap();
+                }
+                let (want, _) = apart.finish_tagged().unwrap();
+                let what = format!("{}, P={p}", together.shape());
+                assert_eq!(got.len(), series.len(), "{what}");
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "{what}");
+                for (tag, partial) in &got {
+                    let data = &series[*tag as usize];
+                    let finite: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+                    assert_eq!(
+                        partial.nan_count,
+                        data.iter().filter(|x| x.is_nan()).count() as u64,
+                        "{what}, series {tag}"
+                    );
+                    let finite_only = microbatch::Partial {
+                        nan_count: 0,
+                        pos_inf_count: 0,
+                        neg_inf_count: 0,
+                        ..*partial
+                    };
+                    if !finite.is_empty() {
+                        check_stats(
+                            &format!("{what}, series {tag}"),
+                            &finite_only.finish(0, false),
+                            &finite,
+                            shape_depth(data.len(), p, &together.shape()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Pinned staging (a Vulkan buffer in host memory, made through wgpu-hal, that the copy engine
 /// reads) gives the same partial, bit for bit, as wgpu's mapped staging: batches of growing
 /// and uneven sizes, more of them than the ring has slots (so slots are waited for and

@@ -174,9 +174,15 @@ pub(super) const PARTIAL_BYTES: u64 = std::mem::size_of::<GpuPartial>() as u64;
 pub(super) struct GpuParams {
     pub(super) len: u32,
     pub(super) out_base: u32,
-    pub(super) _pad0: u32,
+    /// 0: the input is one series; else how many of `segment` are in use.
+    pub(super) segments: u32,
     pub(super) _pad1: u32,
+    /// Per segment: its first vec4, its f32 elements, its first workgroup, its workgroups.
+    pub(super) segment: [[u32; 4]; MAX_SEGMENTS],
 }
+
+/// Series one dispatch reduces side by side (`MAX_SEGMENTS` in the shader).
+pub const MAX_SEGMENTS: usize = 32;
 
 /// One workgroup's result. Kept in sync with `struct Partial` in shaders/reduce_common.wgsl
 /// (six u32, the f32 pivot and the dirty flag, then two f64 at offsets 32 and 40).
@@ -468,23 +474,26 @@ pub(super) fn pipeline(
     let module = unsafe {
         device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
     };
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("microbatch.reduce.layout"),
-        entries: &[
-            storage_entry(0, true),
-            storage_entry(1, false),
-            wgpu::BindGroupLayoutEntry {
-                binding: 2,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: wgpu::BufferSize::new(16),
+    let layout =
+        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("microbatch.reduce.layout"),
+            entries: &[
+                storage_entry(0, true),
+                storage_entry(1, false),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 2,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(
+                            std::mem::size_of::<GpuParams>() as u64
+                        ),
+                    },
+                    count: None,
                 },
-                count: None,
-            },
-        ],
-    });
+            ],
+        });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some("microbatch.reduce.pipeline_layout"),
         bind_group_layouts: &[Some(&layout)],
@@ -567,8 +576,9 @@ mod tests {
             let rust: Vec<(String, u32)> = [
                 ("len", offset_of!(GpuParams, len)),
                 ("out_base", offset_of!(GpuParams, out_base)),
-                ("_pad0", offset_of!(GpuParams, _pad0)),
+                ("segments", offset_of!(GpuParams, segments)),
                 ("_pad1", offset_of!(GpuParams, _pad1)),
+                ("segment", offset_of!(GpuParams, segment)),
             ]
             .iter()
             .map(|(n, o)| (n.to_string(), *o as u32))
@@ -639,7 +649,7 @@ mod tests {
             let vpt = shape.vec_per_thread;
             for k in 0..vpt {
                 assert!(
-                    src.contains(&format!("let v{k} = input[i + {k}u * WG_SIZE];")),
+                    src.contains(&format!("let v{k} = input[g.base + i + {k}u * WG_SIZE];")),
                     "{shape}: load {k} missing"
                 );
             }

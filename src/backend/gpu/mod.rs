@@ -19,8 +19,8 @@ pub use context::{AdapterReport, AdapterSelector, GpuContext, list_adapters};
 pub(crate) use kernel::default_vec_per_thread;
 use kernel::{GpuParams, GpuPartial};
 pub use kernel::{
-    KernelShape, Loads, MAX_THREAD_TILES, MAX_VEC_PER_THREAD, SlowPath, WORKGROUP_SIZE,
-    default_workgroups,
+    KernelShape, Loads, MAX_SEGMENTS, MAX_THREAD_TILES, MAX_VEC_PER_THREAD, SlowPath,
+    WORKGROUP_SIZE, default_workgroups,
 };
 use kernel::{PARTIAL_BYTES, input_binding};
 pub use pinned::Staging;
@@ -105,7 +105,11 @@ pub struct GpuReducer {
     partials_capacity: u32,
     partials_readback: wgpu::Buffer,
     queries: Option<readback::Queries>,
+    /// Each dispatched series' partials since the last readback (several per dispatch when
+    /// it was segmented).
     window: Vec<DispatchRecord>,
+    /// Dispatches (compute passes, each with a timestamp pair) since the last readback.
+    passes: u32,
     partials_used: u32,
     acc: Tagged,
     times: Timings,
@@ -184,6 +188,7 @@ impl GpuReducer {
             partials_readback,
             queries,
             window: Vec::new(),
+            passes: 0,
             partials_used: 0,
             acc: Tagged::default(),
             times: Timings {
@@ -229,6 +234,34 @@ impl BatchReducer for GpuReducer {
     fn push_tagged(&mut self, tag: u64, batch: &[f32]) -> Result<()> {
         for chunk in batch.chunks(self.chunk_elems) {
             self.dispatch(chunk, tag)?;
+        }
+        Ok(())
+    }
+
+    /// Several series in as few dispatches as fit: up to [`MAX_SEGMENTS`] pieces and
+    /// `chunk_elems` values (each piece padded to whole vec4s) per dispatch, a segmented
+    /// reduction in which each piece gets the workgroups a dispatch of its own would.
+    fn push_segments(&mut self, pieces: &[(u64, &[f32])]) -> Result<()> {
+        let mut group: Vec<(u64, &[f32])> = Vec::with_capacity(MAX_SEGMENTS);
+        let mut vec4s = 0usize;
+        let room = self.chunk_elems / 4;
+        for &(tag, piece) in pieces {
+            for chunk in piece.chunks(self.chunk_elems) {
+                let need = chunk.len().div_ceil(4);
+                if chunk.is_empty() {
+                    continue;
+                }
+                if group.len() == MAX_SEGMENTS || vec4s + need > room {
+                    self.dispatch_segments(&group)?;
+                    group.clear();
+                    vec4s = 0;
+                }
+                group.push((tag, chunk));
+                vec4s += need;
+            }
+        }
+        if !group.is_empty() {
+            self.dispatch_segments(&group)?;
         }
         Ok(())
     }

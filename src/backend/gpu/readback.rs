@@ -19,7 +19,7 @@ impl GpuReducer {
         });
         let partial_bytes = u64::from(self.partials_used) * PARTIAL_BYTES;
         encoder.copy_buffer_to_buffer(&self.partials, 0, &self.partials_readback, 0, partial_bytes);
-        let n_queries = self.window.len() as u32 * 2;
+        let n_queries = self.passes * 2;
         if let Some((set, resolve, readback)) = &self.queries {
             encoder.resolve_query_set(set, 0..n_queries, resolve, 0);
             encoder.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
@@ -102,6 +102,7 @@ impl GpuReducer {
 
         let used = self.partials_used as usize;
         self.partials_used = 0;
+        self.passes = 0;
         if let Some(i) = partials[..used].iter().position(|p| p.dirty != 0) {
             // The deferred slow path's fixup clears every mark: one left means its dispatch did
             // not run or did not finish, and that workgroup's values are missing or unclassified.

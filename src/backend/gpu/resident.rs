@@ -172,7 +172,7 @@ impl GpuReducer {
         let mut done = 0usize;
         // The window and partials as last submitted: dispatches recorded after it are only in
         // `encoder`, and are forgotten with it if a later chunk fails.
-        let mut mark = (self.window.len(), self.partials_used);
+        let mut mark = (self.window.len(), self.partials_used, self.passes);
         while done < len {
             let n = (len - done).min(step);
             let workgroups = self.workgroups_for(n);
@@ -180,7 +180,7 @@ impl GpuReducer {
                 self.ctx.queue.submit([encoder.finish()]);
                 encoder = self.new_encoder("microbatch.buffer.encoder");
                 self.read_back()?;
-                mark = (self.window.len(), self.partials_used);
+                mark = (self.window.len(), self.partials_used, self.passes);
             }
             let params = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("microbatch.buffer.params"),
@@ -228,6 +228,7 @@ impl GpuReducer {
                 // the encoder, and the window forgets them.
                 self.window.truncate(mark.0);
                 self.partials_used = mark.1;
+                self.passes = mark.2;
                 return bad(format!(
                     "wgpu refused to bind it (a buffer of another device?): {e}"
                 ));

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use bytemuck::Zeroable;
+
 use super::pinned::PinnedBuffer;
 use super::*;
 use crate::{Error, Result};
@@ -68,12 +70,11 @@ impl GpuReducer {
 
     /// Whether the readback window has no room for one more dispatch of `workgroups` partials.
     pub(super) fn window_full(&self, workgroups: u32) -> bool {
-        self.window.len() == MAX_DISPATCHES_PER_READBACK
+        self.passes as usize == MAX_DISPATCHES_PER_READBACK
             || self.partials_used + workgroups > self.partials_capacity
     }
 
-    /// Records one dispatch into `encoder` (timestamps around it where supported) and notes where
-    /// its partials go. The window must have room for it (`window_full` is false).
+    /// Records one dispatch over one series into `encoder` ([`GpuReducer::encode_segments`]).
     pub(super) fn encode(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -81,7 +82,21 @@ impl GpuReducer {
         workgroups: u32,
         tag: u64,
     ) {
-        let q = self.window.len() as u32 * 2;
+        self.encode_segments(encoder, bind_group, &[(tag, workgroups)]);
+    }
+
+    /// Records one dispatch into `encoder` (timestamps around it where supported) over
+    /// `segments` (each a tag and its workgroups, in the order of the params' segment table)
+    /// and notes where each segment's partials go. The window must have room for it
+    /// (`window_full` is false for the workgroups together).
+    pub(super) fn encode_segments(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        bind_group: &wgpu::BindGroup,
+        segments: &[(u64, u32)],
+    ) {
+        let workgroups: u32 = segments.iter().map(|s| s.1).sum();
+        let q = self.passes * 2;
         let timestamp_writes =
             self.queries
                 .as_ref()
@@ -103,20 +118,22 @@ impl GpuReducer {
             pass.dispatch_workgroups(workgroups, 1, 1);
         }
         drop(pass);
-        self.window.push(DispatchRecord {
-            first: self.partials_used,
-            workgroups,
-            tag,
-        });
-        self.partials_used += workgroups;
+        self.passes += 1;
+        for &(tag, workgroups) in segments {
+            self.window.push(DispatchRecord {
+                first: self.partials_used,
+                workgroups,
+                tag,
+            });
+            self.partials_used += workgroups;
+        }
     }
 
     pub(super) fn params_for(&self, len: usize) -> GpuParams {
         GpuParams {
             len: len as u32,
             out_base: self.partials_used,
-            _pad0: 0,
-            _pad1: 0,
+            ..GpuParams::zeroed()
         }
     }
 
@@ -126,15 +143,36 @@ impl GpuReducer {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
+    /// One dispatch over one series.
     pub(super) fn dispatch(&mut self, chunk: &[f32], tag: u64) -> Result<()> {
-        let workgroups = self.workgroups_for(chunk.len());
+        self.dispatch_segments(&[(tag, chunk)])
+    }
+
+    /// One dispatch over `pieces` (each a tag and its values, none empty; at most
+    /// [`MAX_SEGMENTS`], together at most `chunk_elems` once each is padded to whole vec4s):
+    /// the pieces are staged one after another, each from a vec4 boundary, and each gets the
+    /// workgroups a dispatch of its own would (a segmented reduction: one dispatch, one
+    /// submission for several series). A single piece is dispatched as a plain batch.
+    pub(super) fn dispatch_segments(&mut self, pieces: &[(u64, &[f32])]) -> Result<()> {
+        assert!(!pieces.is_empty() && pieces.len() <= MAX_SEGMENTS);
+        let mut params = GpuParams::zeroed();
+        let mut segments = Vec::with_capacity(pieces.len());
+        let (mut vec4s, mut workgroups) = (0u32, 0u32);
+        for (i, &(tag, piece)) in pieces.iter().enumerate() {
+            let w = self.workgroups_for(piece.len());
+            params.segment[i] = [vec4s, piece.len() as u32, workgroups, w];
+            segments.push((tag, w));
+            vec4s += piece.len().div_ceil(4) as u32;
+            workgroups += w;
+        }
+        assert!(vec4s as usize * 4 <= self.chunk_elems.next_multiple_of(4));
         if self.window_full(workgroups) {
             self.read_back()?;
         }
 
         let upload_start = Instant::now();
         let slot_index = self.next_slot;
-        let needed = (chunk.len() as u64 * 4).next_multiple_of(16);
+        let needed = u64::from(vec4s) * 16;
         if slot_index == self.ring.len() {
             let slot = self.new_slot(slot_index, needed)?;
             self.ring.push(slot);
@@ -147,10 +185,23 @@ impl GpuReducer {
                 self.ring[slot_index] = self.new_slot(slot_index, grown)?;
             }
         }
-        let params = self.params_for(chunk.len());
+        params.out_base = self.partials_used;
+        if let [(_, only)] = pieces {
+            params.len = only.len() as u32;
+        } else {
+            params.segments = pieces.len() as u32;
+            params.len = vec4s * 4;
+        }
         let slot = &mut self.ring[slot_index];
-        let bytes = (chunk.len() as u64 * 4).next_multiple_of(4);
-        let src: &[u8] = bytemuck::cast_slice(chunk);
+        // Bytes copied: up to the last piece's last value (rounded to 4 bytes).
+        let last = pieces.last().map_or(0, |p| p.1.len());
+        let bytes = u64::from(vec4s - last.div_ceil(4) as u32) * 16 + last as u64 * 4;
+        let places = pieces
+            .iter()
+            .zip(&params.segment)
+            .map(|(&(_, piece), seg)| {
+                (seg[0] as usize * 16, bytemuck::cast_slice::<f32, u8>(piece))
+            });
         match &mut slot.staging {
             SlotStaging::Mapped { buffer, mapped } => {
                 {
@@ -162,13 +213,21 @@ impl GpuReducer {
                                 context: "writing a batch into staging memory".to_string(),
                                 message: e.to_string(),
                             })?;
-                    copy_parallel(view.slice(..), src);
+                    for (at, src) in places {
+                        copy_parallel(view.slice(at..at + src.len()), src);
+                    }
                 }
                 buffer.unmap();
                 mapped.store(false, Ordering::Release);
             }
             SlotStaging::Pinned(pinned) => {
-                copy_parallel(wgpu::WriteOnly::from_mut(pinned.bytes_mut()), src);
+                let bytes = pinned.bytes_mut();
+                for (at, src) in places {
+                    copy_parallel(
+                        wgpu::WriteOnly::from_mut(&mut bytes[at..at + src.len()]),
+                        src,
+                    );
+                }
             }
         }
         let queue = &self.ctx.queue;
@@ -178,7 +237,7 @@ impl GpuReducer {
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
         encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
-        self.encode(&mut encoder, &bind_group, workgroups, tag);
+        self.encode_segments(&mut encoder, &bind_group, &segments);
         let index = self.ctx.queue.submit([encoder.finish()]);
         if let SlotStaging::Mapped { mapped, .. } = &self.ring[slot_index].staging {
             // Map the staging buffer again: the callback fires once the device has copied it

@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use microbatch::shard::PartialFile;
+use microbatch::sketch::Histogram;
 use microbatch::source::{
     BatchSource, Column, Delimiter, Dtype, Endian, Format, InputOptions, RandomSource, TextOptions,
 };
@@ -239,7 +240,8 @@ struct RunArgs {
     /// A histogram of the values in BINS bins from the exact minimum to the exact maximum (from
     /// the quantile sketch: a value within --quantile-error of a bin edge may be counted in the
     /// bin beside it; every other value is in its own bin). NaN and infinities are counted
-    /// apart.
+    /// apart. With several columns, groups or an --axis: one per row. Printed with the table
+    /// or --json (not with --csv/--tsv, whose rows have no place for it).
     #[arg(long, value_name = "BINS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     histogram: Option<u32>,
 
@@ -252,7 +254,8 @@ struct RunArgs {
     )]
     histogram_scale: HistogramScale,
 
-    /// With --histogram: also draw it as SVG to FILE.svg.
+    /// With --histogram: also draw it as SVG to FILE.svg (several rows: one chart each,
+    /// stacked, at most 64).
     #[cfg(feature = "plot")]
     #[arg(long, value_name = "FILE.svg", requires = "histogram")]
     histogram_plot: Option<PathBuf>,
@@ -450,7 +453,6 @@ fn run(args: RunArgs) -> Result<()> {
         } else {
             None
         };
-        let other = other.or(args.histogram.map(|_| "--histogram"));
         if let Some(flag) = other {
             anyhow::bail!(
                 "{flag} reduces one series: it takes one --column, not several columns or an --axis"
@@ -471,6 +473,11 @@ fn run(args: RunArgs) -> Result<()> {
         total_bytes = Some(n * 4);
     }
 
+    if args.histogram.is_some() && args.rows.delimited() {
+        anyhow::bail!(
+            "--histogram prints with the table or --json: --csv/--tsv rows have no place for it"
+        );
+    }
     if !args.remote.is_empty() {
         if args.histogram.is_some() {
             anyhow::bail!("--histogram is not available with --remote: drop --remote to get it");
@@ -573,23 +580,15 @@ fn run(args: RunArgs) -> Result<()> {
     let report = Report::combine(&reports).expect("at least one input");
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
 
-    let histogram = match (args.histogram, &report.sketch) {
-        (Some(bins), Some(sketch)) => sketch.histogram(
-            bins as usize,
-            match args.histogram_scale {
-                HistogramScale::Linear => microbatch::sketch::Scale::Linear,
-                HistogramScale::Log => microbatch::sketch::Scale::Log,
-            },
-            report.partial.min,
-            report.partial.max,
-        )?,
-        _ => None,
+    let histogram = match args.histogram {
+        Some(_) => args.histogram_of(report.sketch.as_ref(), &report.partial)?,
+        None => None,
     };
     // Everything succeeded: only now is anything written.
     write_partial(&args, report.partial, report.sketch.clone(), skipped)?;
     #[cfg(feature = "plot")]
     if let (Some(path), Some(h)) = (&args.histogram_plot, &histogram) {
-        plot::histogram(path, h, &report.partial)
+        plot::histograms(path, &[(None, h, &report.partial)])
             .with_context(|| format!("drawing {}", path.display()))?;
     }
     let mut out = std::io::stdout().lock();
@@ -786,31 +785,68 @@ fn run_columns(
         (Some(g), true) => format!("{g}/{}", c.label()),
         (None, _) => c.label(),
     };
+    // Each row's histogram (with --histogram), in the report's column order.
+    let histograms_of = |r: &microbatch::ColumnsReport| -> Result<Vec<Option<Histogram>>> {
+        if args.histogram.is_none() {
+            return Ok(Vec::new());
+        }
+        r.columns
+            .iter()
+            .map(|c| {
+                args.histogram_of(c.sketch.as_ref(), &c.partial)
+                    .with_context(|| format!("the histogram of {}", row_key(c)))
+            })
+            .collect()
+    };
+    let histograms = histograms_of(&report)?;
+    #[cfg(feature = "plot")]
+    if let Some(path) = &args.histogram_plot {
+        let charts: Vec<_> = report
+            .columns
+            .iter()
+            .zip(&histograms)
+            .filter_map(|(c, h)| Some((Some(row_key(c)), h.as_ref()?, &c.partial)))
+            .collect();
+        if charts.len() > plot::MAX_HISTOGRAM_CHARTS {
+            anyhow::bail!(
+                "--histogram-plot draws at most {} charts; this run has {} rows: pick fewer columns",
+                plot::MAX_HISTOGRAM_CHARTS,
+                charts.len()
+            );
+        }
+        plot::histograms(path, &charts).with_context(|| format!("drawing {}", path.display()))?;
+    }
     let rows_of = |r: &microbatch::ColumnsReport| -> Vec<Owned> {
         r.columns
             .iter()
             .map(|c| (row_key(c), c.stats, c.nulls, c.skipped, quantiles_of(c)))
             .collect()
     };
-    // Each column's `stats` JSON with its quantiles.
-    let with_quantiles = |r: &microbatch::ColumnsReport, v: &mut serde_json::Value| {
-        if qs.is_empty() {
-            return;
-        }
+    // Each column's `stats` JSON with its quantiles, and its histogram beside `stats`.
+    let with_quantiles = |r: &microbatch::ColumnsReport,
+                          histograms: &[Option<Histogram>],
+                          v: &mut serde_json::Value| {
         let list = if r.grouped() { "groups" } else { "columns" };
-        for (c, j) in r
+        for (i, (c, j)) in r
             .columns
             .iter()
             .zip(v[list].as_array_mut().into_iter().flatten())
+            .enumerate()
         {
-            j["stats"]["quantiles"] =
-                Report::quantiles_json(c.sketch.as_ref(), &c.partial, c.stats.skip_nan, &qs);
+            if !qs.is_empty() {
+                j["stats"]["quantiles"] =
+                    Report::quantiles_json(c.sketch.as_ref(), &c.partial, c.stats.skip_nan, &qs);
+            }
+            if args.histogram.is_some() {
+                j["histogram"] =
+                    histogram_json(histograms.get(i).and_then(Option::as_ref), &c.partial);
+            }
         }
     };
     let mut out = std::io::stdout().lock();
     if args.stats.json {
         let mut v = report.to_json();
-        with_quantiles(&report, &mut v);
+        with_quantiles(&report, &histograms, &mut v);
         v["inputs"] = names.iter().map(|n| serde_json::json!(n)).collect();
         if let Some(shape) = &result_shape {
             v["axis"] = serde_json::json!({ "axis": args.axis, "result_shape": shape });
@@ -821,11 +857,12 @@ fn run_columns(
                 .zip(&names)
                 .map(|(r, n)| {
                     let mut f = r.to_json();
-                    with_quantiles(r, &mut f);
+                    with_quantiles(r, &histograms_of(r)?, &mut f);
                     f["input"] = serde_json::json!(n);
-                    f
+                    Ok(f)
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?
+                .into();
         }
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
@@ -871,11 +908,21 @@ fn run_columns(
     }
     writeln!(out)?;
     args.rows.write(&mut out, key, &rows, &qs)?;
-    if let Some(s) = report.columns.iter().find_map(|c| c.sketch.as_ref()) {
+    for (c, h) in report.columns.iter().zip(&histograms) {
+        writeln!(out)?;
+        writeln!(out, "{key:<12} {}", row_key(c))?;
+        write_histogram(&mut out, h.as_ref(), &c.partial)?;
+    }
+    if let Some(s) = report
+        .columns
+        .iter()
+        .find_map(|c| c.sketch.as_ref())
+        .filter(|_| !qs.is_empty())
+    {
         writeln!(
             out,
-            "quantiles as numpy's inverted_cdf, within {:.3} % relative error",
-            s.relative_error() * 100.0
+            "quantiles as numpy's inverted_cdf, within {} % relative error",
+            table::significant(s.relative_error() * 100.0, 3)
         )?;
     }
     let t = &report.timings;
@@ -1339,6 +1386,25 @@ fn merge(args: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+impl RunArgs {
+    /// The histogram --histogram asks for, of the values `sketch` and `partial` describe (none
+    /// without finite values or without --histogram).
+    fn histogram_of(
+        &self,
+        sketch: Option<&microbatch::sketch::Sketch>,
+        partial: &microbatch::Partial,
+    ) -> Result<Option<Histogram>> {
+        let (Some(bins), Some(sketch)) = (self.histogram, sketch) else {
+            return Ok(None);
+        };
+        let scale = match self.histogram_scale {
+            HistogramScale::Linear => microbatch::sketch::Scale::Linear,
+            HistogramScale::Log => microbatch::sketch::Scale::Log,
+        };
+        Ok(sketch.histogram(bins as usize, scale, partial.min, partial.max)?)
+    }
+}
+
 /// The `histogram` object of `run --json`: scale, edges, counts, the relative error at edges,
 /// and the values outside (NaN, ±inf); null edges and counts without finite values.
 fn histogram_json(
@@ -1366,10 +1432,10 @@ fn write_histogram(
     };
     writeln!(
         out,
-        "histogram    {} bins, {:?} (values within {:.3} % of an edge may sit in the bin beside it)",
+        "histogram    {} bins, {:?} (values within {} % of an edge may sit in the bin beside it)",
         h.counts.len(),
         h.scale,
-        h.relative_error * 100.0
+        table::significant(h.relative_error * 100.0, 3)
     )?;
     let top = h.counts.iter().copied().max().unwrap_or(0).max(1);
     let edge = |x: f64| format!("{x:.6e}");

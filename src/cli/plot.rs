@@ -176,19 +176,45 @@ pub(crate) fn plot(path: &Path, r: &BenchReport) -> Result<()> {
     Ok(())
 }
 
-/// `run --histogram-plot`: the histogram as bars over its bin edges (log x axis for log bins).
-pub(crate) fn histogram(
+/// Most charts one `--histogram-plot` file stacks.
+pub(crate) const MAX_HISTOGRAM_CHARTS: usize = 64;
+
+/// Draws histograms as SVG bar charts to `path`, one under the other (at most
+/// [`MAX_HISTOGRAM_CHARTS`]), each captioned with its row's name where it has one, its count,
+/// its bins, the relative error at the edges and the values outside (NaN, ±inf).
+pub(crate) fn histograms(
     path: &Path,
+    charts: &[(
+        Option<String>,
+        &microbatch::sketch::Histogram,
+        &microbatch::Partial,
+    )],
+) -> Result<()> {
+    let n = charts.len().clamp(1, MAX_HISTOGRAM_CHARTS);
+    let root = SVGBackend::new(path, (960, 540 * n as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for ((name, h, p), area) in charts.iter().zip(root.split_evenly((n, 1))) {
+        histogram_chart(&area, name.as_deref(), h, p)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn histogram_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    name: Option<&str>,
     h: &microbatch::sketch::Histogram,
     p: &microbatch::Partial,
-) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let top = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let (lo, hi) = (h.edges[0], *h.edges.last().unwrap_or(&h.edges[0]));
     let hi = if hi > lo { hi } else { lo + 1.0 };
     let caption = format!(
-        "microbatch: {} values in {} bins ({:.2} % at edges){}",
+        "{}{} values in {} bins ({:.2} % at edges){}",
+        name.map_or("microbatch: ".to_string(), |n| format!("{n}: ")),
         h.counts.iter().sum::<u64>(),
         h.counts.len(),
         h.relative_error * 100.0,
@@ -213,7 +239,7 @@ pub(crate) fn histogram(
     });
     match h.scale {
         microbatch::sketch::Scale::Linear => {
-            let mut chart = ChartBuilder::on(&root)
+            let mut chart = ChartBuilder::on(root)
                 .caption(caption, ("sans-serif", 20))
                 .margin(15)
                 .x_label_area_size(45)
@@ -227,7 +253,7 @@ pub(crate) fn histogram(
             chart.draw_series(bars)?;
         }
         microbatch::sketch::Scale::Log => {
-            let mut chart = ChartBuilder::on(&root)
+            let mut chart = ChartBuilder::on(root)
                 .caption(caption, ("sans-serif", 20))
                 .margin(15)
                 .x_label_area_size(45)
@@ -241,6 +267,5 @@ pub(crate) fn histogram(
             chart.draw_series(bars)?;
         }
     }
-    root.present()?;
     Ok(())
 }

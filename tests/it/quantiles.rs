@@ -380,31 +380,12 @@ fn histograms_against_exact_counts() {
         }
         let v = json(&run(&args));
         let h = &v["histogram"];
-        let edges: Vec<f64> = h["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e.as_f64().unwrap())
-            .collect();
-        let counts: Vec<u64> = h["counts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_u64().unwrap())
-            .collect();
-        let alpha = h["relative_error"].as_f64().unwrap();
         let finite: Vec<f64> = data
             .iter()
             .filter(|x| x.is_finite())
             .map(|&x| f64::from(x))
             .collect();
-        let (min, max) = finite
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                (a.min(x), b.max(x))
-            });
-        assert_eq!((edges[0], edges[13]), (min, max), "{backend}");
-        assert_eq!(counts.iter().sum::<u64>(), finite.len() as u64);
+        check_histogram(backend, h, &finite, 13);
         assert_eq!(
             (
                 h["outside"]["nan"].as_u64(),
@@ -412,25 +393,6 @@ fn histograms_against_exact_counts() {
             ),
             (Some(1), Some(1))
         );
-        let mut exact = [0u64; 13];
-        let mut near = [0u64; 13];
-        for &x in &finite {
-            let b = edges[1..13].partition_point(|&e| e <= x);
-            exact[b] += 1;
-            if edges.iter().any(|&e| (x - e).abs() <= alpha * x.abs()) {
-                for n in &mut near[b.saturating_sub(1)..(b + 2).min(13)] {
-                    *n += 1;
-                }
-            }
-        }
-        for b in 0..13 {
-            assert!(
-                counts[b].abs_diff(exact[b]) <= near[b],
-                "{backend} bin {b}: {} vs exact {}",
-                counts[b],
-                exact[b]
-            );
-        }
         if cfg!(feature = "plot") {
             let text = std::fs::read_to_string(&svg).unwrap();
             assert!(
@@ -439,7 +401,7 @@ fn histograms_against_exact_counts() {
             );
         }
     }
-    // Log bins need positive values; several series take no histogram.
+    // Log bins need positive values.
     let o = run(&[
         "run",
         f.to_str().unwrap(),
@@ -467,6 +429,7 @@ fn histograms_against_exact_counts() {
     ]));
     assert_eq!(v["histogram"]["counts"], serde_json::json!([1, 1, 2]));
     assert_eq!(v["histogram"]["scale"], "log");
+    // Rows of their own: --histogram with --csv/--tsv is refused (no place in the rows).
     let csv = tmp_file("histogram", "t.csv", b"a,b\n1,2\n");
     let o = run(&[
         "run",
@@ -475,10 +438,154 @@ fn histograms_against_exact_counts() {
         "a,b",
         "--histogram",
         "3",
+        "--csv",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains("--histogram"),
+        !o.status.success() && stderr(&o).contains("--histogram") && stdout(&o).is_empty(),
         "{}",
         stderr(&o)
     );
+}
+
+/// Checks a `histogram` JSON object against the exact counts of `finite` (every value farther
+/// than the stated relative error from an edge in its own bin).
+fn check_histogram(what: &str, h: &serde_json::Value, finite: &[f64], bins: usize) {
+    let edges: Vec<f64> = h["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {h}"))
+        .iter()
+        .map(|e| e.as_f64().unwrap())
+        .collect();
+    let counts: Vec<u64> = h["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    let alpha = h["relative_error"].as_f64().unwrap();
+    let (min, max) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    assert_eq!((edges[0], edges[bins]), (min, max), "{what}");
+    assert_eq!(counts.iter().sum::<u64>(), finite.len() as u64, "{what}");
+    let mut exact = vec![0u64; bins];
+    let mut near = vec![0u64; bins];
+    for &x in finite {
+        let b = edges[1..bins].partition_point(|&e| e <= x);
+        exact[b] += 1;
+        if edges.iter().any(|&e| (x - e).abs() <= alpha * x.abs()) {
+            for n in &mut near[b.saturating_sub(1)..(b + 2).min(bins)] {
+                *n += 1;
+            }
+        }
+    }
+    for b in 0..bins {
+        assert!(
+            counts[b].abs_diff(exact[b]) <= near[b],
+            "{what} bin {b}: {} vs exact {}",
+            counts[b],
+            exact[b]
+        );
+    }
+}
+
+/// `--histogram` with several columns and with groups: one histogram per row, each against
+/// its column's (group's) exact counts, on both backends; the SVG stacks one chart per row.
+#[test]
+fn histograms_per_column_and_group() {
+    let mut rng = fresh_rng("histogram_rows");
+    let rows: Vec<(f64, f64, u32)> = (0..20_000)
+        .map(|_| {
+            (
+                rng.random_range(-50.0..50.0f64).round() / 4.0,
+                rng.random_range(0.0..1.0f64).powi(3) * 1e6,
+                rng.random_range(0..3u32),
+            )
+        })
+        .collect();
+    let mut text = String::from("a,b,k\n");
+    for (a, b, k) in &rows {
+        text.push_str(&format!("{a},{b},g{k}\n"));
+    }
+    let dir = Scratch::new("histogram_rows");
+    let f = dir.join("t.csv");
+    std::fs::write(&f, &text).unwrap();
+    let svg = dir.join("rows.svg");
+    for backend in backends() {
+        let mut args = vec![
+            "run",
+            f.to_str().unwrap(),
+            "--column",
+            "a,b",
+            "--histogram",
+            "7",
+            "--json",
+            "--backend",
+            backend,
+        ];
+        if cfg!(feature = "plot") {
+            args.extend(["--histogram-plot", svg.to_str().unwrap()]);
+        }
+        let v = json(&run(&args));
+        let columns = v["columns"].as_array().unwrap();
+        assert_eq!(columns.len(), 2);
+        let a: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        let b: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        check_histogram(&format!("{backend} a"), &columns[0]["histogram"], &a, 7);
+        check_histogram(&format!("{backend} b"), &columns[1]["histogram"], &b, 7);
+        if cfg!(feature = "plot") {
+            let text = std::fs::read_to_string(&svg).unwrap();
+            assert!(
+                text.contains("a: 20000 values in 7 bins") && text.contains("b: 20000 values"),
+                "{text:.300}"
+            );
+        }
+
+        let v = json(&run(&[
+            "run",
+            f.to_str().unwrap(),
+            "--column",
+            "a",
+            "--group-by",
+            "k",
+            "--sort-groups",
+            "--histogram",
+            "4",
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        let groups = v["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 3);
+        for (g, row) in groups.iter().enumerate() {
+            assert_eq!(row["key"], format!("g{g}"));
+            let of: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.2 == g as u32)
+                .map(|r| r.0)
+                .collect();
+            check_histogram(&format!("{backend} group g{g}"), &row["histogram"], &of, 4);
+        }
+        // The table prints a histogram under each row's name.
+        let o = run(&[
+            "run",
+            f.to_str().unwrap(),
+            "--column",
+            "a,b",
+            "--histogram",
+            "2",
+            "--backend",
+            backend,
+        ]);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(out.matches("histogram    2 bins").count(), 2, "{out}");
+        assert!(out.contains("column       b"), "{out}");
+        assert!(
+            !out.contains("quantiles as"),
+            "no quantiles were asked: {out}"
+        );
+    }
 }

@@ -270,7 +270,7 @@ impl Sketch {
         }
     }
 
-    /// Adds f32 values through a dense histogram of their top bits (see [`F32Counts`]); a
+    /// Adds f32 values through a dense histogram of their top bits (one shift and one increment per value); a
     /// large slice in pieces on all cores, a short one value by value.
     pub fn add_f32_slice(&mut self, data: &[f32]) {
         if data.len() < DENSE_MIN || self.mantissa_bits > DENSE_MAX_BITS {

@@ -212,8 +212,8 @@ pub fn reduce_slice_with(level: SimdLevel, data: &[f32]) -> Partial {
 
 /// [`reduce_slice`] that also adds every value to `sketch` in the same pass (each block is
 /// counted while it is in L1 after its moments: one read of memory for both), on all cores.
-/// A slice shorter than [`crate::sketch::DENSE_MIN`] or a sketch finer than
-/// [`crate::sketch::DENSE_MAX_BITS`] is sketched apart.
+/// A slice shorter than 64 Ki values or a sketch finer than 8 mantissa bits (α < 0.2 %) is
+/// sketched apart.
 pub fn reduce_slice_sketched(data: &[f32], sketch: &mut Sketch) -> Partial {
     let m = sketch.mantissa_bits;
     if data.len() < crate::sketch::DENSE_MIN || m > crate::sketch::DENSE_MAX_BITS {

@@ -148,19 +148,17 @@ def stats(
     if not -a.ndim <= k < a.ndim:
         raise InputError(f"axis {axis} is out of bounds for an array of {a.ndim} dimensions")
     k %= a.ndim
-    rows = _native._stats_axis(a, k, int(ddof), bool(skip_nan))
+    flat = _native._stats_axis(a, k, int(ddof), bool(skip_nan))
     shape = a.shape[:k] + a.shape[k + 1 :]
     fields: Dict[str, Any] = {}
     for name in _FIELDS:
-        values = [r[name] for r in rows]
-        if name in ("count", "nan_count"):
-            fields[name] = np.array(values, dtype=np.int64).reshape(shape)
-        elif a.dtype.kind in "iu" and name in ("sum", "min", "max"):
+        values = flat[name]
+        if isinstance(values, list):  # integers' exact sum, min and max
             fields[name] = _int_array(values).reshape(shape)
+        elif name in ("count", "nan_count"):
+            fields[name] = values.astype(np.int64).reshape(shape)
         else:
-            fields[name] = np.array(
-                [np.nan if v is None else v for v in values], dtype=np.float64
-            ).reshape(shape)
+            fields[name] = values.reshape(shape)
     fields["ddof"] = int(ddof)
     fields["skip_nan"] = bool(skip_nan)
     return Stats(fields)

@@ -7,11 +7,12 @@ use std::sync::Mutex;
 
 use microbatch::shard::PartialFile;
 use microbatch::{BackendChoice, Engine, EngineConfig, Partial, Stats, Value};
-use numpy::ndarray::{ArrayViewD, Axis};
-use numpy::{Element, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::ndarray::{ArrayViewD, Axis, IxDyn, Slice};
+use numpy::{Element, PyArray1, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
+use rayon::prelude::*;
 
 /// Values gathered per piece of a strided (non-contiguous) array: it is copied a piece at a
 /// time, never whole.
@@ -221,6 +222,55 @@ fn _stats<'py>(
     stats_dict(py, &p.finish(ddof, skip_nan))
 }
 
+/// Values gathered per round of an axis reduction (lanes × values per lane): a block of the
+/// input small enough to stay in cache while it is transposed into per-lane runs.
+const AXIS_BLOCK: usize = 1 << 18;
+
+/// One partial per lane along `axis` (lanes in C order of the other axes, numpy's result
+/// order), in one pass over the input in blocks: lanes that are contiguous are reduced in
+/// place; otherwise each block of the reduced axis is transposed into per-lane runs (a block,
+/// never the array, is copied) and the runs are reduced on all cores.
+fn lane_partials<T: Value>(view: ArrayViewD<'_, T>, axis: usize) -> Vec<Partial> {
+    let nd = view.ndim();
+    let mut order: Vec<usize> = (0..nd).filter(|&d| d != axis).collect();
+    order.push(axis);
+    let v = view.permuted_axes(IxDyn(&order));
+    let last = Axis(nd - 1);
+    let len = v.len_of(last);
+    let lanes: usize = v.shape()[..nd - 1].iter().product();
+    if lanes == 0 {
+        return Vec::new();
+    }
+    if v.stride_of(last) == 1 || len <= 1 {
+        let each: Vec<_> = v.lanes(last).into_iter().collect();
+        return each
+            .into_par_iter()
+            .map(|lane| match lane.as_slice() {
+                Some(s) => microbatch::partial(s),
+                None => microbatch::partial(&lane.iter().copied().collect::<Vec<T>>()),
+            })
+            .collect();
+    }
+    let per = (AXIS_BLOCK / lanes).clamp(1, len);
+    let mut acc = vec![Partial::EMPTY; lanes];
+    let mut runs: Vec<T> = Vec::with_capacity(per * lanes);
+    let mut start = 0;
+    while start < len {
+        let n = per.min(len - start);
+        let block = v.slice_axis(last, Slice::from(start..start + n));
+        runs.clear();
+        for lane in block.lanes(last) {
+            runs.extend(lane.iter().copied());
+        }
+        let parts: Vec<Partial> = runs.par_chunks(n).map(microbatch::partial).collect();
+        for (a, p) in acc.iter_mut().zip(&parts) {
+            a.merge(p);
+        }
+        start += n;
+    }
+    acc
+}
+
 fn axis_partials<T: Value + Element>(
     array: PyReadonlyArrayDyn<'_, T>,
     axis: usize,
@@ -233,17 +283,12 @@ fn axis_partials<T: Value + Element>(
             view.ndim()
         )));
     }
-    Ok(py.detach(|| {
-        // One lane per result, in the C order of the other axes (numpy's result order).
-        view.lanes(Axis(axis))
-            .into_iter()
-            .map(|lane| view_partial(lane.into_dyn()))
-            .collect()
-    }))
+    Ok(py.detach(|| lane_partials(view, axis)))
 }
 
 /// The statistics along `axis`: one result per lane, in C order of the remaining axes, as a
-/// dict of lists (the Python side shapes them).
+/// dict of flat numpy arrays (float64, NaN where undefined; counts uint64), and for integer
+/// inputs `sum`, `min` and `max` as lists of exact ints (the Python side shapes them).
 #[pyfunction]
 #[pyo3(signature = (array, axis, ddof, skip_nan))]
 fn _stats_axis<'py>(
@@ -252,13 +297,40 @@ fn _stats_axis<'py>(
     axis: usize,
     ddof: u32,
     skip_nan: bool,
-) -> PyResult<Bound<'py, PyList>> {
+) -> PyResult<Bound<'py, PyDict>> {
     let parts = by_dtype!(array, axis_partials(axis))?;
-    let out = PyList::empty(py);
-    for p in &parts {
-        out.append(stats_dict(py, &p.finish(ddof, skip_nan))?)?;
+    let stats: Vec<Stats> = parts.iter().map(|p| p.finish(ddof, skip_nan)).collect();
+    let d = PyDict::new(py);
+    let floats = |f: fn(&Stats) -> Option<f64>| {
+        PyArray1::from_vec(py, stats.iter().map(|s| f(s).unwrap_or(f64::NAN)).collect())
+    };
+    d.set_item(
+        "count",
+        PyArray1::from_vec(py, stats.iter().map(|s| s.count).collect()),
+    )?;
+    d.set_item(
+        "nan_count",
+        PyArray1::from_vec(py, stats.iter().map(|s| s.nan_count).collect()),
+    )?;
+    d.set_item("mean", floats(|s| s.mean))?;
+    d.set_item("var", floats(|s| s.var))?;
+    d.set_item("std", floats(|s| s.std))?;
+    if stats.iter().any(|s| s.exact.is_some()) {
+        let ints = |f: fn(&microbatch::stats::IntPart) -> i128| -> Vec<Option<i128>> {
+            stats
+                .iter()
+                .map(|s| s.exact.as_ref().filter(|_| s.count > 0).map(f))
+                .collect()
+        };
+        d.set_item("sum", ints(|e| e.sum))?;
+        d.set_item("min", ints(|e| e.min))?;
+        d.set_item("max", ints(|e| e.max))?;
+    } else {
+        d.set_item("sum", floats(|s| s.sum))?;
+        d.set_item("min", floats(|s| s.min))?;
+        d.set_item("max", floats(|s| s.max))?;
     }
-    Ok(out)
+    Ok(d)
 }
 
 /// A mergeable partial result: what `microbatch run --partial` writes, merged exactly with

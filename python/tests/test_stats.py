@@ -148,6 +148,24 @@ def test_axis_equals_numpy():
         np.testing.assert_allclose(s.var, a.var(axis=axis, ddof=1), rtol=1e-10)
         np.testing.assert_array_equal(s.min, a.min(axis=axis))
         np.testing.assert_array_equal(s.count, np.full(s.mean.shape, a.shape[axis]))
+    # Several blocks of the reduced axis (uneven last one), C and Fortran order, a NaN in one
+    # lane: against numpy in float64.
+    b = r.normal(1e3, 2.0, (3001, 200)).astype(np.float32)
+    b[1234, 17] = np.nan
+    wide = b.astype(np.float64)
+    for arr in (b, np.asfortranarray(b), b[::2, ::3]):
+        w = arr.astype(np.float64)
+        for axis in (0, 1):
+            s = mb.stats(arr, axis=axis, ddof=1)
+            np.testing.assert_allclose(s.mean, w.mean(axis=axis), rtol=1e-9)
+            np.testing.assert_allclose(s.var, w.var(axis=axis, ddof=1), rtol=1e-5)
+            np.testing.assert_array_equal(s.max, w.max(axis=axis))
+            np.testing.assert_array_equal(s.nan_count, np.isnan(w).sum(axis=axis))
+    s = mb.stats(b, axis=0, skip_nan=True)
+    np.testing.assert_allclose(s.mean, np.nanmean(wide, axis=0), rtol=1e-9)
+    # More lanes than the block holds values: one value per lane per block.
+    many = r.normal(0, 1, (3, 300_000))
+    np.testing.assert_allclose(mb.stats(many, axis=0).var, many.var(axis=0), rtol=1e-12, atol=1e-15)
     i = r.integers(-100, 100, (5, 6)).astype(np.int16)
     s = mb.stats(np.asfortranarray(i), axis=0)
     np.testing.assert_array_equal(s.sum, i.sum(axis=0))

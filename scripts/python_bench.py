@@ -45,6 +45,20 @@ def main():
         print(f"  {k:40s} {v * 1e3:8.1f} ms")
     m = med["microbatch.stats(a) (every statistic)"]
     print(f"  vs a.sum(): {med['numpy a.sum()'] / m:.2f}x   vs a.var(): {med['numpy a.var()'] / m:.2f}x")
+    m = np.random.default_rng(3).random((n // 100, 100), dtype=np.float32)
+    cases = {
+        "microbatch.stats(m, axis=0)": lambda: mb.stats(m, axis=0),
+        "numpy m.mean(axis=0) + m.var(axis=0)": lambda: (m.mean(axis=0), m.var(axis=0)),
+        "microbatch.stats(m, axis=1)": lambda: mb.stats(m, axis=1),
+        "numpy m.mean(axis=1) + m.var(axis=1)": lambda: (m.mean(axis=1), m.var(axis=1)),
+    }
+    times = {k: [] for k in cases}
+    for _ in range(args.runs):
+        for k, f in cases.items():
+            times[k].append(timed(f))
+    print(f"along an axis, ({n // 100}, 100) float32, medians of {args.runs}:")
+    for k, v in times.items():
+        print(f"  {k:40s} {statistics.median(v) * 1e3:8.1f} ms")
     if args.no_dask:
         return
     import dask

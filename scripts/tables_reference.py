@@ -5,7 +5,7 @@ files, alternating tools, and prints medians. Files go to --dir (default /tmp); 
 cached by a first read before timing.
 
   scripts/tables_reference.py [--bin target/release/microbatch] [--dir /tmp] [--runs 3]
-        [--only columns,axis,quantiles,groupby]
+        [--only columns,axis,quantiles,groupby,gpuaxis]
 
 Needs numpy; polars, duckdb and datamash are timed where installed (skipped otherwise).
 """
@@ -91,6 +91,21 @@ def main():
             print(f"microbatch --axis {ax}          {timed([mb, 'run', path, '--axis', str(ax), '--csv', '--backend', 'cpu'], a.runs):.2f} s")
             five = lambda: (arr.sum(axis=ax), arr.mean(axis=ax), arr.var(axis=ax), arr.min(axis=ax), arr.max(axis=ax))
             print(f"numpy five statistics axis {ax} {timed_py(five, a.runs):.2f} s (in memory)")
+
+    if "gpuaxis" in only:
+        # Several series per GPU dispatch (the segmented reduction): --axis 0 over 100 and 1000
+        # lanes, each backend (lavapipe where there is no GPU). Not in the default set: slow on
+        # lavapipe.
+        path = os.path.join(a.dir, "w.npy")
+        if not os.path.exists(path):
+            np.save(path, rng.normal(5, 2, (200_000, 1000)).astype(np.float32))
+        for f in (os.path.join(a.dir, "m.npy"), path):
+            if not os.path.exists(f):
+                continue
+            warm(f)
+            for backend in ("gpu", "cpu"):
+                t = timed([mb, "run", f, "--axis", "0", "--backend", backend, "--csv"], a.runs)
+                print(f"== {f} --axis 0 --backend {backend}: {t:.2f} s")
 
     if "quantiles" in only:
         path = os.path.join(a.dir, "q.f32")

@@ -534,7 +534,7 @@ fn _stats_file<'py>(
             )));
         }
     };
-    let (report, inputs) = py
+    let (report, inputs, skipped_invalid) = py
         .detach(|| -> microbatch::Result<_> {
             let config = EngineConfig {
                 backend: choice,
@@ -545,16 +545,16 @@ fn _stats_file<'py>(
             };
             let mut engine = Engine::new(&config)?;
             let mut reports = Vec::new();
+            let mut skipped = 0;
             for p in &paths {
                 let mut source = microbatch::source::open(p, &opts)?;
                 reports.push(engine.run(source.as_mut())?);
+                skipped += source.skipped();
             }
             let report = microbatch::Report::combine(&reports)
                 .ok_or_else(|| microbatch::Error::InvalidConfig("no input files".to_string()))?;
-            Ok((
-                report,
-                paths.iter().map(|p| p.display().to_string()).collect(),
-            ))
+            let inputs = paths.iter().map(|p| p.display().to_string()).collect();
+            Ok((report, inputs, skipped))
         })
         .map_err(py_err)?;
     let stats = stats_dict(py, &report.stats)?;
@@ -563,7 +563,7 @@ fn _stats_file<'py>(
         ddof,
         skip_nan,
         inputs,
-        skipped_invalid: 0,
+        skipped_invalid,
         sketch: None,
     };
     Ok((stats, PyPartial { file }))

@@ -248,9 +248,6 @@ impl BatchReducer for GpuReducer {
         for &(tag, piece) in pieces {
             for chunk in piece.chunks(self.chunk_elems) {
                 let need = chunk.len().div_ceil(4);
-                if chunk.is_empty() {
-                    continue;
-                }
                 if group.len() == MAX_SEGMENTS || vec4s + need > room {
                     self.dispatch_segments(&group)?;
                     group.clear();

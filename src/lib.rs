@@ -143,6 +143,6 @@ pub use engine::{
 };
 pub use error::{ColumnRef, Error, Location, Result};
 pub use report::{BatchCounts, ColumnStats, ColumnsReport, Report, Timings};
-pub use shard::PartialFile;
+pub use shard::{AnyPartialFile, PartialFile, SeriesPartialFile};
 pub use stats::{Partial, Stats};
 pub use values::{Value, partial, stats};

@@ -65,8 +65,16 @@ pub(crate) fn two_sum(a: f64, b: f64) -> (f64, f64) {
 #[inline(always)]
 pub(crate) fn dd_add(ah: f64, al: f64, bh: f64, bl: f64) -> (f64, f64) {
     let (s, e) = two_sum(ah, bh);
+    if !s.is_finite() {
+        // Past f64's range (an M2 or a sum that overflowed): the error terms are NaN
+        // (inf − inf) and would spoil hi + lo; the high part is the answer.
+        return (s, 0.0);
+    }
     let e = e + (al + bl);
     let hi = s + e;
+    if !hi.is_finite() {
+        return (hi, 0.0);
+    }
     (hi, e - (hi - s))
 }
 
@@ -140,7 +148,12 @@ impl PivotMoments {
     /// with an FMA), M2 = q − t²/n (the corrected two-pass formula).
     #[inline]
     pub(crate) fn to_partial(self) -> Partial {
-        let m2 = if self.count > 0 {
+        let m2 = if self.q == f64::INFINITY {
+            // Σ(x − pivot)² past f64's range: so is M2, which is that sum less t²/n, a
+            // rounding-sized part of it (the pivot is the block's mean up to rounding). Without
+            // this, inf − inf would give NaN, and max(0) would turn it into 0.
+            f64::INFINITY
+        } else if self.count > 0 {
             (self.q - self.t * (self.t / self.count as f64)).max(0.0)
         } else {
             0.0

@@ -227,7 +227,7 @@ impl Report {
 }
 
 /// One series' result in a [`ColumnsReport`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnStats {
     /// Which series: a column's index and header name, or an axis lane.
     pub column: ColumnRef,
@@ -255,6 +255,83 @@ impl ColumnStats {
             (None, Some(i)) => i.to_string(),
             (None, None) => "?".to_string(),
         }
+    }
+}
+
+/// Where each series of a list is, by its group key and name: how series of several runs or
+/// shards are matched up when they merge.
+pub(crate) struct SeriesIndex(std::collections::HashMap<(Option<String>, String), usize>);
+
+impl SeriesIndex {
+    fn key(c: &ColumnStats) -> (Option<String>, String) {
+        (c.group.clone(), c.label())
+    }
+
+    /// The index of `columns`; `Err` names a series that is in it twice.
+    pub(crate) fn try_of(columns: &[ColumnStats]) -> std::result::Result<Self, String> {
+        let mut index = std::collections::HashMap::with_capacity(columns.len());
+        for (i, c) in columns.iter().enumerate() {
+            if index.insert(Self::key(c), i).is_some() {
+                return Err(match &c.group {
+                    Some(g) => format!("group {g:?}, column {}, twice", c.label()),
+                    None => format!("column {} twice", c.label()),
+                });
+            }
+        }
+        Ok(Self(index))
+    }
+
+    /// The index of `columns` (a series in it twice is found under its last place).
+    pub(crate) fn of(columns: &[ColumnStats]) -> Self {
+        Self(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Self::key(c), i))
+                .collect(),
+        )
+    }
+
+    /// Merges `more` into `out` (which this indexes) series by series; a series first seen in
+    /// `more` is appended. A merged series keeps a quantile sketch only when both sides have
+    /// one; sketches of different accuracy are an error. `stats` are left for
+    /// [`finish_series`].
+    pub(crate) fn merge(
+        &mut self,
+        out: &mut Vec<ColumnStats>,
+        more: &[ColumnStats],
+    ) -> crate::Result<()> {
+        for c in more {
+            let Some(&i) = self.0.get(&Self::key(c)) else {
+                self.0.insert(Self::key(c), out.len());
+                out.push(c.clone());
+                continue;
+            };
+            let acc = &mut out[i];
+            acc.partial.merge(&c.partial);
+            acc.sketch = match (acc.sketch.take(), &c.sketch) {
+                (Some(mut a), Some(b)) => {
+                    a.merge(b)?;
+                    Some(a)
+                }
+                _ => None,
+            };
+            acc.skipped += c.skipped;
+            acc.nulls += c.nulls;
+            if acc.column.index != c.column.index {
+                acc.column.index = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finishes every series' statistics from its partial: with `options` (ddof, skip_nan) when
+/// given, else with the options each was finished with.
+pub(crate) fn finish_series(columns: &mut [ColumnStats], options: Option<(u32, bool)>) {
+    for c in columns {
+        let (ddof, skip_nan) = options.unwrap_or((c.stats.ddof, c.stats.skip_nan));
+        c.stats = c.partial.finish(ddof, skip_nan);
     }
 }
 
@@ -301,30 +378,10 @@ impl ColumnsReport {
             return Some(first.clone());
         }
         let mut out = first.clone();
-        // Series by (group, name): groups first seen in a later part are appended.
-        let key = |c: &ColumnStats| (c.group.clone(), c.label());
-        let mut index: std::collections::HashMap<(Option<String>, String), usize> = out
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (key(c), i))
-            .collect();
+        let mut index = SeriesIndex::of(&out.columns);
         for r in &parts[1..] {
-            for c in &r.columns {
-                let Some(&i) = index.get(&key(c)) else {
-                    index.insert(key(c), out.columns.len());
-                    out.columns.push(c.clone());
-                    continue;
-                };
-                let acc = &mut out.columns[i];
-                acc.partial.merge(&c.partial);
-                acc.sketch = merged(acc.sketch.take(), c.sketch.as_ref());
-                acc.skipped += c.skipped;
-                acc.nulls += c.nulls;
-                if acc.column.index != c.column.index {
-                    acc.column.index = None;
-                }
-            }
+            // One run's sketches all have the same accuracy: their merge cannot fail.
+            index.merge(&mut out.columns, &r.columns).ok()?;
             out.timings += r.timings;
             out.batches.count += r.batches.count;
             for e in &r.excluded {
@@ -333,10 +390,36 @@ impl ColumnsReport {
                 }
             }
         }
-        for c in &mut out.columns {
-            c.stats = c.partial.finish(c.stats.ddof, c.stats.skip_nan);
-        }
+        finish_series(&mut out.columns, None);
         Some(out)
+    }
+
+    /// The list of series as [`ColumnsReport::to_json`] gives it (`"columns"` or `"groups"`).
+    pub fn series_json(columns: &[ColumnStats]) -> Value {
+        columns
+            .iter()
+            .map(|c| {
+                let mut v = json!({
+                    "name": c.label(),
+                    "index": c.column.index,
+                    "stats": Report::stats_json(&c.stats),
+                    "nulls": c.nulls,
+                    "skipped": c.skipped,
+                });
+                if let Some(g) = &c.group {
+                    v["key"] = json!(g);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// The `"excluded"` list of [`ColumnsReport::to_json`].
+    pub fn excluded_json(excluded: &[(ColumnRef, String)]) -> Value {
+        excluded
+            .iter()
+            .map(|(c, why)| json!({"name": c.name, "index": c.index, "why": why}))
+            .collect()
     }
 
     /// Elements in every series, NaN and infinities included.
@@ -357,24 +440,8 @@ impl ColumnsReport {
         let t = &self.timings;
         let series = if self.grouped() { "groups" } else { "columns" };
         let mut v = json!({
-            "series": self.columns.iter().map(|c| {
-                let mut v = json!({
-                    "name": c.label(),
-                    "index": c.column.index,
-                    "stats": Report::stats_json(&c.stats),
-                    "nulls": c.nulls,
-                    "skipped": c.skipped,
-                });
-                if let Some(g) = &c.group {
-                    v["key"] = json!(g);
-                }
-                v
-            }).collect::<Vec<_>>(),
-            "excluded": self.excluded.iter().map(|(c, why)| json!({
-                "name": c.name,
-                "index": c.index,
-                "why": why,
-            })).collect::<Vec<_>>(),
+            "series": Self::series_json(&self.columns),
+            "excluded": Self::excluded_json(&self.excluded),
             "backend": backend_json(&self.backend),
             "batches": batches_json(&self.batches),
             "timings_s": timings_json(t),

@@ -28,7 +28,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::report::number;
+use crate::ColumnRef;
+use crate::report::{ColumnStats, ColumnsReport, SeriesIndex, finish_series, number};
 use crate::sketch::Sketch;
 use crate::stats::{IntPart, Partial};
 use crate::{Error, Result};
@@ -60,15 +61,14 @@ pub struct PartialFile {
 impl PartialFile {
     /// The JSON object described in the module documentation.
     pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "format": PARTIAL_FORMAT,
-            "version": PARTIAL_VERSION,
-            "microbatch": env!("CARGO_PKG_VERSION"),
-            "options": {"ddof": self.ddof, "skip_nan": self.skip_nan},
-            "inputs": self.inputs,
-            "skipped_invalid": self.skipped_invalid,
-            "partial": partial_to_json(&self.partial),
-        });
+        let mut v = Header::to_json(
+            PARTIAL_VERSION,
+            self.ddof,
+            self.skip_nan,
+            &self.inputs,
+            self.skipped_invalid,
+        );
+        v["partial"] = partial_to_json(&self.partial);
         if let Some(s) = &self.sketch {
             v["sketch"] = serde_json::to_value(s).expect("a sketch is plain data");
         }
@@ -94,29 +94,7 @@ impl PartialFile {
     /// A path that is not a regular file (`/dev/stdout`, a named pipe, a symbolic link) is
     /// written in place.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text =
-            serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialize") + "\n";
-        let io = |error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-            return std::fs::write(path, text).map_err(io);
-        }
-        let name = path.file_name().map_or_else(
-            || std::ffi::OsString::from("partial"),
-            std::ffi::OsStr::to_os_string,
-        );
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(&name);
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(e)
-            })
+        write_json(path, &self.to_json())
     }
 
     /// Reads a partial file's JSON; `path` names it in errors. Another format, another version
@@ -126,67 +104,29 @@ impl PartialFile {
             path: path.to_path_buf(),
             message,
         };
-        if v.get("format").and_then(Value::as_str) != Some(PARTIAL_FORMAT) {
+        let h = Header::read(v, path)?;
+        if h.version == SERIES_VERSION {
             return Err(bad(format!(
-                "not a microbatch partial file (no \"format\": \"{PARTIAL_FORMAT}\")"
+                "it holds {} series (a run of several columns, groups or an axis), not one: `microbatch merge` reads it",
+                v.get("series")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
             )));
         }
-        let version = v.get("version").and_then(Value::as_u64);
-        match version {
-            Some(1 | PARTIAL_VERSION) => {}
-            other => {
-                return Err(bad(format!(
-                    "partial file format version {}, but this microbatch ({}) reads versions 1 to {PARTIAL_VERSION}",
-                    other.map_or("missing".to_string(), |n| n.to_string()),
-                    env!("CARGO_PKG_VERSION"),
-                )));
-            }
-        }
-        let field = |obj: &Value, name: &str| -> Result<Value> {
-            obj.get(name)
-                .cloned()
-                .ok_or_else(|| bad(format!("missing field {name:?}")))
-        };
-        let uint = |obj: &Value, name: &str| -> Result<u64> {
-            field(obj, name)?
-                .as_u64()
-                .ok_or_else(|| bad(format!("field {name:?} is not a non-negative integer")))
-        };
-        let options = field(v, "options")?;
-        let partial = partial_from_json(&field(v, "partial")?, version == Some(1)).map_err(bad)?;
-        let ddof = uint(&options, "ddof")?;
-        let skip_nan = field(&options, "skip_nan")?
-            .as_bool()
-            .ok_or_else(|| bad("field \"skip_nan\" is not true or false".to_string()))?;
-        let inputs = match v.get("inputs") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| bad("field \"inputs\" holds something other than strings".into()))?,
-            None => Vec::new(),
-            Some(_) => return Err(bad("field \"inputs\" is not a list".to_string())),
-        };
-        let sketch = match v.get("sketch") {
-            None | Some(Value::Null) => None,
-            Some(s) => {
-                let s: Sketch = serde_json::from_value(s.clone())
-                    .map_err(|e| bad(format!("field \"sketch\": {e}")))?;
-                s.validate(partial.count)
-                    .map_err(|m| bad(format!("field \"sketch\": {m}")))?;
-                Some(s)
-            }
-        };
+        let partial = partial_from_json(
+            v.get("partial")
+                .ok_or_else(|| bad("missing field \"partial\"".to_string()))?,
+            h.version == 1,
+        )
+        .map_err(bad)?;
+        let sketch = sketch_from_json(v.get("sketch"), &partial).map_err(bad)?;
         Ok(Self {
             partial,
             sketch,
-            ddof: u32::try_from(ddof).map_err(|_| bad(format!("ddof {ddof} is out of range")))?,
-            skip_nan,
-            inputs,
-            skipped_invalid: v
-                .get("skipped_invalid")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            ddof: h.ddof,
+            skip_nan: h.skip_nan,
+            inputs: h.inputs,
+            skipped_invalid: h.skipped_invalid,
         })
     }
 
@@ -224,27 +164,492 @@ impl PartialFile {
     pub fn common_options<'a>(
         shards: impl IntoIterator<Item = (&'a Path, &'a PartialFile)>,
     ) -> Result<(u32, bool)> {
-        let mut first: Option<(&Path, u32, bool)> = None;
-        for (path, s) in shards {
-            match first {
-                None => first = Some((path, s.ddof, s.skip_nan)),
-                Some((p0, d, k)) if (d, k) != (s.ddof, s.skip_nan) => {
-                    return Err(Error::IncompatiblePartial {
-                        path: path.to_path_buf(),
-                        message: format!(
-                            "run with ddof {} and skip_nan {}, but {} with ddof {d} and skip_nan {k}: \
-                             say which to use with --ddof N and --skip-nan or --keep-nan",
-                            s.ddof,
-                            s.skip_nan,
-                            p0.display(),
-                        ),
-                    });
+        common_options(shards.into_iter().map(|(p, s)| (p, s.ddof, s.skip_nan)))
+    }
+}
+
+/// The `(ddof, skip_nan)` of every `(path, ddof, skip_nan)`, or an error naming two that differ.
+fn common_options<'a>(shards: impl Iterator<Item = (&'a Path, u32, bool)>) -> Result<(u32, bool)> {
+    let mut first: Option<(&Path, u32, bool)> = None;
+    for (path, ddof, skip_nan) in shards {
+        match first {
+            None => first = Some((path, ddof, skip_nan)),
+            Some((p0, d, k)) if (d, k) != (ddof, skip_nan) => {
+                return Err(Error::IncompatiblePartial {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "run with ddof {ddof} and skip_nan {skip_nan}, but {} with ddof {d} and skip_nan {k}: \
+                         say which to use with --ddof N and --skip-nan or --keep-nan",
+                        p0.display(),
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(first.map_or((0, false), |(_, d, k)| (d, k)))
+}
+
+/// What every partial file has besides its partials.
+struct Header {
+    version: u64,
+    ddof: u32,
+    skip_nan: bool,
+    inputs: Vec<String>,
+    skipped_invalid: u64,
+}
+
+impl Header {
+    /// Reads the fields every version has; another format, another version or a missing or
+    /// mistyped field is an error naming `path`.
+    fn read(v: &Value, path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::IncompatiblePartial {
+            path: path.to_path_buf(),
+            message,
+        };
+        if v.get("format").and_then(Value::as_str) != Some(PARTIAL_FORMAT) {
+            return Err(bad(format!(
+                "not a microbatch partial file (no \"format\": \"{PARTIAL_FORMAT}\")"
+            )));
+        }
+        let version = match v.get("version").and_then(Value::as_u64) {
+            Some(n @ (1 | PARTIAL_VERSION | SERIES_VERSION)) => n,
+            other => {
+                return Err(bad(format!(
+                    "partial file format version {}, but this microbatch ({}) reads versions 1 to {SERIES_VERSION}",
+                    other.map_or("missing".to_string(), |n| n.to_string()),
+                    env!("CARGO_PKG_VERSION"),
+                )));
+            }
+        };
+        let options = v
+            .get("options")
+            .ok_or_else(|| bad("missing field \"options\"".to_string()))?;
+        let ddof = options
+            .get("ddof")
+            .ok_or_else(|| bad("missing field \"ddof\"".to_string()))?
+            .as_u64()
+            .ok_or_else(|| bad("field \"ddof\" is not a non-negative integer".to_string()))?;
+        let skip_nan = options
+            .get("skip_nan")
+            .ok_or_else(|| bad("missing field \"skip_nan\"".to_string()))?
+            .as_bool()
+            .ok_or_else(|| bad("field \"skip_nan\" is not true or false".to_string()))?;
+        let inputs = match v.get("inputs") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("field \"inputs\" holds something other than strings".into()))?,
+            None => Vec::new(),
+            Some(_) => return Err(bad("field \"inputs\" is not a list".to_string())),
+        };
+        Ok(Self {
+            version,
+            ddof: u32::try_from(ddof).map_err(|_| bad(format!("ddof {ddof} is out of range")))?,
+            skip_nan,
+            inputs,
+            skipped_invalid: v
+                .get("skipped_invalid")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        })
+    }
+
+    /// The fields as [`Header::read`] reads them (the version this build writes for `version`).
+    fn to_json(version: u64, ddof: u32, skip_nan: bool, inputs: &[String], skipped: u64) -> Value {
+        json!({
+            "format": PARTIAL_FORMAT,
+            "version": version,
+            "microbatch": env!("CARGO_PKG_VERSION"),
+            "options": {"ddof": ddof, "skip_nan": skip_nan},
+            "inputs": inputs,
+            "skipped_invalid": skipped,
+        })
+    }
+}
+
+/// Reads an optional `"sketch"` object and checks it against the partial of the same values.
+fn sketch_from_json(
+    s: Option<&Value>,
+    partial: &Partial,
+) -> std::result::Result<Option<Sketch>, String> {
+    match s {
+        None | Some(Value::Null) => Ok(None),
+        Some(s) => {
+            let s: Sketch =
+                serde_json::from_value(s.clone()).map_err(|e| format!("field \"sketch\": {e}"))?;
+            s.validate(partial.count)
+                .map_err(|m| format!("field \"sketch\": {m}"))?;
+            Ok(Some(s))
+        }
+    }
+}
+
+/// The version of the partial file format for several series. Files of one series stay at
+/// [`PARTIAL_VERSION`], which older microbatch builds read; those builds refuse this one by
+/// its version rather than misread it.
+pub const SERIES_VERSION: u64 = 3;
+
+/// Several series' partials from one run (`microbatch run … --partial FILE` with several
+/// columns, `--columns all`, `--group-by` or `--axis`): shards of a table merge by series, each
+/// series (a column, a group's column or an axis lane) with the same series of the others.
+///
+/// The file has the header of a [`PartialFile`] with `"version": 3`, and instead of
+/// `"partial"`:
+///
+/// ```json
+/// {"rows": "groups",
+///  "series": [{"name": "price", "index": 2, "key": "north", "nulls": 0, "skipped": 0,
+///              "partial": {…}, "sketch": {…}}],
+///  "excluded": [{"name": "city", "index": 0, "why": "not numeric"}]}
+/// ```
+///
+/// `rows` is `"columns"`, `"groups"` (each series has its group's `key`) or `"lanes"` (with
+/// `"axis": {"axis": K, "result_shape": […]}`); `sketch` only with quantiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPartialFile {
+    /// Each series with its partial, sketch, nulls and skipped fields; its `stats` finished
+    /// with `ddof` and `skip_nan`.
+    pub columns: Vec<ColumnStats>,
+    /// Columns of the input left out (not numeric), with why.
+    pub excluded: Vec<(ColumnRef, String)>,
+    /// Whether the series are groups of rows (known even when no row was read).
+    pub grouped: bool,
+    /// With `--axis`: the axis reduced and the shape of the results.
+    pub axis: Option<(usize, Vec<u64>)>,
+    /// The variance's delta degrees of freedom the run was asked for.
+    pub ddof: u32,
+    /// Whether the run left NaNs out of the statistics.
+    pub skip_nan: bool,
+    /// What the shard reduced (paths as given).
+    pub inputs: Vec<String>,
+}
+
+impl SeriesPartialFile {
+    /// The file of a run's report over `inputs`, run with `ddof` and `skip_nan`.
+    pub fn of(
+        report: &ColumnsReport,
+        axis: Option<(usize, Vec<u64>)>,
+        inputs: Vec<String>,
+        ddof: u32,
+        skip_nan: bool,
+    ) -> Self {
+        Self {
+            columns: report.columns.clone(),
+            excluded: report.excluded.clone(),
+            grouped: report.grouped(),
+            axis,
+            ddof,
+            skip_nan,
+            inputs,
+        }
+    }
+
+    fn rows(&self) -> &'static str {
+        match (self.grouped, &self.axis) {
+            (true, _) => "groups",
+            (false, Some(_)) => "lanes",
+            (false, None) => "columns",
+        }
+    }
+
+    /// The JSON object described above.
+    pub fn to_json(&self) -> Value {
+        let skipped = self.columns.iter().map(|c| c.skipped).sum();
+        let mut v = Header::to_json(
+            SERIES_VERSION,
+            self.ddof,
+            self.skip_nan,
+            &self.inputs,
+            skipped,
+        );
+        v["rows"] = json!(self.rows());
+        if let Some((axis, shape)) = &self.axis {
+            v["axis"] = json!({"axis": axis, "result_shape": shape});
+        }
+        v["series"] = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut s = json!({
+                    "name": c.column.name,
+                    "index": c.column.index,
+                    "nulls": c.nulls,
+                    "skipped": c.skipped,
+                    "partial": partial_to_json(&c.partial),
+                });
+                if let Some(g) = &c.group {
+                    s["key"] = json!(g);
                 }
-                Some(_) => {}
+                if let Some(k) = &c.sketch {
+                    s["sketch"] = serde_json::to_value(k).expect("a sketch is plain data");
+                }
+                s
+            })
+            .collect();
+        v["excluded"] = self
+            .excluded
+            .iter()
+            .map(|(c, why)| json!({"name": c.name, "index": c.index, "why": why}))
+            .collect();
+        v
+    }
+
+    /// Writes the file as [`PartialFile::write`] does.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_json(path, &self.to_json())
+    }
+
+    /// Reads the JSON of a several-series file; `path` names it in errors, with the series.
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::IncompatiblePartial {
+            path: path.to_path_buf(),
+            message,
+        };
+        let h = Header::read(v, path)?;
+        if h.version != SERIES_VERSION {
+            return Err(bad(
+                "it holds one series, not several: merge it with files of one series".to_string(),
+            ));
+        }
+        let rows = v.get("rows").and_then(Value::as_str);
+        let grouped = match rows {
+            Some("groups") => true,
+            Some("columns" | "lanes") => false,
+            _ => {
+                return Err(bad(
+                    "field \"rows\" is not \"columns\", \"groups\" or \"lanes\"".to_string(),
+                ));
+            }
+        };
+        let axis = match (rows, v.get("axis")) {
+            (Some("lanes"), Some(a)) => {
+                let axis = a.get("axis").and_then(Value::as_u64);
+                let shape = a
+                    .get("result_shape")
+                    .and_then(Value::as_array)
+                    .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>());
+                match (axis.and_then(|a| usize::try_from(a).ok()), shape) {
+                    (Some(a), Some(s)) => Some((a, s)),
+                    _ => {
+                        return Err(bad(
+                            "field \"axis\" is not {\"axis\": K, \"result_shape\": [...]}"
+                                .to_string(),
+                        ));
+                    }
+                }
+            }
+            (Some("lanes"), None) => return Err(bad("missing field \"axis\"".to_string())),
+            _ => None,
+        };
+        let list = |name: &str| -> Result<&Vec<Value>> {
+            v.get(name)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("field {name:?} is missing or not a list")))
+        };
+        let column_ref = |s: &Value| -> std::result::Result<ColumnRef, String> {
+            let name = match s.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.clone()),
+                Some(_) => return Err("field \"name\" is not a string".to_string()),
+            };
+            let index = match s.get("index") {
+                None | Some(Value::Null) => None,
+                Some(i) => Some(
+                    i.as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .ok_or("field \"index\" is not a non-negative integer")?,
+                ),
+            };
+            if name.is_none() && index.is_none() {
+                return Err("a series with neither \"name\" nor \"index\"".to_string());
+            }
+            Ok(ColumnRef { index, name })
+        };
+        let mut columns = Vec::new();
+        for (i, s) in list("series")?.iter().enumerate() {
+            let at = |m: String| bad(format!("series {i}: {m}"));
+            let column = column_ref(s).map_err(at)?;
+            let group = match s.get("key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) => Some(k.clone()),
+                Some(_) => return Err(at("field \"key\" is not a string".to_string())),
+            };
+            if group.is_some() != grouped {
+                return Err(at(if grouped {
+                    "a series without the \"key\" of its group".to_string()
+                } else {
+                    "a group's \"key\" in a file without groups".to_string()
+                }));
+            }
+            let count = |name: &str| -> Result<u64> {
+                match s.get(name) {
+                    None => Ok(0),
+                    Some(n) => n
+                        .as_u64()
+                        .ok_or_else(|| at(format!("field {name:?} is not a non-negative integer"))),
+                }
+            };
+            let partial = partial_from_json(
+                s.get("partial")
+                    .ok_or_else(|| at("missing field \"partial\"".to_string()))?,
+                false,
+            )
+            .map_err(at)?;
+            let sketch = sketch_from_json(s.get("sketch"), &partial).map_err(at)?;
+            columns.push(ColumnStats {
+                stats: partial.finish(h.ddof, h.skip_nan),
+                column,
+                group,
+                partial,
+                sketch,
+                nulls: count("nulls")?,
+                skipped: count("skipped")?,
+            });
+        }
+        SeriesIndex::try_of(&columns).map_err(|m| bad(format!("it holds {m}")))?;
+        let mut excluded = Vec::new();
+        for (i, e) in list("excluded")?.iter().enumerate() {
+            let column = column_ref(e).map_err(|m| bad(format!("excluded column {i}: {m}")))?;
+            let why = e
+                .get("why")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            excluded.push((column, why));
+        }
+        Ok(Self {
+            columns,
+            excluded,
+            grouped,
+            axis,
+            ddof: h.ddof,
+            skip_nan: h.skip_nan,
+            inputs: h.inputs,
+        })
+    }
+
+    /// Merges shards of the same table into one, series by series (a series found in only
+    /// some shards is kept with what they have; new ones are appended in the order first
+    /// seen). Shards must hold the same kind of rows (and, for lanes, the same axis and result
+    /// shape); options kept are the first shard's (see [`SeriesPartialFile::common_options`]).
+    pub fn merge<'a>(
+        shards: impl IntoIterator<Item = (&'a Path, &'a SeriesPartialFile)>,
+    ) -> Result<SeriesPartialFile> {
+        let mut shards = shards.into_iter();
+        let Some((p0, first)) = shards.next() else {
+            return Err(Error::InvalidConfig(
+                "no partial files to merge".to_string(),
+            ));
+        };
+        let mut out = first.clone();
+        let mut index = SeriesIndex::of(&out.columns);
+        for (path, shard) in shards {
+            let bad = |message: String| Error::IncompatiblePartial {
+                path: path.to_path_buf(),
+                message,
+            };
+            if (shard.grouped, &shard.axis) != (out.grouped, &out.axis) {
+                let what = |s: &SeriesPartialFile| match &s.axis {
+                    Some((k, shape)) => format!("lanes of axis {k} (results of shape {shape:?})"),
+                    None => s.rows().to_string(),
+                };
+                return Err(bad(format!(
+                    "it holds {}, but {} holds {}: shards merge only with shards of the same rows",
+                    what(shard),
+                    p0.display(),
+                    what(&out)
+                )));
+            }
+            index
+                .merge(&mut out.columns, &shard.columns)
+                .map_err(|e| bad(e.to_string()))?;
+            out.inputs.extend(shard.inputs.iter().cloned());
+            for e in &shard.excluded {
+                if !out.excluded.contains(e) {
+                    out.excluded.push(e.clone());
+                }
             }
         }
-        Ok(first.map_or((0, false), |(_, d, k)| (d, k)))
+        out.finish(out.ddof, out.skip_nan);
+        Ok(out)
     }
+
+    /// Sets the options and finishes every series' statistics with them.
+    pub fn finish(&mut self, ddof: u32, skip_nan: bool) {
+        self.ddof = ddof;
+        self.skip_nan = skip_nan;
+        finish_series(&mut self.columns, Some((ddof, skip_nan)));
+    }
+
+    /// The `(ddof, skip_nan)` all shards were run with, or an error naming two that differ.
+    pub fn common_options<'a>(
+        shards: impl IntoIterator<Item = (&'a Path, &'a SeriesPartialFile)>,
+    ) -> Result<(u32, bool)> {
+        common_options(shards.into_iter().map(|(p, s)| (p, s.ddof, s.skip_nan)))
+    }
+}
+
+/// A partial file of either form: one series ([`PartialFile`]) or several
+/// ([`SeriesPartialFile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyPartialFile {
+    /// A file of one series (versions 1 and 2).
+    One(PartialFile),
+    /// A file of several series (version 3).
+    Series(SeriesPartialFile),
+}
+
+impl AnyPartialFile {
+    /// Reads the partial file at `path`, of either form.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::IncompatiblePartial {
+            path: path.to_path_buf(),
+            message: format!("not JSON: {e}"),
+        })?;
+        Self::from_json(&v, path)
+    }
+
+    /// Reads a partial file's JSON of either form.
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        if v.get("version").and_then(Value::as_u64) == Some(SERIES_VERSION) {
+            SeriesPartialFile::from_json(v, path).map(Self::Series)
+        } else {
+            PartialFile::from_json(v, path).map(Self::One)
+        }
+    }
+}
+
+/// Writes `v` to `path` as [`PartialFile::write`] says: through a temporary file renamed into
+/// place, or in place for what is not a regular file.
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        return std::fs::write(path, text).map_err(io);
+    }
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("partial"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })
 }
 
 /// A [`Partial`] as the `partial` object of a partial file (also its serde form): non-finite
@@ -514,10 +919,10 @@ mod tests {
     #[test]
     fn refuses_other_versions_and_mixed_options() {
         let mut v = shard(&[1.0]).to_json();
-        v["version"] = json!(3);
+        v["version"] = json!(4);
         let e = PartialFile::from_json(&v, Path::new("new.json")).unwrap_err();
         assert!(
-            e.to_string().contains("new.json") && e.to_string().contains("version 3"),
+            e.to_string().contains("new.json") && e.to_string().contains("version 4"),
             "{e}"
         );
         let e = PartialFile::from_json(&json!({"count": 3}), Path::new("x.json")).unwrap_err();
@@ -566,6 +971,110 @@ mod tests {
         v1["partial"].as_object_mut().unwrap().remove("m2_err");
         let p = PartialFile::from_json(&v1, Path::new("v1.json")).unwrap();
         assert_eq!(p.partial.count, 3);
+    }
+
+    fn series(group: Option<&str>, name: &str, index: usize, values: &[f64], m: u8) -> ColumnStats {
+        let partial = crate::backend::cpu::reduce_slice_f64(values);
+        let mut sketch = Sketch::with_mantissa_bits(m);
+        sketch.add_f64_slice(values);
+        ColumnStats {
+            column: ColumnRef {
+                index: Some(index),
+                name: Some(name.to_string()),
+            },
+            group: group.map(str::to_string),
+            stats: partial.finish(1, true),
+            partial,
+            skipped: 2,
+            nulls: 3,
+            sketch: Some(sketch),
+        }
+    }
+
+    fn series_file(columns: Vec<ColumnStats>, grouped: bool) -> SeriesPartialFile {
+        SeriesPartialFile {
+            columns,
+            excluded: vec![(
+                ColumnRef {
+                    index: Some(0),
+                    name: Some("city".into()),
+                },
+                "the group key".into(),
+            )],
+            grouped,
+            axis: None,
+            ddof: 1,
+            skip_nan: true,
+            inputs: vec!["a.csv".into()],
+        }
+    }
+
+    #[test]
+    fn series_files_round_trip_and_merge_by_series() {
+        let a = series_file(
+            vec![
+                series(Some("x"), "t", 1, &[1.5, -2.25e300, f64::NAN, 0.0], 7),
+                series(Some("y"), "t", 1, &[], 7),
+                series(Some("x"), "u", 2, &[f64::INFINITY, 5e-320], 7),
+            ],
+            true,
+        );
+        let v: Value = serde_json::from_str(&a.to_json().to_string()).unwrap();
+        let back = AnyPartialFile::from_json(&v, Path::new("a.json")).unwrap();
+        // (Debug forms: a variance of inf − inf is NaN, which `==` never equals.)
+        assert_eq!(
+            format!("{back:?}"),
+            format!("{:?}", AnyPartialFile::Series(a.clone()))
+        );
+        // Files of one series read the same as before; each reader refuses the other form.
+        let e = PartialFile::from_json(&v, Path::new("a.json")).unwrap_err();
+        assert!(e.to_string().contains("3 series"), "{e}");
+        let one = shard(&[1.0]).to_json();
+        assert!(matches!(
+            AnyPartialFile::from_json(&one, Path::new("o.json")).unwrap(),
+            AnyPartialFile::One(_)
+        ));
+        let e = SeriesPartialFile::from_json(&one, Path::new("o.json")).unwrap_err();
+        assert!(e.to_string().contains("one series"), "{e}");
+        // Merged by (group, column): b's "y"/t merges with a's, "z"/t is new and appended.
+        let b = series_file(
+            vec![
+                series(Some("z"), "t", 1, &[7.0], 7),
+                series(Some("y"), "t", 1, &[4.0, 8.0], 7),
+            ],
+            true,
+        );
+        let m = SeriesPartialFile::merge([(Path::new("a"), &a), (Path::new("b"), &b)]).unwrap();
+        let keys: Vec<_> = m
+            .columns
+            .iter()
+            .map(|c| (c.group.clone().unwrap(), c.label()))
+            .collect();
+        let want: Vec<(String, String)> = [("x", "t"), ("y", "t"), ("x", "u"), ("z", "t")]
+            .iter()
+            .map(|(g, c)| (g.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(keys, want);
+        let y = &m.columns[1];
+        assert_eq!((y.partial.count, y.skipped, y.nulls), (2, 4, 6));
+        assert_eq!(y.stats.mean, Some(6.0));
+        assert_eq!(y.sketch.as_ref().unwrap().count(), 2);
+        assert_eq!(m.inputs.len(), 2);
+        assert_eq!(m.excluded.len(), 1, "the same exclusion once");
+        // Sketches of another accuracy, or shards of another kind, are refused by name.
+        let c = series_file(vec![series(Some("x"), "t", 1, &[1.0], 9)], true);
+        let e = SeriesPartialFile::merge([(Path::new("a"), &a), (Path::new("c9"), &c)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c9") && e.contains("accuracy"), "{e}");
+        let d = series_file(vec![series(None, "t", 1, &[1.0], 7)], false);
+        let e = SeriesPartialFile::merge([(Path::new("a"), &a), (Path::new("d"), &d)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d") && e.contains("columns") && e.contains("groups"),
+            "{e}"
+        );
     }
 
     #[test]

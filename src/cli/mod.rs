@@ -325,6 +325,13 @@ struct MergeArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    rows: table::RowArgs,
+
+    /// Shards of groups: rows in key order (numeric when every key is a number, else by text).
+    #[arg(long)]
+    sort_groups: bool,
 }
 
 fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
@@ -448,8 +455,6 @@ fn run(args: RunArgs) -> Result<()> {
             Some("--random")
         } else if !args.remote.is_empty() {
             Some("--remote")
-        } else if args.partial.is_some() {
-            Some("--partial")
         } else {
             None
         };
@@ -711,6 +716,7 @@ fn run_columns(
     let mut names = Vec::new();
     let mut done_bytes = 0u64;
     let mut result_shape = None;
+    let mut axis_k = None;
     for p in &args.inputs {
         let mut source = if p.as_os_str() == "-" {
             microbatch::source::open_reader(Box::new(std::io::stdin()), "<stdin>", options)?
@@ -724,6 +730,7 @@ fn run_columns(
                 let batch = args.batch_size.unwrap_or(microbatch::BUFFERED_BATCH_SIZE);
                 along = microbatch::source::AxisSource::new(source, k, batch)?;
                 result_shape = Some(along.result_shape().to_vec());
+                axis_k = Some(along.axis());
                 &mut along
             }
             None => match source.as_columns() {
@@ -760,31 +767,13 @@ fn run_columns(
         );
     };
     if args.sort_groups {
-        sort_groups(&mut report);
+        sort_groups(&mut report.columns);
     }
-    let grouped = report.grouped();
-    // Groups of several columns name their rows group/column (only groups need asking: a
-    // million axis lanes are not sorted for it).
-    let several_columns = grouped && {
-        let first = report.columns.first().map(|c| c.label());
-        report.columns.iter().any(|c| Some(c.label()) != first)
-    };
+    let (key, several_columns) = series_rows(&report.columns, args.axis.is_some());
     let qs = args.quantile_list();
-    let quantiles_of = |c: &microbatch::ColumnStats| -> Vec<Option<f64>> {
-        qs.iter()
-            .map(|&q| {
-                c.sketch
-                    .as_ref()
-                    .and_then(|s| s.quantile_of(&c.partial, c.stats.skip_nan, q))
-            })
-            .collect()
-    };
+    let quantiles_of = |c: &microbatch::ColumnStats| series_quantiles(c, &qs);
     type Owned = (String, microbatch::Stats, u64, u64, Vec<Option<f64>>);
-    let row_key = |c: &microbatch::ColumnStats| match (&c.group, several_columns) {
-        (Some(g), false) => g.clone(),
-        (Some(g), true) => format!("{g}/{}", c.label()),
-        (None, _) => c.label(),
-    };
+    let row_key = |c: &microbatch::ColumnStats| row_key(c, several_columns);
     // Each row's histogram (with --histogram), in the report's column order.
     let histograms_of = |r: &microbatch::ColumnsReport| -> Result<Vec<Option<Histogram>>> {
         if args.histogram.is_none() {
@@ -799,6 +788,18 @@ fn run_columns(
             .collect()
     };
     let histograms = histograms_of(&report)?;
+    // Everything succeeded: only now is anything written.
+    if let Some(path) = &args.partial {
+        let mut file = microbatch::SeriesPartialFile::of(
+            &report,
+            axis_k.zip(result_shape.clone()),
+            partial_inputs(args),
+            args.stats.ddof,
+            args.stats.skip_nan,
+        );
+        file.grouped = args.group_by.is_some();
+        file.write(path)?;
+    }
     #[cfg(feature = "plot")]
     if let Some(path) = &args.histogram_plot {
         let charts: Vec<_> = report
@@ -889,12 +890,6 @@ fn run_columns(
             quantiles: quantiles.clone(),
         })
         .collect();
-    let key = match (args.axis.is_some(), grouped, several_columns) {
-        (true, _, _) => "index",
-        (false, true, false) => "group",
-        (false, true, true) => "group/column",
-        (false, false, _) => "column",
-    };
     if args.rows.delimited() {
         args.rows.write(&mut out, key, &rows, &qs)?;
         out.flush()?;
@@ -946,16 +941,55 @@ fn run_columns(
     Ok(())
 }
 
+/// How the rows of several series are named: the header of the key column (`index` for axis
+/// lanes, `group`, `group/column`, `column`) and whether a group's rows name their column too
+/// (groups of several columns).
+fn series_rows(columns: &[microbatch::ColumnStats], axis: bool) -> (&'static str, bool) {
+    let grouped = columns.iter().any(|c| c.group.is_some());
+    // Only groups need asking: a million axis lanes are not compared for it.
+    let several_columns = grouped && {
+        let first = columns.first().map(|c| c.label());
+        columns.iter().any(|c| Some(c.label()) != first)
+    };
+    let key = match (axis, grouped, several_columns) {
+        (true, _, _) => "index",
+        (false, true, false) => "group",
+        (false, true, true) => "group/column",
+        (false, false, _) => "column",
+    };
+    (key, several_columns)
+}
+
+/// A series' row name: its group's key (and column, with `several_columns`) or its column.
+fn row_key(c: &microbatch::ColumnStats, several_columns: bool) -> String {
+    match (&c.group, several_columns) {
+        (Some(g), false) => g.clone(),
+        (Some(g), true) => format!("{g}/{}", c.label()),
+        (None, _) => c.label(),
+    }
+}
+
+/// A series' quantiles `qs` from its sketch (`None` each without one or without values).
+fn series_quantiles(c: &microbatch::ColumnStats, qs: &[f64]) -> Vec<Option<f64>> {
+    qs.iter()
+        .map(|&q| {
+            c.sketch
+                .as_ref()
+                .and_then(|s| s.quantile_of(&c.partial, c.stats.skip_nan, q))
+        })
+        .collect()
+}
+
 /// Puts the groups of a report in key order: numeric when every key is a number, else by text;
 /// a group's columns keep their order.
-fn sort_groups(report: &mut microbatch::ColumnsReport) {
-    let numeric = report.columns.iter().all(|c| {
+fn sort_groups(columns: &mut [microbatch::ColumnStats]) {
+    let numeric = columns.iter().all(|c| {
         c.group
             .as_deref()
             .is_some_and(|g| g.trim().parse::<f64>().is_ok())
     });
     if numeric {
-        report.columns.sort_by(|a, b| {
+        columns.sort_by(|a, b| {
             let k = |c: &microbatch::ColumnStats| {
                 c.group
                     .as_deref()
@@ -965,7 +999,7 @@ fn sort_groups(report: &mut microbatch::ColumnsReport) {
             k(a).total_cmp(&k(b))
         });
     } else {
-        report.columns.sort_by(|a, b| a.group.cmp(&b.group));
+        columns.sort_by(|a, b| a.group.cmp(&b.group));
     }
 }
 
@@ -979,22 +1013,27 @@ fn write_partial(
     let Some(path) = &args.partial else {
         return Ok(());
     };
+    PartialFile {
+        sketch,
+        partial,
+        ddof: args.stats.ddof,
+        skip_nan: args.stats.skip_nan,
+        inputs: partial_inputs(args),
+        skipped_invalid: skipped,
+    }
+    .write(path)?;
+    Ok(())
+}
+
+/// What a run's partial file says it reduced.
+fn partial_inputs(args: &RunArgs) -> Vec<String> {
     let mut inputs: Vec<String> = args
         .random
         .map(|n| format!("random({n}, seed {})", args.seed))
         .into_iter()
         .collect();
     inputs.extend(args.inputs.iter().map(|p| p.display().to_string()));
-    PartialFile {
-        sketch,
-        partial,
-        ddof: args.stats.ddof,
-        skip_nan: args.stats.skip_nan,
-        inputs,
-        skipped_invalid: skipped,
-    }
-    .write(path)?;
-    Ok(())
+    inputs
 }
 
 /// `run --remote`: every input's batches through the processing services, the same report as
@@ -1298,10 +1337,11 @@ pub(crate) fn hint(e: &microbatch::Error) -> Option<&'static str> {
 }
 
 fn merge(args: MergeArgs) -> Result<()> {
-    let mut shards: Vec<(PathBuf, PartialFile)> = Vec::new();
+    use microbatch::AnyPartialFile;
+    let mut files: Vec<(PathBuf, AnyPartialFile)> = Vec::new();
     for p in &args.partials {
         if p.as_os_str() != "-" {
-            shards.push((p.clone(), PartialFile::read(p)?));
+            files.push((p.clone(), AnyPartialFile::read(p)?));
             continue;
         }
         // Standard input: any number of partials, one after another (`cat *.json | merge -`).
@@ -1313,14 +1353,36 @@ fn merge(args: MergeArgs) -> Result<()> {
                 path: name.clone(),
                 message: format!("not JSON: {e}"),
             })?;
-            shards.push((name.clone(), PartialFile::from_json(&v, &name)?));
+            files.push((name.clone(), AnyPartialFile::from_json(&v, &name)?));
         }
     }
-    let mut merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    let mut shards: Vec<(PathBuf, PartialFile)> = Vec::new();
+    let mut series: Vec<(PathBuf, microbatch::SeriesPartialFile)> = Vec::new();
+    for (p, f) in files {
+        match f {
+            AnyPartialFile::One(f) => shards.push((p, f)),
+            AnyPartialFile::Series(f) => series.push((p, f)),
+        }
+    }
+    if let (Some((a, _)), Some((b, _))) = (shards.first(), series.first()) {
+        anyhow::bail!(
+            "{} holds one series and {} several (columns, groups or axis lanes): merge shards of the same run's kind",
+            a.display(),
+            b.display()
+        );
+    }
     let mut qs = args.quantiles.clone();
     if args.median && !qs.contains(&0.5) {
         qs.insert(0, 0.5);
     }
+    let explicit_nan = (args.skip_nan || args.keep_nan).then_some(args.skip_nan);
+    if !series.is_empty() {
+        return merge_series(&args, &series, &qs, explicit_nan);
+    }
+    if args.sort_groups {
+        anyhow::bail!("--sort-groups is for shards of groups; these partials hold one series");
+    }
+    let mut merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
     if !qs.is_empty()
         && let Some((p, _)) = shards.iter().find(|(_, f)| f.sketch.is_none())
     {
@@ -1329,7 +1391,6 @@ fn merge(args: MergeArgs) -> Result<()> {
             p.display()
         );
     }
-    let explicit_nan = (args.skip_nan || args.keep_nan).then_some(args.skip_nan);
     let (ddof, skip_nan) = match (args.ddof, explicit_nan) {
         (Some(d), Some(k)) => (d, k),
         _ => {
@@ -1359,6 +1420,23 @@ fn merge(args: MergeArgs) -> Result<()> {
         }
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
+    } else if args.rows.delimited() {
+        let row = table::Row {
+            key: "all".to_string(),
+            stats: &stats,
+            nulls: 0,
+            skipped: merged.skipped_invalid,
+            quantiles: qs
+                .iter()
+                .map(|&q| {
+                    merged
+                        .sketch
+                        .as_ref()
+                        .and_then(|s| s.quantile_of(&merged.partial, skip_nan, q))
+                })
+                .collect(),
+        };
+        args.rows.write(&mut out, "input", &[row], &qs)?;
     } else {
         writeln!(
             out,
@@ -1380,6 +1458,129 @@ fn merge(args: MergeArgs) -> Result<()> {
             &merged.partial,
             skip_nan,
             &qs,
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `merge` of shards of several series: each series merged with the same series of the other
+/// shards, printed as `run` prints them (one row per column, group or lane).
+fn merge_series(
+    args: &MergeArgs,
+    shards: &[(PathBuf, microbatch::SeriesPartialFile)],
+    qs: &[f64],
+    explicit_nan: Option<bool>,
+) -> Result<()> {
+    use microbatch::SeriesPartialFile;
+    let mut merged = SeriesPartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    if args.sort_groups {
+        if !merged.grouped {
+            anyhow::bail!("--sort-groups is for shards of groups; these hold {}", {
+                if merged.axis.is_some() {
+                    "axis lanes"
+                } else {
+                    "columns"
+                }
+            });
+        }
+        sort_groups(&mut merged.columns);
+    }
+    if !qs.is_empty() {
+        for (p, f) in shards {
+            if let Some(c) = f.columns.iter().find(|c| c.sketch.is_none()) {
+                anyhow::bail!(
+                    "{} has no quantile sketch for {}: run that shard with --quantiles (or --median) to merge quantiles",
+                    p.display(),
+                    row_key(c, true)
+                );
+            }
+        }
+    }
+    let (ddof, skip_nan) = match (args.ddof, explicit_nan) {
+        (Some(d), Some(k)) => (d, k),
+        _ => {
+            let (d, k) =
+                SeriesPartialFile::common_options(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+            (args.ddof.unwrap_or(d), explicit_nan.unwrap_or(k))
+        }
+    };
+    merged.finish(ddof, skip_nan);
+    if let Some(path) = &args.partial {
+        merged.write(path)?;
+    }
+    let (key, several_columns) = series_rows(&merged.columns, merged.axis.is_some());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut list = microbatch::ColumnsReport::series_json(&merged.columns);
+        if !qs.is_empty() {
+            for (c, j) in merged
+                .columns
+                .iter()
+                .zip(list.as_array_mut().into_iter().flatten())
+            {
+                j["stats"]["quantiles"] =
+                    Report::quantiles_json(c.sketch.as_ref(), &c.partial, skip_nan, qs);
+            }
+        }
+        let mut v = serde_json::json!({
+            "partials": shards.len(),
+            "inputs": merged.inputs,
+            "excluded": microbatch::ColumnsReport::excluded_json(&merged.excluded),
+        });
+        v[if merged.grouped { "groups" } else { "columns" }] = list;
+        if let Some((axis, shape)) = &merged.axis {
+            v["axis"] = serde_json::json!({ "axis": axis, "result_shape": shape });
+        }
+        if !qs.is_empty() {
+            v["quantile_error"] = serde_json::json!(
+                merged
+                    .columns
+                    .iter()
+                    .find_map(|c| c.sketch.as_ref())
+                    .map(|s| s.relative_error())
+            );
+        }
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let rows: Vec<table::Row<'_>> = merged
+        .columns
+        .iter()
+        .map(|c| table::Row {
+            key: row_key(c, several_columns),
+            stats: &c.stats,
+            nulls: c.nulls,
+            skipped: c.skipped,
+            quantiles: series_quantiles(c, qs),
+        })
+        .collect();
+    if !args.rows.delimited() {
+        writeln!(
+            out,
+            "merged       {} partial(s) over {} input(s)",
+            shards.len(),
+            merged.inputs.len()
+        )?;
+        for (c, why) in &merged.excluded {
+            writeln!(out, "excluded     column {c}: {why}")?;
+        }
+        writeln!(out)?;
+    }
+    args.rows.write(&mut out, key, &rows, qs)?;
+    if !args.rows.delimited()
+        && let Some(s) = merged
+            .columns
+            .iter()
+            .find_map(|c| c.sketch.as_ref())
+            .filter(|_| !qs.is_empty())
+    {
+        writeln!(
+            out,
+            "quantiles as numpy's inverted_cdf, within {} % relative error",
+            table::significant(s.relative_error() * 100.0, 3)
         )?;
     }
     out.flush()?;

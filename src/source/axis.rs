@@ -143,6 +143,11 @@ impl<'a> AxisSource<'a> {
         })
     }
 
+    /// The axis reduced, counted from 0 (a negative one asked for resolved).
+    pub fn axis(&self) -> usize {
+        self.axis
+    }
+
     /// numpy's shape of the result (the input's without the axis).
     pub fn result_shape(&self) -> &[u64] {
         &self.result_shape

@@ -270,10 +270,6 @@ fn column_errors_name_the_column_and_line() {
             vec!["run", raw, "--column", "0,1"],
             "Parquet and Arrow inputs",
         ),
-        (
-            vec!["run", good, "--column", "a,b", "--partial", "p.json"],
-            "--partial",
-        ),
         (vec!["run", late, "--columns", "all"], "line 200002"),
         (vec!["run", bad, "--column", "c,b"], "column 1 (\"b\")"),
         (

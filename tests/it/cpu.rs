@@ -263,3 +263,56 @@ fn huge_and_tiny_magnitudes_keep_their_variance() {
         }
     }
 }
+
+/// f64 values near ±f64::MAX on both sides of a block's pivot: the deviations (or a lane's sum
+/// of them) pass f64's range though the block's sum does not. The sum stays that of the data,
+/// and the variance, whose M2 is past f64's range, is inf (numpy's too), never NaN or 0 (it was
+/// NaN and 0: inf − inf, then max(0)). Every SIMD level, the fast path's blocks and the ragged
+/// tail.
+#[test]
+fn f64_deviations_past_the_range_give_an_infinite_variance() {
+    use microbatch::backend::cpu::{SimdLevel, reduce_slice_f64_with};
+    let mut rng = fresh_rng("f64_deviations_past_the_range");
+    // 1.5·2^1023: its multiples up to 2^51 have few enough mantissa bits to add exactly.
+    let big = 1.5 * 2f64.powi(1023);
+    // Whole blocks of 4096 with as many +big as -big (each block's sum exactly 0, its pivot
+    // exactly 0), shuffled so lanes' sums overflow; then a ragged tail of small values. And
+    // short inputs (the ragged tail only) holding both signs of big.
+    let mut blocks: Vec<f64> = Vec::new();
+    for _ in 0..3 {
+        let mut b: Vec<f64> = (0..4096)
+            .map(|i| if i % 2 == 0 { big } else { -big })
+            .collect();
+        for i in (1..b.len()).rev() {
+            b.swap(i, rng.random_range(0..=i));
+        }
+        blocks.extend(b);
+    }
+    let small = [1.0, -2.5, 4.0, 0.25, 3.0];
+    let cases: Vec<(&str, Vec<f64>, f64)> = vec![
+        (
+            "blocks and a small tail",
+            [&blocks[..], &small[..]].concat(),
+            5.75,
+        ),
+        ("a short tail only", vec![big, big, -big], big),
+        ("a pivot near -MAX/3", vec![1.5, -2.25e300, 0.0], -2.25e300),
+        (
+            "three and three",
+            vec![1e308, 1e308, 1e308, -1e308, -1e308, -1e308],
+            0.0,
+        ),
+    ];
+    for level in SimdLevel::available() {
+        for (what, data, sum) in &cases {
+            let what = format!("{}: {what}", level.name());
+            let p = reduce_slice_f64_with(level, data);
+            assert_eq!(p.count, data.len() as u64, "{what}");
+            let s = p.finish(0, false);
+            // Each block's sum is exact (see above); only the last addition rounds.
+            assert_close(&what, s.sum.unwrap(), *sum, f64::EPSILON * sum.abs());
+            assert_eq!(s.var, Some(f64::INFINITY), "{what}: var");
+            assert_eq!(s.std, Some(f64::INFINITY), "{what}: std");
+        }
+    }
+}

@@ -26,3 +26,4 @@ mod quantiles;
 mod remote;
 #[cfg(feature = "serve")]
 mod serve;
+mod shards;

@@ -308,9 +308,14 @@ fn reduce_block_fast_f64<const FMA: bool>(
             add_deviation::<FMA>(c[j] - pivot, &mut t[j], &mut q[j]);
         }
     }
+    let pm = finite_moments(BLOCK_F64, pivot, t, q);
+    if !pm.t.is_finite() {
+        // Deviations past f64's range: the slow path takes them scaled.
+        return None;
+    }
     range.lo = lo;
     range.hi = hi;
-    Some(finite_moments(BLOCK_F64, pivot, t, q))
+    Some(pm)
 }
 
 /// [`LaneRange`] for the f64 kernel.
@@ -367,8 +372,32 @@ fn reduce_block_slow_f64(block: &[f64]) -> PivotMoments {
     }
     pm.t = t.iter().sum();
     pm.q = q.iter().sum();
+    if !pm.t.is_finite() {
+        // Values near ±f64::MAX on both sides of the pivot: a deviation, or a lane's sum of
+        // them, passed f64's range (inf, or NaN from inf − inf) though Σ(x − pivot) itself is
+        // small. Taken again scaled by 2^-14 (a block's ≤ 8192 deviations, each below 2·MAX,
+        // then sum within range) and scaled back. Such a block has a deviation of at least
+        // MAX/8192, so its Σ(x − pivot)² is past f64's range too: q is inf, as M2 is.
+        let scale = 1.0 / DEVIATION_SCALE;
+        let pivot = pm.pivot * scale;
+        let mut t = [0.0f64; SLOW_LANES];
+        let mut q = [0.0f64; SLOW_LANES];
+        for (i, &x) in block.iter().enumerate() {
+            if x.is_finite() {
+                let d = x * scale - pivot;
+                t[i % SLOW_LANES] += d;
+                q[i % SLOW_LANES] += d * d;
+            }
+        }
+        pm.t = t.iter().sum::<f64>() * DEVIATION_SCALE;
+        pm.q = q.iter().sum::<f64>() * DEVIATION_SCALE * DEVIATION_SCALE;
+    }
     pm
 }
+
+/// The scale of [`reduce_block_slow_f64`]'s deviations when they pass f64's range: 2^14, a
+/// power of two past twice [`BLOCK_F64`].
+const DEVIATION_SCALE: f64 = 16384.0;
 
 #[inline(always)]
 fn reduce_serial_f64_impl<const FMA: bool>(data: &[f64]) -> Partial {

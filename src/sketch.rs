@@ -300,6 +300,25 @@ impl Sketch {
         }
     }
 
+    /// Adds counted buckets: `zeros`, and `(key, count)` pairs of positive and negative
+    /// magnitudes (keys as [`Sketch::key`] forms them). The GPU backend's device-built
+    /// histograms come in this way.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    pub(crate) fn add_counts(
+        &mut self,
+        zeros: u64,
+        positive: &[(i64, u64)],
+        negative: &[(i64, u64)],
+    ) {
+        self.zeros += zeros;
+        for &(k, c) in positive {
+            self.positive.add(k, c);
+        }
+        for &(k, c) in negative {
+            self.negative.add(k, c);
+        }
+    }
+
     /// Adds the counts of `other`, a sketch of the same accuracy.
     pub(crate) fn absorb(&mut self, other: &Sketch) {
         debug_assert_eq!(self.mantissa_bits, other.mantissa_bits);

@@ -179,10 +179,13 @@ pub trait BatchReducer {
     /// Waits for all pushed batches and returns each tag's partial (in first-pushed order) and
     /// the stage times.
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)>;
-    /// Reduces (or enqueues) one micro-batch under `tag` and adds its values to `sketch` in
-    /// the same pass over memory, where this reducer can (the CPU backend: `Ok(true)`, the
-    /// time counted as compute). `Ok(false)`: it cannot, and did nothing; the caller adds the
-    /// batch to the sketch itself and pushes it.
+    /// Reduces (or enqueues) one micro-batch under `tag` and counts its values into a
+    /// quantile sketch of `sketch`'s accuracy in the same pass, where this reducer can:
+    /// `Ok(true)`. The CPU backend adds them to `sketch` itself, in the moments' pass over
+    /// memory; the GPU backend counts them on the device into its own sketch for `tag`, which
+    /// [`BatchReducer::take_sketches`] gives after the next [`BatchReducer::finish_tagged`]
+    /// (the caller merges it into `sketch`'s). `Ok(false)`: it cannot, and did nothing; the
+    /// caller adds the batch to the sketch itself and pushes it.
     fn push_sketched_tagged(
         &mut self,
         tag: u64,
@@ -191,6 +194,12 @@ pub trait BatchReducer {
     ) -> Result<bool> {
         let _ = (tag, batch, sketch);
         Ok(false)
+    }
+    /// The sketches counted by [`BatchReducer::push_sketched_tagged`] into the reducer's own
+    /// (the GPU backend's), one per tag, of the stream the last `finish_tagged` (or `finish`)
+    /// ended; empty after a stream that failed, and once taken. The default: none.
+    fn take_sketches(&mut self) -> Vec<(u64, crate::sketch::Sketch)> {
+        Vec::new()
     }
     /// Reduces (or enqueues) several series' micro-batches, each under its tag: the GPU backend
     /// reduces them side by side in one dispatch where they fit (a segmented reduction);

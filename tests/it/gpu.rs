@@ -794,3 +794,175 @@ fn reduces_the_callers_own_buffer_in_place() {
     let (p, _) = reducer.reduce_resident(&resident).unwrap();
     assert_eq!(p.count, 1000);
 }
+
+/// Adversarial f32 data for sketches: every exponent from subnormal to the largest, both signs,
+/// ±0, the smallest subnormal and the largest f32, infinities and NaN.
+fn sketch_data(rng: &mut rand::rngs::Xoshiro256PlusPlus, n: usize) -> Vec<f32> {
+    use rand::RngExt;
+    (0..n)
+        .map(|i| match i % 17 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => f32::from_bits(rng.random_range(1..0x0080_0000)), // positive subnormal
+            3 => -f32::from_bits(rng.random_range(1..0x0080_0000)),
+            4 if i % 3 == 0 => f32::from_bits(1),
+            4 => f32::MAX,
+            5 if i % 1000 == 5 => f32::NAN,
+            5 if i % 1000 == 22 => f32::INFINITY,
+            5 if i % 1000 == 39 => f32::NEG_INFINITY,
+            // Any bit pattern: every exponent, NaN and infinities among them.
+            _ => f32::from_bits(rng.random::<u32>()),
+        })
+        .collect()
+}
+
+/// The quantile sketch counted on the device (`push_sketched_tagged`, `shaders/histogram.wgsl`)
+/// is bucket for bucket the host's (`Sketch::add_f32_slice`) at every accuracy the device
+/// takes, for several series at once, over dispatches cut by the batch size and a readback
+/// window that fills mid-stream (its histograms folded then); a later stream starts empty;
+/// what it cannot take (finer sketches, a ninth series) it declines.
+#[test]
+fn device_sketches_equal_the_hosts_bucket_for_bucket() {
+    use microbatch::sketch::Sketch;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("device_sketches");
+    for (m, n, batch) in [
+        (6u8, 300_001usize, 256usize),
+        (1, 20_011, 4096),
+        (4, 70_003, 8192),
+        (8, 40_000, 1 << 16),
+    ] {
+        let mut config = GpuConfig::new(batch);
+        config.device_sketch = Some(true);
+        let mut reducer = GpuReducer::new(ctx, config).unwrap();
+        let series: Vec<Vec<f32>> = (0..3).map(|_| sketch_data(&mut rng, n)).collect();
+        let mut host = Sketch::with_mantissa_bits(m);
+        // The three series interleaved, a batch at a time.
+        for start in (0..n).step_by(batch) {
+            let range = start..(start + batch).min(n);
+            for (tag, s) in series.iter().enumerate() {
+                let counted = reducer
+                    .push_sketched_tagged(tag as u64, &s[range.clone()], &mut host)
+                    .unwrap();
+                assert!(counted, "m {m}: the device takes tag {tag}");
+            }
+        }
+        assert_eq!(
+            host.count(),
+            0,
+            "the device does not touch the caller's sketch"
+        );
+        let (parts, _) = reducer.finish_tagged().unwrap();
+        let mut sketches = reducer.take_sketches();
+        sketches.sort_by_key(|(t, _)| *t);
+        assert_eq!(sketches.len(), 3, "m {m}");
+        for ((tag, mut got), s) in sketches.into_iter().zip(&series) {
+            let mut want = Sketch::with_mantissa_bits(m);
+            want.add_f32_slice(s);
+            want.trim();
+            got.trim();
+            assert!(
+                got == want,
+                "m {m}, series {tag}: device and host sketches differ ({} and {} values)",
+                got.count(),
+                want.count()
+            );
+            let partial = &parts.iter().find(|(t, _)| *t == tag).unwrap().1;
+            assert_eq!(
+                got.count(),
+                partial.count,
+                "m {m}: every finite value counted once"
+            );
+        }
+        assert!(reducer.take_sketches().is_empty(), "taken once");
+        // The next stream starts from empty histograms.
+        let small = [1.5f32, -2.0, 0.0];
+        assert!(reducer.push_sketched_tagged(7, &small, &mut host).unwrap());
+        reducer.finish_tagged().unwrap();
+        let next = reducer.take_sketches();
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].0, next[0].1.count(), next[0].1.zeros), (7, 3, 1));
+        // Finer sketches and a ninth series at once are left to the host.
+        let mut fine = Sketch::with_mantissa_bits(9);
+        assert!(!reducer.push_sketched_tagged(0, &small, &mut fine).unwrap());
+        for tag in 0..8 {
+            assert!(
+                reducer
+                    .push_sketched_tagged(tag, &small, &mut host)
+                    .unwrap()
+            );
+        }
+        assert!(!reducer.push_sketched_tagged(8, &small, &mut host).unwrap());
+        reducer.finish_tagged().unwrap();
+        assert_eq!(reducer.take_sketches().len(), 8);
+    }
+    // Told not to, it leaves every sketch to the host.
+    let mut config = GpuConfig::new(1024);
+    config.device_sketch = Some(false);
+    let mut reducer = GpuReducer::new(ctx, config).unwrap();
+    let mut host = Sketch::with_mantissa_bits(6);
+    assert!(!reducer.push_sketched_tagged(0, &[1.0], &mut host).unwrap());
+}
+
+/// Device-counted sketches through the engine: an accumulator read mid-stream (each finish
+/// ends the reducer's stream: its sketches join the run's before the next batches), a plain
+/// run, and axis lanes past the device's 8 slots (the rest counted on the host). Every sketch
+/// equals the host's of the same values, and the quantiles the CPU backend's.
+#[test]
+fn engine_runs_merge_device_sketches_in_every_finish() {
+    use microbatch::sketch::Sketch;
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fresh_rng("engine_device_sketches");
+    let data = sketch_data(&mut rng, 90_001);
+    let gpu_engine = |batch: usize| {
+        let mut config = GpuConfig::new(batch);
+        config.device_sketch = Some(true);
+        let mut e = engine_on(Box::new(GpuReducer::new(ctx, config).unwrap()), batch, 0);
+        e.set_quantiles(Some(0.01)).unwrap();
+        e
+    };
+    let mut want = Sketch::new(0.01).unwrap();
+    want.add_f32_slice(&data);
+    want.trim();
+    let mut engine = gpu_engine(4096);
+    let mut acc = engine.accumulate();
+    acc.push(&data[..30_000]).unwrap();
+    let mid = acc.stats().unwrap();
+    assert_eq!(mid.count, 30_000);
+    acc.push(&data[30_000..]).unwrap();
+    let report = acc.finish().unwrap();
+    let same = |s: Option<&Sketch>, want: &Sketch| s.is_some_and(|s| s == want);
+    assert!(same(report.sketch.as_ref(), &want), "accumulator");
+    let report = engine.reduce(&data).unwrap();
+    assert!(same(report.sketch.as_ref(), &want), "a run after it");
+    let mut cpu = engine_on(Box::new(CpuReducer::new()), 4096, 0);
+    cpu.set_quantiles(Some(0.01)).unwrap();
+    let on_cpu = cpu.reduce(&data).unwrap();
+    for q in [0.0, 0.01, 0.3, 0.5, 0.97, 1.0] {
+        assert_eq!(
+            report.quantile(q).map(f64::to_bits),
+            on_cpu.quantile(q).map(f64::to_bits),
+            "q {q}"
+        );
+    }
+    // Twelve lanes of a (R, 12) f32 array along axis 0: 8 on the device, 4 on the host.
+    let (rows, lanes) = (3001usize, 12usize);
+    let values = sketch_data(&mut rng, rows * lanes);
+    let mut bytes =
+        microbatch::source::npy::write_header("<f4", false, &[rows as u64, lanes as u64]);
+    bytes.extend(f32_bytes(&values));
+    let path = tmp_file("device-sketch-lanes", "a.npy", &bytes);
+    let source = microbatch::source::open(&path, &Default::default()).unwrap();
+    let mut axis = microbatch::source::AxisSource::new(source, 0, 1000).unwrap();
+    let report = gpu_engine(1000)
+        .run_columns(&mut axis, &mut |_| {})
+        .unwrap();
+    assert_eq!(report.columns.len(), lanes);
+    for (j, c) in report.columns.iter().enumerate() {
+        let lane: Vec<f32> = values.iter().skip(j).step_by(lanes).copied().collect();
+        let mut want = Sketch::new(0.01).unwrap();
+        want.add_f32_slice(&lane);
+        want.trim();
+        assert!(same(c.sketch.as_ref(), &want), "lane {j}");
+    }
+}

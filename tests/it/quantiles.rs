@@ -589,3 +589,64 @@ fn histograms_per_column_and_group() {
         );
     }
 }
+
+/// `run --quantiles` on the GPU backend with the sketch counted on the device
+/// (`MICROBATCH_GPU_SKETCH=device`; lavapipe otherwise counts on the host): the same quantiles
+/// as the CPU backend's, bit for bit, and within the stated error of numpy's; an unknown
+/// setting is an error.
+#[test]
+fn device_counted_quantiles_equal_the_cpu_backends() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = fresh_rng("device_quantiles");
+    let data: Vec<f32> = (0..250_003)
+        .map(|i| match i % 101 {
+            0 => 0.0,
+            1 => f32::from_bits(rng.random_range(1..0x0080_0000)),
+            2 if i % 5 == 0 => f32::INFINITY,
+            _ => rng.random_range(-3.0f32..3.0).powi(7),
+        })
+        .collect();
+    let file = tmp_file("device-quantiles", "d.f32", &f32_bytes(&data));
+    let file = file.to_str().unwrap();
+    let q = qs_arg();
+    let args = |backend: &'static str| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--quantiles",
+            q.as_str(),
+            "--json",
+            "--backend",
+            backend,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let on_device = bin()
+        .args(args("gpu"))
+        .env("MICROBATCH_GPU_SKETCH", "device")
+        .output()
+        .unwrap();
+    let gpu = json(&on_device);
+    let cpu = json(&run(&args("cpu")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    assert_eq!(gpu["stats"]["quantiles"], cpu["stats"]["quantiles"]);
+    let values: Vec<f64> = data.iter().map(|&x| f64::from(x)).collect();
+    check_quantiles("device", &gpu["stats"], &values, 2f64.powi(-7));
+    let bad = bin()
+        .args(args("gpu"))
+        .env("MICROBATCH_GPU_SKETCH", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("MICROBATCH_GPU_SKETCH"),
+        "{}",
+        stderr(&bad)
+    );
+}

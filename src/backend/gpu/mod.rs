@@ -11,6 +11,7 @@ mod pinned;
 mod readback;
 mod resident;
 mod ring;
+mod sketch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -62,6 +63,11 @@ pub struct GpuConfig {
     pub slow_path: Option<SlowPath>,
     /// Where streamed batches are staged. `None`: [`Staging::Auto`].
     pub staging: Option<Staging>,
+    /// Whether quantile sketches are counted on the device
+    /// ([`BatchReducer::push_sketched_tagged`]). `None`: on GPUs, not on software adapters
+    /// (lavapipe emulates the atomic increments on the CPU: measured 8× slower there than the
+    /// host's histogram). The engine takes it from `MICROBATCH_GPU_SKETCH` (device, host, auto).
+    pub device_sketch: Option<bool>,
 }
 
 impl GpuConfig {
@@ -76,6 +82,7 @@ impl GpuConfig {
             loads: None,
             slow_path: None,
             staging: None,
+            device_sketch: None,
         }
     }
 }
@@ -116,6 +123,10 @@ pub struct GpuReducer {
     /// Host time spent on f64 and integer batches (reduced by the CPU kernels), added at finish.
     host_times: Timings,
     wall_compute_start: Option<Instant>,
+    /// Whether sketches are counted on the device ([`GpuConfig::device_sketch`], resolved).
+    device_sketch: bool,
+    /// The device's quantile histograms, made on the first sketched batch.
+    sketcher: Option<sketch::GpuSketcher>,
 }
 
 impl std::fmt::Debug for GpuReducer {
@@ -197,6 +208,8 @@ impl GpuReducer {
             },
             host_times: Timings::default(),
             wall_compute_start: None,
+            device_sketch: config.device_sketch.unwrap_or(!ctx.report.software),
+            sketcher: None,
         })
     }
 
@@ -236,6 +249,48 @@ impl BatchReducer for GpuReducer {
             self.dispatch(chunk, tag)?;
         }
         Ok(())
+    }
+
+    /// The batch's quantile sketch counted on the device, in the batch's own compute pass over
+    /// the uploaded values (`shaders/histogram.wgsl`): for sketches of at most
+    /// [`crate::sketch::DENSE_MAX_BITS`] mantissa bits and up to `SKETCH_SLOTS` series at
+    /// once; others are left to the caller (`Ok(false)`).
+    fn push_sketched_tagged(
+        &mut self,
+        tag: u64,
+        batch: &[f32],
+        sketch: &mut crate::sketch::Sketch,
+    ) -> Result<bool> {
+        let m = sketch.mantissa_bits;
+        if !self.device_sketch || m > crate::sketch::DENSE_MAX_BITS {
+            return Ok(false);
+        }
+        match &self.sketcher {
+            Some(s) if s.mantissa_bits() == m => {}
+            Some(s) if !s.idle() => return Ok(false),
+            _ => self.sketcher = Some(sketch::GpuSketcher::new(&self.ctx, m)?),
+        }
+        let Some(slot) = self.sketcher.as_mut().and_then(|s| s.slot(tag)) else {
+            return Ok(false);
+        };
+        for chunk in batch.chunks(self.chunk_elems) {
+            if self
+                .sketcher
+                .as_ref()
+                .is_some_and(|s| s.must_fold_before(chunk.len()))
+            {
+                self.read_back()?;
+            }
+            self.dispatch_pieces(&[(tag, chunk)], Some(slot))?;
+        }
+        Ok(true)
+    }
+
+    fn take_sketches(&mut self) -> Vec<(u64, crate::sketch::Sketch)> {
+        self.sketcher
+            .as_mut()
+            .map(sketch::GpuSketcher::take)
+            .unwrap_or_default()
     }
 
     /// Several series in as few dispatches as fit: up to [`MAX_SEGMENTS`] pieces and
@@ -289,7 +344,11 @@ impl BatchReducer for GpuReducer {
     }
 
     fn finish_tagged(&mut self) -> Result<(Vec<(u64, Partial)>, Timings)> {
-        self.read_back()?;
+        let read = self.read_back();
+        if let Some(s) = &mut self.sketcher {
+            s.end_stream(read.is_ok());
+        }
+        read?;
         let clock = self.times.compute_clock;
         let mut times = std::mem::replace(
             &mut self.times,

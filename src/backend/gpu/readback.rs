@@ -24,11 +24,17 @@ impl GpuReducer {
             encoder.resolve_query_set(set, 0..n_queries, resolve, 0);
             encoder.copy_buffer_to_buffer(resolve, 0, readback, 0, u64::from(n_queries) * 8);
         }
+        // The window's quantile histograms come back with its partials.
+        let histograms = self
+            .sketcher
+            .as_mut()
+            .is_some_and(|s| s.encode_readback(&mut encoder));
         self.ctx.queue.submit([encoder.finish()]);
 
         let partial_slice = self.partials_readback.slice(..partial_bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         let tx2 = tx.clone();
+        let tx_hist = tx.clone();
         partial_slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
@@ -42,6 +48,16 @@ impl GpuReducer {
             });
         } else {
             drop(tx2);
+        }
+        if let Some(sketcher) = self.sketcher.as_ref().filter(|_| histograms) {
+            let tx3 = tx_hist;
+            sketcher
+                .readback_slice()
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx3.send(r);
+                });
+        } else {
+            drop(tx_hist);
         }
         device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -68,6 +84,9 @@ impl GpuReducer {
             bytemuck::cast_slice(&view).to_vec()
         };
         self.partials_readback.unmap();
+        if histograms && let Some(sketcher) = &mut self.sketcher {
+            sketcher.fold()?;
+        }
         let compute = match &ts_slice {
             Some(s) => {
                 let view = s.get_mapped_range().map_err(|e| Error::Gpu {

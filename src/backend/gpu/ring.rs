@@ -82,18 +82,21 @@ impl GpuReducer {
         workgroups: u32,
         tag: u64,
     ) {
-        self.encode_segments(encoder, bind_group, &[(tag, workgroups)]);
+        self.encode_segments(encoder, bind_group, &[(tag, workgroups)], None);
     }
 
     /// Records one dispatch into `encoder` (timestamps around it where supported) over
     /// `segments` (each a tag and its workgroups, in the order of the params' segment table)
     /// and notes where each segment's partials go. The window must have room for it
-    /// (`window_full` is false for the workgroups together).
+    /// (`window_full` is false for the workgroups together). `extra`: a dispatch (pipeline,
+    /// bind group, workgroups) to run in the same pass after the reduction's: the batch's
+    /// histogram, timed with it.
     pub(super) fn encode_segments(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         bind_group: &wgpu::BindGroup,
         segments: &[(u64, u32)],
+        extra: Option<(wgpu::ComputePipeline, wgpu::BindGroup, u32)>,
     ) {
         let workgroups: u32 = segments.iter().map(|s| s.1).sum();
         let q = self.passes * 2;
@@ -116,6 +119,11 @@ impl GpuReducer {
             // Same bindings and grid; wgpu orders the two dispatches' accesses to `partials`.
             pass.set_pipeline(fixup);
             pass.dispatch_workgroups(workgroups, 1, 1);
+        }
+        if let Some((pipeline, bind_group, groups)) = &extra {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*groups, 1, 1);
         }
         drop(pass);
         self.passes += 1;
@@ -148,13 +156,25 @@ impl GpuReducer {
         self.dispatch_segments(&[(tag, chunk)])
     }
 
+    /// [`GpuReducer::dispatch_pieces`] without a histogram.
+    pub(super) fn dispatch_segments(&mut self, pieces: &[(u64, &[f32])]) -> Result<()> {
+        self.dispatch_pieces(pieces, None)
+    }
+
     /// One dispatch over `pieces` (each a tag and its values, none empty; at most
     /// [`MAX_SEGMENTS`], together at most `chunk_elems` once each is padded to whole vec4s):
     /// the pieces are staged one after another, each from a vec4 boundary, and each gets the
     /// workgroups a dispatch of its own would (a segmented reduction: one dispatch, one
     /// submission for several series). A single piece is dispatched as a plain batch.
-    pub(super) fn dispatch_segments(&mut self, pieces: &[(u64, &[f32])]) -> Result<()> {
+    /// `hist`: the sketch slot a single piece's values are also counted into, in the same
+    /// pass (`sketch.rs`).
+    pub(super) fn dispatch_pieces(
+        &mut self,
+        pieces: &[(u64, &[f32])],
+        hist: Option<u32>,
+    ) -> Result<()> {
         assert!(!pieces.is_empty() && pieces.len() <= MAX_SEGMENTS);
+        assert!(hist.is_none() || pieces.len() == 1);
         let mut params = GpuParams::zeroed();
         let mut segments = Vec::with_capacity(pieces.len());
         let (mut vec4s, mut workgroups) = (0u32, 0u32);
@@ -237,7 +257,14 @@ impl GpuReducer {
 
         let mut encoder = self.new_encoder("microbatch.reduce.encoder");
         encoder.copy_buffer_to_buffer(&staging, 0, &input, 0, bytes);
-        self.encode_segments(&mut encoder, &bind_group, &segments);
+        let extra = match (hist, &mut self.sketcher) {
+            (Some(slot), Some(sketcher)) => {
+                sketcher.clear_if_stale(&mut encoder);
+                Some(sketcher.prepare(&self.ctx, &input, pieces[0].1.len(), slot))
+            }
+            _ => None,
+        };
+        self.encode_segments(&mut encoder, &bind_group, &segments, extra);
         let index = self.ctx.queue.submit([encoder.finish()]);
         if let SlotStaging::Mapped { mapped, .. } = &self.ring[slot_index].staging {
             // Map the staging buffer again: the callback fires once the device has copied it

@@ -358,7 +358,7 @@ impl Engine {
             self.drop_sketch();
             return Err(e);
         }
-        self.finish(start, read, batches, size)
+        self.finish("the values", start, read, batches, size)
     }
 
     /// Reduces every series of `source` in one pass, each to its own statistics (the columns
@@ -453,6 +453,12 @@ impl Engine {
         }
         let names = source.columns();
         let mut partials = vec![Partial::EMPTY; names.len()];
+        for (tag, p) in &parts {
+            let name = names
+                .get(*tag as usize)
+                .map_or_else(|| tag.to_string(), |c| c.to_string());
+            p.check_range(&format!("series {name}"))?;
+        }
         for (tag, p) in parts {
             match partials.get_mut(tag as usize) {
                 Some(slot) => *slot = p,
@@ -528,7 +534,13 @@ impl Engine {
             return Err(e);
         }
         let batches = data.len().div_ceil(self.batch_size) as u64;
-        self.finish(start, Duration::ZERO, batches, self.batch_size)
+        self.finish(
+            "the values",
+            start,
+            Duration::ZERO,
+            batches,
+            self.batch_size,
+        )
     }
 
     /// The GPU backend reduces f64 and integer batches with the CPU kernels: say so once.
@@ -595,17 +607,21 @@ impl Engine {
             }
             count += 1;
         }
-        self.finish(start, read, count, self.batch_size)
+        self.finish("the batches", start, read, count, self.batch_size)
     }
 
     fn finish(
         &mut self,
+        what: &str,
         start: Instant,
         read: Duration,
         batches: u64,
         size: usize,
     ) -> Result<Report> {
         let (partial, times) = self.reducer.finish().inspect_err(|_| self.drop_sketch())?;
+        partial
+            .check_range(what)
+            .inspect_err(|_| self.drop_sketch())?;
         let t = Instant::now();
         let stats = partial.finish(self.ddof, self.skip_nan);
         let sketching = self.sketch_time;
@@ -746,12 +762,14 @@ impl Accumulator<'_> {
     /// The statistics of everything pushed so far, with the engine's `ddof` and `skip_nan`.
     pub fn stats(&mut self) -> Result<Stats> {
         let p = self.partial()?;
+        p.check_range("the values pushed")?;
         Ok(p.finish(self.engine.ddof, self.engine.skip_nan))
     }
 
     /// The report of everything pushed (stage times summed over the accumulator's life).
     pub fn finish(mut self) -> Result<Report> {
         let partial = self.partial()?;
+        partial.check_range("the values pushed")?;
         let t = Instant::now();
         let stats = partial.finish(self.engine.ddof, self.engine.skip_nan);
         let sketching = self.engine.sketch_time;

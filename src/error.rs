@@ -116,6 +116,16 @@ pub enum Error {
     /// Settings that contradict each other, or a setting the input cannot honour.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The sum of the finite values passed f64's range part way (values near ±1.8e308 of both
+    /// signs: inf − inf along the way), so the sum, mean and variance cannot be given; no
+    /// statistics are returned rather than NaN ones no NaN in the data explains.
+    #[error(
+        "the sum of {what} passes f64's range part way through (values near ±1.8e308 of both signs): microbatch cannot give their sum, mean or variance"
+    )]
+    Overflow {
+        /// The input or series.
+        what: String,
+    },
     /// A GPU backend was asked for from a library built without the `gpu` feature.
     #[error("this build of microbatch has no GPU backend (built without the `gpu` feature)")]
     GpuNotBuilt,

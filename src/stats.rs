@@ -125,6 +125,23 @@ impl Partial {
         crate::numerics::reference_partial(data.iter().map(|&x| f64::from(x)))
     }
 
+    /// Whether the sum of the finite values was lost on the way: NaN (inf − inf, from running
+    /// sums past f64's range) though only finite values went into it. A sum past the range at
+    /// the end is ±inf, as numpy's, and not this.
+    pub fn overflowed(&self) -> bool {
+        self.count > 0 && self.sum.is_nan()
+    }
+
+    /// `Err(Error::Overflow)` naming `what` if [`Partial::overflowed`], else `Ok`.
+    pub fn check_range(&self, what: &str) -> crate::Result<()> {
+        if self.overflowed() {
+            return Err(crate::Error::Overflow {
+                what: what.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// The sum of the finite values, rounded once from its double-double form.
     pub fn finite_sum(&self) -> f64 {
         self.sum + self.sum_err

@@ -219,6 +219,7 @@ fn _stats<'py>(
     batch_size: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     let p = by_dtype!(array, partial_of(backend, batch_size))?;
+    p.check_range("the array").map_err(py_err)?;
     stats_dict(py, &p.finish(ddof, skip_nan))
 }
 
@@ -299,6 +300,10 @@ fn _stats_axis<'py>(
     skip_nan: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let parts = by_dtype!(array, axis_partials(axis))?;
+    for (i, p) in parts.iter().enumerate() {
+        p.check_range(&format!("the array, result {i} along axis {axis}"))
+            .map_err(py_err)?;
+    }
     let stats: Vec<Stats> = parts.iter().map(|p| p.finish(ddof, skip_nan)).collect();
     let d = PyDict::new(py);
     let floats = |f: fn(&Stats) -> Option<f64>| {

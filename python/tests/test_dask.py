@@ -19,6 +19,8 @@ def client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None)
     c = distributed.Client(cluster)
+    # Both workers registered before any test counts them (under load one may come late).
+    c.wait_for_workers(2, timeout=120)
     yield c
     c.close()
     cluster.close()

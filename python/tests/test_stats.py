@@ -139,6 +139,18 @@ def test_nan_inf_empty_one():
     assert o.mean == 7.0 and o.var is None
 
 
+def test_values_near_the_f64_limit():
+    # Deviations past f64's range: the variance is inf (numpy's too), never NaN or 0.
+    s = mb.stats(np.array([1.5, -2.25e300, 0.0]))
+    assert s.var == np.inf and s.sum == -2.25e300
+    # Running sums past the range though the total is not: an error, not NaN statistics.
+    a = np.concatenate([np.full(5000, 1.7e308), np.full(5000, -1.7e308), [1.0]])
+    with pytest.raises(mb.InputError, match="f64's range"):
+        mb.stats(a)
+    with pytest.raises(ValueError, match="axis 1"):
+        mb.stats(np.stack([a, a]), axis=1)
+
+
 def test_axis_equals_numpy():
     r = rng()
     a = r.normal(0, 1, (40, 33, 7)).astype(np.float64)

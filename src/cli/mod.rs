@@ -583,6 +583,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     progress.finish();
     let report = Report::combine(&reports).expect("at least one input");
+    report.partial.check_range("the inputs together")?;
     let skipped: u64 = described.iter().map(|d| d.skipped).sum();
 
     let histogram = match args.histogram {
@@ -766,6 +767,10 @@ fn run_columns(
             list(&reports[reports.len() - 1])
         );
     };
+    for c in &report.columns {
+        c.partial
+            .check_range(&format!("the inputs together, series {}", c.label()))?;
+    }
     if args.sort_groups {
         sort_groups(&mut report.columns);
     }
@@ -1383,6 +1388,7 @@ fn merge(args: MergeArgs) -> Result<()> {
         anyhow::bail!("--sort-groups is for shards of groups; these partials hold one series");
     }
     let mut merged = PartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    merged.partial.check_range("the partials together")?;
     if !qs.is_empty()
         && let Some((p, _)) = shards.iter().find(|(_, f)| f.sketch.is_none())
     {
@@ -1474,6 +1480,12 @@ fn merge_series(
 ) -> Result<()> {
     use microbatch::SeriesPartialFile;
     let mut merged = SeriesPartialFile::merge(shards.iter().map(|(p, f)| (p.as_path(), f)))?;
+    for c in &merged.columns {
+        c.partial.check_range(&format!(
+            "the partials together, series {}",
+            row_key(c, true)
+        ))?;
+    }
     if args.sort_groups {
         if !merged.grouped {
             anyhow::bail!("--sort-groups is for shards of groups; these hold {}", {

@@ -316,3 +316,34 @@ fn f64_deviations_past_the_range_give_an_infinite_variance() {
         }
     }
 }
+
+/// Running sums past f64's range though the total is within it (thousands of +1.7e308, then as
+/// many −1.7e308): the sum is lost on the way (inf − inf), so the run is an error naming it,
+/// not NaN statistics with no NaN in the data; from the CLI too, with nothing printed.
+#[test]
+fn a_sum_lost_past_the_range_is_an_error() {
+    let mut data = vec![1.7e308f64; 5000];
+    data.extend(vec![-1.7e308; 5000]);
+    data.extend([1.0, 2.0]);
+    let e = cpu(4096, 0, false).reduce_f64(&data).unwrap_err();
+    assert!(matches!(e, microbatch::Error::Overflow { .. }), "{e}");
+    assert!(e.to_string().contains("f64's range"), "{e}");
+    // A sum that ends past the range is ±inf, as numpy's: not an error.
+    let s = cpu(4096, 0, false).reduce_f64(&[1.7e308; 3]).unwrap().stats;
+    assert_eq!(s.sum, Some(f64::INFINITY));
+    let mut bytes = microbatch::source::npy::write_header("<f8", false, &[data.len() as u64]);
+    for x in &data {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    let path = tmp_file("sum-past-range", "lost.npy", &bytes);
+    for backend in backends() {
+        let o = crate::common::run(&["run", path.to_str().unwrap(), "--backend", backend]);
+        assert!(!o.status.success(), "{backend}");
+        assert!(stdout(&o).is_empty(), "{backend}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("lost.npy") && stderr(&o).contains("f64's range"),
+            "{backend}: {}",
+            stderr(&o)
+        );
+    }
+}

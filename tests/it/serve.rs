@@ -351,6 +351,22 @@ fn streams_accumulate_merge_and_reject_bad_batches_whole() {
         StatusCode::BAD_REQUEST,
     );
     assert!(msg.contains("offset"), "{msg}");
+    // f64 values whose running sum passes f64's range (inf − inf): refused, not NaN stats;
+    // the same body to /v1/reduce too.
+    let mut lost = Vec::new();
+    for x in std::iter::repeat_n(1.7e308f64, 5000).chain(std::iter::repeat_n(-1.7e308, 5000)) {
+        lost.extend_from_slice(&x.to_le_bytes());
+    }
+    for path in [
+        format!("/v1/streams/{id}/batches?dtype=f64"),
+        "/v1/reduce?dtype=f64".into(),
+    ] {
+        let msg = error_of(
+            c.post(server.url(&path)).body(lost.clone()).send().unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+        assert!(msg.contains("f64's range"), "{path}: {msg}");
+    }
     let after = json_ok(
         c.get(server.url(&format!("/v1/streams/{id}")))
             .send()

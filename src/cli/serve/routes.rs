@@ -351,6 +351,12 @@ pub(super) async fn reduce(
         }
     };
     let (done, info) = reduce_request(Arc::clone(&state), body, spec).await?;
+    let mut all = Partial::EMPTY;
+    for d in &done {
+        all.merge(&d.partial);
+    }
+    all.check_range("the request body")
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let v = report_json(&state, &done, info, ddof, &view.quantiles, start.elapsed());
     Ok(axum::Json(v).into_response())
 }

@@ -273,6 +273,11 @@ pub(super) async fn append_batch(
             let now_s = store::unix_now();
             let mut partial = s.partial;
             partial.merge(&batch);
+            // A batch whose values, with the stream's, lose the sum past f64's range is
+            // refused; the stream keeps what it had.
+            partial
+                .check_range("the stream with this batch")
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
             // (`merge` leaves the result trimmed.)
             let sketch = match (&s.sketch, &info.sketch) {
                 (Some(a), Some(b)) => {

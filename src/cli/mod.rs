@@ -913,18 +913,7 @@ fn run_columns(
         writeln!(out, "{key:<12} {}", row_key(c))?;
         write_histogram(&mut out, h.as_ref(), &c.partial)?;
     }
-    if let Some(s) = report
-        .columns
-        .iter()
-        .find_map(|c| c.sketch.as_ref())
-        .filter(|_| !qs.is_empty())
-    {
-        writeln!(
-            out,
-            "quantiles as numpy's inverted_cdf, within {} % relative error",
-            table::significant(s.relative_error() * 100.0, 3)
-        )?;
-    }
+    write_quantile_note(&mut out, &report.columns, &qs)?;
     let t = &report.timings;
     let b = &report.backend;
     writeln!(out)?;
@@ -943,6 +932,26 @@ fn run_columns(
         t.total.as_secs_f64()
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// The line under a table of rows with quantiles: what they are and their error bound.
+fn write_quantile_note(
+    out: &mut impl Write,
+    columns: &[microbatch::ColumnStats],
+    qs: &[f64],
+) -> Result<()> {
+    if let Some(s) = columns
+        .iter()
+        .find_map(|c| c.sketch.as_ref())
+        .filter(|_| !qs.is_empty())
+    {
+        writeln!(
+            out,
+            "quantiles as numpy's inverted_cdf, within {} % relative error",
+            table::significant(s.relative_error() * 100.0, 3)
+        )?;
+    }
     Ok(())
 }
 
@@ -1582,18 +1591,8 @@ fn merge_series(
         writeln!(out)?;
     }
     args.rows.write(&mut out, key, &rows, qs)?;
-    if !args.rows.delimited()
-        && let Some(s) = merged
-            .columns
-            .iter()
-            .find_map(|c| c.sketch.as_ref())
-            .filter(|_| !qs.is_empty())
-    {
-        writeln!(
-            out,
-            "quantiles as numpy's inverted_cdf, within {} % relative error",
-            table::significant(s.relative_error() * 100.0, 3)
-        )?;
+    if !args.rows.delimited() {
+        write_quantile_note(&mut out, &merged.columns, qs)?;
     }
     out.flush()?;
     Ok(())

@@ -339,6 +339,31 @@ pub(super) fn input_binding(
     (input, params, bind_group)
 }
 
+/// The layout both kernels bind: the input (read-only storage), what they write (read-write
+/// storage) and their uniform of type `P`.
+pub(super) fn input_output_params_layout<P>(
+    device: &wgpu::Device,
+    label: &str,
+) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &[
+            storage_entry(0, true),
+            storage_entry(1, false),
+            wgpu::BindGroupLayoutEntry {
+                binding: 2,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<P>() as u64),
+                },
+                count: None,
+            },
+        ],
+    })
+}
+
 pub(super) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -474,26 +499,7 @@ pub(super) fn pipeline(
     let module = unsafe {
         device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
     };
-    let layout =
-        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("microbatch.reduce.layout"),
-            entries: &[
-                storage_entry(0, true),
-                storage_entry(1, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 2,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(
-                            std::mem::size_of::<GpuParams>() as u64
-                        ),
-                    },
-                    count: None,
-                },
-            ],
-        });
+    let layout = input_output_params_layout::<GpuParams>(device, "microbatch.reduce.layout");
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some("microbatch.reduce.pipeline_layout"),
         bind_group_layouts: &[Some(&layout)],

@@ -253,8 +253,8 @@ impl BatchReducer for GpuReducer {
 
     /// The batch's quantile sketch counted on the device, in the batch's own compute pass over
     /// the uploaded values (`shaders/histogram.wgsl`): for sketches of at most
-    /// [`crate::sketch::DENSE_MAX_BITS`] mantissa bits and up to `SKETCH_SLOTS` series at
-    /// once; others are left to the caller (`Ok(false)`).
+    /// 8 mantissa bits (0.2 % error, the CPU's dense histogram's limit too) and up to 8 series
+    /// at once; others are left to the caller (`Ok(false)`).
     fn push_sketched_tagged(
         &mut self,
         tag: u64,

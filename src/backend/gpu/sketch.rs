@@ -73,25 +73,8 @@ impl GpuSketcher {
             label: Some("microbatch.histogram"),
             source: wgpu::ShaderSource::Wgsl(HISTOGRAM_WGSL.into()),
         });
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("microbatch.histogram.layout"),
-            entries: &[
-                kernel::storage_entry(0, true),
-                kernel::storage_entry(1, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 2,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(
-                            std::mem::size_of::<HistParams>() as u64
-                        ),
-                    },
-                    count: None,
-                },
-            ],
-        });
+        let layout =
+            kernel::input_output_params_layout::<HistParams>(device, "microbatch.histogram.layout");
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("microbatch.histogram.pipeline_layout"),
             bind_group_layouts: &[Some(&layout)],

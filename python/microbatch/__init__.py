@@ -102,6 +102,12 @@ def _as_array(array: Any) -> np.ndarray:
     a = np.asarray(array)
     if a.dtype.byteorder not in ("=", "|") and not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype == np.float16:
+        # Every float16 is a float32: widened exactly, reduced as one (as the CLI's f16).
+        a = a.astype(np.float32)
+    elif a.dtype == np.bool_:
+        # One byte 0/1 each: the same bytes as uint8, counted exactly (sum = trues).
+        a = a.view(np.uint8)
     return a
 
 

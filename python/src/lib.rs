@@ -185,7 +185,7 @@ macro_rules! by_dtype {
                 .map(|u| u.dtype().to_string())
                 .unwrap_or_else(|_| "not a numpy array".to_string());
             Err(PyTypeError::new_err(format!(
-                "microbatch reduces float32, float64 and 8- to 64-bit signed and unsigned integers in native byte order; got {dtype}"
+                "microbatch reduces float16, float32, float64, bool and 8- to 64-bit signed and unsigned integers; got {dtype}"
             )))
         }
     }};

@@ -103,9 +103,10 @@ struct RunArgs {
     #[arg(long, value_name = "FORMAT")]
     format: Option<Format>,
 
-    /// Raw binary element type (implies --format raw): f32, f64, i8, i16, i32, i64, u8, u16,
-    /// u32, u64. Nothing is narrowed: f32 is reduced in f32, f64 in f64, and integers exactly
-    /// (count, sum, min and max exact; the report says which precision was used).
+    /// Raw binary element type (implies --format raw): f32, f64, f16, i8, i16, i32, i64, u8,
+    /// u16, u32, u64, bool. Nothing is narrowed: f32 (and f16, exactly widened) is reduced in
+    /// f32, f64 in f64, and integers and bools (0/1) exactly (count, sum, min and max exact;
+    /// the report says which precision was used).
     #[arg(long, value_name = "TYPE")]
     dtype: Option<Dtype>,
 

@@ -21,6 +21,23 @@ macro_rules! decode_as {
             Dtype::U16 => decode_as!(@each u16, $endian, bytes, out, |$v| $conv),
             Dtype::U32 => decode_as!(@each u32, $endian, bytes, out, |$v| $conv),
             Dtype::U64 => decode_as!(@each u64, $endian, bytes, out, |$v| $conv),
+            Dtype::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    let a: [u8; 2] = c.try_into().expect("chunks_exact gives whole elements");
+                    let $v = f16_to_f32(match $endian {
+                        Endian::Little => u16::from_le_bytes(a),
+                        Endian::Big => u16::from_be_bytes(a),
+                    });
+                    *o = $conv;
+                }
+            }
+            Dtype::Bool => {
+                for (o, &b) in out.iter_mut().zip(bytes) {
+                    // numpy writes 0 and 1; any other byte is true, as numpy reads it.
+                    let $v = u8::from(b != 0);
+                    *o = $conv;
+                }
+            }
         }
     }};
     (@each $t:ty, $endian:expr, $bytes:expr, $out:expr, |$v:ident| $conv:expr) => {{
@@ -34,6 +51,24 @@ macro_rules! decode_as {
             *o = $conv;
         }
     }};
+}
+
+/// An IEEE half-precision value's bits as the f32 of the same value (exact: every f16 is an
+/// f32; subnormals become normal f32s, infinities and NaN stay so).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let mant = u32::from(h & 0x3ff);
+    match (exp, mant) {
+        (0, 0) => f32::from_bits(sign),
+        (0, m) => {
+            // m · 2^-24, exact in f32.
+            let v = m as f32 * (1.0 / 16_777_216.0);
+            if sign != 0 { -v } else { v }
+        }
+        (31, m) => f32::from_bits(sign | 0x7f80_0000 | (m << 13)),
+        (e, m) => f32::from_bits(sign | ((e + 112) << 23) | (m << 13)),
+    }
 }
 
 /// Byte order of a binary input.
@@ -92,11 +127,16 @@ pub enum Dtype {
     U32,
     /// Unsigned 64-bit integer.
     U64,
+    /// 16-bit IEEE float (numpy's float16): every value is an f32, reduced as one.
+    F16,
+    /// numpy's bool (one byte): reduced as the integers 0 and 1, exactly (the sum counts the
+    /// true values, the mean is their fraction).
+    Bool,
 }
 
 impl Dtype {
     /// Every type, for help texts and tests.
-    pub const ALL: [Dtype; 10] = [
+    pub const ALL: [Dtype; 12] = [
         Dtype::F32,
         Dtype::F64,
         Dtype::I8,
@@ -107,13 +147,15 @@ impl Dtype {
         Dtype::U16,
         Dtype::U32,
         Dtype::U64,
+        Dtype::F16,
+        Dtype::Bool,
     ];
 
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            Dtype::I8 | Dtype::U8 => 1,
-            Dtype::I16 | Dtype::U16 => 2,
+            Dtype::I8 | Dtype::U8 | Dtype::Bool => 1,
+            Dtype::I16 | Dtype::U16 | Dtype::F16 => 2,
             Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
             Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
         }
@@ -132,13 +174,15 @@ impl Dtype {
             Dtype::U16 => "u16",
             Dtype::U32 => "u32",
             Dtype::U64 => "u64",
+            Dtype::F16 => "f16",
+            Dtype::Bool => "bool",
         }
     }
 
     /// The precision values of this type are reduced in: their own.
     pub fn element(self) -> super::Element {
         match self {
-            Dtype::F32 => super::Element::F32,
+            Dtype::F32 | Dtype::F16 => super::Element::F32,
             Dtype::F64 => super::Element::F64,
             _ => super::Element::Int,
         }
@@ -200,6 +244,8 @@ impl FromStr for Dtype {
             "u16" | "uint16" => Dtype::U16,
             "u32" | "uint32" => Dtype::U32,
             "u64" | "uint64" => Dtype::U64,
+            "f16" | "float16" | "half" => Dtype::F16,
+            "bool" | "b1" => Dtype::Bool,
             _ => {
                 return Err(format!(
                     "unknown dtype {s:?}: expected one of {}",
@@ -246,7 +292,34 @@ mod tests {
             assert_eq!(out[0], want, "{t} big");
             assert_eq!(t.name().parse::<Dtype>(), Ok(t));
         }
-        assert!("float16".parse::<Dtype>().is_err());
+        assert!("float8".parse::<Dtype>().is_err());
+        // Half precision: normal, subnormal (the smallest), the largest, ±0, ±inf, NaN, both
+        // byte orders, against the values numpy gives.
+        let halves: [(u16, f32); 9] = [
+            (0x3e00, 1.5),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x83ff, -6.097_555e-5),
+            (0x0000, 0.0),
+            (0x7c00, f32::INFINITY),
+            (0xfc00, f32::NEG_INFINITY),
+            (0x3555, 0.333_251_95),
+        ];
+        for (bits, want) in halves {
+            for (endian, bytes) in [
+                (Endian::Little, bits.to_le_bytes()),
+                (Endian::Big, bits.to_be_bytes()),
+            ] {
+                let mut out = [0.0f32];
+                Dtype::F16.decode(endian, &bytes, &mut out);
+                assert_eq!(out[0].to_bits(), want.to_bits(), "{bits:#06x} {endian:?}");
+            }
+        }
+        assert!(f16_to_f32(0x7e00).is_nan() && f16_to_f32(0x8000).is_sign_negative());
+        let mut ints = [0i64; 4];
+        Dtype::Bool.decode_int(Endian::Little, &[0, 1, 2, 255], &mut ints);
+        assert_eq!(ints, [0, 1, 1, 1]);
         // Integers exactly, u64 shifted by 2^63 into i64's range.
         let mut out = [0i64; 2];
         let bytes: Vec<u8> = [u64::MAX, 0].iter().flat_map(|v| v.to_be_bytes()).collect();

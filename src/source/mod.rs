@@ -16,7 +16,7 @@ pub use axis::{AxisSource, MAX_AXIS_RESULTS};
 pub use binary::{BinarySource, file_len, input_len};
 #[cfg(feature = "arrow")]
 pub use columnar::ColumnarSource;
-pub use dtype::{Dtype, Endian};
+pub use dtype::{Dtype, Endian, f16_to_f32};
 pub use mapped::MappedSource;
 pub use open::{Format, InputOptions, open, open_reader, open_reader_sized};
 pub use random::RandomSource;

@@ -183,9 +183,11 @@ pub fn parse_descr(descr: &str) -> Result<(Dtype, Endian), String> {
         "u2" => Dtype::U16,
         "u4" => Dtype::U32,
         "u8" => Dtype::U64,
+        "f2" => Dtype::F16,
+        "b1" => Dtype::Bool,
         _ => {
             return Err(format!(
-                "unsupported dtype {descr:?} (float32/64 and 8–64-bit integers are supported)"
+                "unsupported dtype {descr:?} (float16/32/64, bool and 8–64-bit integers are supported)"
             ));
         }
     };

@@ -814,3 +814,82 @@ fn u64_flags_with_a_sentinel_are_exact() {
         }
     }
 }
+
+/// numpy's float16 and bool, in `.npy` and raw binary, on both backends: half values (normal,
+/// subnormal, the largest, −0) widened exactly and reduced as f32 against the f64 reference;
+/// bools counted exactly as 0 and 1.
+#[test]
+fn float16_and_bool_inputs() {
+    use microbatch::source::f16_to_f32;
+    use microbatch::source::npy;
+    use rand::RngExt;
+    let mut rng = fresh_rng("float16_and_bool");
+    let halves: Vec<u16> = (0..50_001)
+        .map(|i| match i % 1000 {
+            0 => 0x0001, // the smallest subnormal
+            1 => 0x7bff, // 65504
+            2 => 0x8000, // −0
+            _ => rng.random_range(0..0x7c00u16) | (rng.random_range(0..2u16) << 15), // finite
+        })
+        .collect();
+    let values: Vec<f32> = halves.iter().map(|&h| f16_to_f32(h)).collect();
+    let mut npy_bytes = npy::write_header("<f2", false, &[halves.len() as u64]);
+    npy_bytes.extend(halves.iter().flat_map(|h| h.to_le_bytes()));
+    let big: Vec<u8> = halves.iter().flat_map(|h| h.to_be_bytes()).collect();
+    let h_npy = tmp_file("f16-bool", "h.npy", &npy_bytes);
+    let h_raw = tmp_file("f16-bool", "h.raw", &big);
+    let bools: Vec<u8> = (0..30_007)
+        .map(|_| u8::from(rng.random::<f64>() < 0.3))
+        .collect();
+    let trues = bools.iter().filter(|&&b| b == 1).count() as u64;
+    let mut b_bytes = npy::write_header("|b1", false, &[bools.len() as u64]);
+    b_bytes.extend(&bools);
+    let b_npy = tmp_file("f16-bool", "b.npy", &b_bytes);
+    let r = reference(&values);
+    for backend in backends() {
+        for args in [
+            vec!["run", h_npy.to_str().unwrap()],
+            vec![
+                "run",
+                h_raw.to_str().unwrap(),
+                "--dtype",
+                "f16",
+                "--endian",
+                "big",
+            ],
+        ] {
+            let mut args = args.clone();
+            args.extend(["--json", "--backend", backend]);
+            let v = json(&run(&args));
+            let depth = if backend == "gpu" {
+                gpu_depth(
+                    values.len(),
+                    v["batches"]["workgroups"].as_u64().unwrap() as u32,
+                )
+            } else {
+                CPU_DEPTH
+            };
+            check_stats_json(&format!("{backend} {args:?}"), &v["stats"], &r, depth);
+        }
+        let v = json(&run(&[
+            "run",
+            b_npy.to_str().unwrap(),
+            "--json",
+            "--backend",
+            backend,
+        ]));
+        assert_eq!(v["stats"]["sum"].as_u64(), Some(trues), "{backend}");
+        assert_eq!(v["stats"]["count"].as_u64(), Some(bools.len() as u64));
+        assert_eq!(
+            (v["stats"]["min"].as_u64(), v["stats"]["max"].as_u64()),
+            (Some(0), Some(1))
+        );
+        let p = trues as f64 / bools.len() as f64;
+        assert_close(
+            backend,
+            v["stats"]["var"].as_f64().unwrap(),
+            p * (1.0 - p),
+            1e-15,
+        );
+    }
+}

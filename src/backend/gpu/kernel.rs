@@ -318,8 +318,25 @@ pub(super) fn input_binding(
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(&format!("{name}.bind_group")),
+    let bind_group = input_output_params_bind_group(
+        device,
+        layout,
+        &format!("{name}.bind_group"),
+        [&input, partials, &params],
+    );
+    (input, params, bind_group)
+}
+
+/// A bind group of [`input_output_params_layout`]: the input, the output and the uniform
+/// buffers, whole, at bindings 0, 1 and 2.
+pub(super) fn input_output_params_bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    label: &str,
+    [input, output, params]: [&wgpu::Buffer; 3],
+) -> wgpu::BindGroup {
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
         layout,
         entries: &[
             wgpu::BindGroupEntry {
@@ -328,15 +345,14 @@ pub(super) fn input_binding(
             },
             wgpu::BindGroupEntry {
                 binding: 1,
-                resource: partials.as_entire_binding(),
+                resource: output.as_entire_binding(),
             },
             wgpu::BindGroupEntry {
                 binding: 2,
                 resource: params.as_entire_binding(),
             },
         ],
-    });
-    (input, params, bind_group)
+    })
 }
 
 /// The layout both kernels bind: the input (read-only storage), what they write (read-write

@@ -193,24 +193,12 @@ impl GpuSketcher {
         };
         ctx.queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("microbatch.histogram.bind_group"),
-            layout: &self.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: input.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: self.hist.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: self.params.as_entire_binding(),
-                },
-            ],
-        });
+        let bind_group = kernel::input_output_params_bind_group(
+            &ctx.device,
+            &self.layout,
+            "microbatch.histogram.bind_group",
+            [input, &self.hist, &self.params],
+        );
         self.counted += len as u64;
         let groups = (len.div_ceil(4) as u32)
             .div_ceil(HIST_WG)

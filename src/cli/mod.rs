@@ -936,6 +936,15 @@ fn run_columns(
     Ok(())
 }
 
+/// `merge`'s first line: how many partials over how many inputs.
+fn write_merged_line(out: &mut impl Write, partials: usize, inputs: usize) -> Result<()> {
+    writeln!(
+        out,
+        "merged       {partials} partial(s) over {inputs} input(s)"
+    )?;
+    Ok(())
+}
+
 /// The line under a table of rows with quantiles: what they are and their error bound.
 fn write_quantile_note(
     out: &mut impl Write,
@@ -1454,12 +1463,7 @@ fn merge(args: MergeArgs) -> Result<()> {
         };
         args.rows.write(&mut out, "input", &[row], &qs)?;
     } else {
-        writeln!(
-            out,
-            "merged       {} partial(s) over {} input(s)",
-            shards.len(),
-            merged.inputs.len()
-        )?;
+        write_merged_line(&mut out, shards.len(), merged.inputs.len())?;
         if merged.skipped_invalid > 0 {
             writeln!(
                 out,
@@ -1580,12 +1584,7 @@ fn merge_series(
         })
         .collect();
     if !args.rows.delimited() {
-        writeln!(
-            out,
-            "merged       {} partial(s) over {} input(s)",
-            shards.len(),
-            merged.inputs.len()
-        )?;
+        write_merged_line(&mut out, shards.len(), merged.inputs.len())?;
         for (c, why) in &merged.excluded {
             writeln!(out, "excluded     column {c}: {why}")?;
         }

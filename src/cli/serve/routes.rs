@@ -255,7 +255,8 @@ pub(super) async fn reduce_request(
     }
 }
 
-/// The answer to `POST /v1/reduce`: the object `microbatch run --json` prints.
+/// The answer to `POST /v1/reduce`: the object `microbatch run --json` prints; 422 when the
+/// body's sum is lost past f64's range ([`Partial::check_range`]).
 pub(super) fn report_json(
     state: &AppState,
     done: &[Done],
@@ -263,13 +264,16 @@ pub(super) fn report_json(
     ddof: u32,
     quantiles: &[f64],
     total: Duration,
-) -> Value {
+) -> Result<Value, ApiError> {
     let mut partial = Partial::EMPTY;
     let mut t = Timings::default();
     for d in done {
         partial.merge(&d.partial);
         t += d.times;
     }
+    partial
+        .check_range("the request body")
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let report = Report {
         stats: partial.finish(ddof, false),
         backend: state.backend_info.clone(),
@@ -317,7 +321,7 @@ pub(super) fn report_json(
         }],
         "skipped_invalid": info.skipped,
     });
-    v
+    Ok(v)
 }
 
 pub(super) async fn reduce(
@@ -351,13 +355,7 @@ pub(super) async fn reduce(
         }
     };
     let (done, info) = reduce_request(Arc::clone(&state), body, spec).await?;
-    let mut all = Partial::EMPTY;
-    for d in &done {
-        all.merge(&d.partial);
-    }
-    all.check_range("the request body")
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let v = report_json(&state, &done, info, ddof, &view.quantiles, start.elapsed());
+    let v = report_json(&state, &done, info, ddof, &view.quantiles, start.elapsed())?;
     Ok(axum::Json(v).into_response())
 }
 
